@@ -1,0 +1,139 @@
+//! The config file as written: serde types that mirror the YAML one to one.
+//!
+//! Nothing here is trusted or interpreted; `validate` turns these into the
+//! runtime [`Config`](super::Config). Every struct denies unknown keys so a
+//! typo is an error, not a silently ignored setting.
+
+use serde::Deserialize;
+use std::path::PathBuf;
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// `host:port` or `unix:/path`; default `127.0.0.1:8080`.
+    pub listen: Option<Vec<String>>,
+    /// Open API base; default `https://api.atomgit.com`.
+    pub upstream: Option<String>,
+    /// Extra PEM CA bundle trusted for the upstream, on top of the webpki roots
+    /// (for a platform behind a private CA).
+    pub upstream_ca_file: Option<PathBuf>,
+    /// The app identity used to mint installation tokens and exchange user codes.
+    pub app: AppFile,
+    /// OAuth settings; only user routes need them.
+    pub oauth: Option<OAuthFile>,
+    /// Where durable user grants live.
+    pub store: Option<StoreFile>,
+    /// Local callers and their keys. Absent: no caller authentication.
+    pub clients: Option<Vec<ClientFile>>,
+    /// Opt out of the refusal to listen on a non-loopback address without `clients:`.
+    #[serde(default)]
+    pub allow_unauthenticated: bool,
+    /// Token lifetime policy.
+    pub tokens: Option<TokensFile>,
+    /// Upstream and shutdown timeouts.
+    pub timeouts: Option<TimeoutsFile>,
+    /// Checked in order; first match wins.
+    #[serde(default)]
+    pub routes: Vec<RouteFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppFile {
+    /// The JWT issuer. The docs write it as a string ("75"), configs as a number.
+    pub id: AppId,
+    #[serde(with = "serde_yaml::with::singleton_map")]
+    pub private_key: SecretFile,
+    pub client_id: Option<String>,
+    #[serde(default, with = "serde_yaml::with::singleton_map")]
+    pub client_secret: Option<SecretFile>,
+}
+
+/// An app id as a YAML number or a numeric string.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum AppId {
+    Number(u64),
+    Text(String),
+}
+
+/// Where a secret comes from. Never the secret itself in a log: see `secret.rs`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum SecretFile {
+    File(PathBuf),
+    Env(String),
+    Value(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OAuthFile {
+    pub authorize_url: Option<String>,
+    pub redirect_uri: Option<String>,
+    pub token_url: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreFile {
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientFile {
+    pub name: String,
+    #[serde(with = "serde_yaml::with::singleton_map")]
+    pub key: SecretFile,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokensFile {
+    /// Refresh this long before expiry (default `5m`, capped at half a token's life).
+    pub refresh_margin: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutsFile {
+    /// TCP (and TLS) connect to the upstream; default `10s`.
+    pub connect: Option<String>,
+    /// From sending the request to the upstream's response headers; default `60s`.
+    pub response: Option<String>,
+    /// How long shutdown waits for in-flight requests; default `30s`.
+    pub shutdown: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteFile {
+    pub name: String,
+    #[serde(rename = "match")]
+    pub matcher: MatchFile,
+    #[serde(default)]
+    pub strip_prefix: bool,
+    #[serde(default, with = "serde_yaml::with::singleton_map")]
+    pub installation: Option<InstallationFile>,
+    pub user: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatchFile {
+    pub path_prefix: String,
+    pub methods: Option<Vec<String>>,
+    pub host: Option<String>,
+    pub clients: Option<Vec<String>>,
+}
+
+/// `{ id: 14 }`, `{ account: name }` or the word `auto`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum InstallationFile {
+    Auto,
+    Id(u64),
+    Account(String),
+}

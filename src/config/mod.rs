@@ -1,0 +1,220 @@
+//! Configuration: the validated snapshot the proxy runs on.
+//!
+//! The YAML is parsed into the raw types of [`file`], then [`validate`] turns
+//! them into a [`Config`]: keys parsed, URLs split, durations read and routes
+//! compiled, so nothing on the request path parses configuration again. A
+//! `Config` is immutable; a reload builds a whole new one (see `reload.rs`).
+
+pub mod file;
+pub mod secret;
+mod validate;
+
+use crate::routes::RouteTable;
+pub use secret::Secret;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Default inbound listener.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Default Open API base.
+pub const DEFAULT_UPSTREAM: &str = "https://api.atomgit.com";
+/// Default browser-facing authorize page.
+pub const DEFAULT_AUTHORIZE_URL: &str = "https://atomgit.com/login/oauth/authorize";
+
+/// A validated, immutable configuration snapshot.
+#[derive(Debug)]
+pub struct Config {
+    /// The file this came from (absent for the `dev` demo's embedded config);
+    /// reloads re-read it.
+    pub path: Option<PathBuf>,
+    /// Where to accept local callers.
+    pub listen: Vec<ListenAddr>,
+    /// Where requests and token calls go.
+    pub upstream: UpstreamConfig,
+    /// The app identity; shared so the credential layer can hold it across reloads.
+    pub app: Arc<AppConfig>,
+    /// OAuth endpoints; present when any route acts as a user.
+    pub oauth: Option<OAuthConfig>,
+    /// Durable grant store file; required when any route acts as a user.
+    pub store_path: Option<PathBuf>,
+    /// Known local callers; empty means no caller authentication.
+    pub clients: Vec<ClientConfig>,
+    /// The operator opted out of the loopback-only rule for open listeners.
+    pub allow_unauthenticated: bool,
+    /// How early a token is refreshed before it expires.
+    pub refresh_margin: Duration,
+    /// How long shutdown waits for in-flight requests.
+    pub shutdown_grace: Duration,
+    /// Compiled routes, in file order.
+    pub routes: RouteTable,
+}
+
+/// A listener address.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ListenAddr {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenAddr::Tcp(a) => write!(f, "{a}"),
+            ListenAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// The upstream, split once so each request only copies cheap parts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamConfig {
+    /// `https` or `http` (the latter only to loopback).
+    pub scheme: http::uri::Scheme,
+    /// `host[:port]` as the URI and `Host` header carry it.
+    pub authority: http::uri::Authority,
+    /// Path under which the API lives (`""` for `https://api.atomgit.com`).
+    pub base_path: String,
+    /// `scheme://authority`, the prefix recognised when rewriting `Link`/`Location`.
+    pub origin: String,
+    /// Extra trusted CA certificates (PEM), read at load so a rotated file is
+    /// picked up by a reload.
+    pub extra_ca_pem: Option<Vec<u8>>,
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+}
+
+impl UpstreamConfig {
+    /// `{origin}{base_path}`, the form the token endpoints are built on.
+    pub fn base_url(&self) -> String {
+        format!("{}{}", self.origin, self.base_path)
+    }
+}
+
+/// The app identity.
+pub struct AppConfig {
+    /// The JWT issuer.
+    pub id: u64,
+    /// Parsed once; signing a JWT needs no parsing.
+    pub key: jsonwebtoken::EncodingKey,
+    /// Identifies (app id, key, upstream): token caches are keyed by it, so a
+    /// reload that changes any of them stops using tokens minted under the old.
+    pub fingerprint: [u8; 32],
+    /// OAuth client id (user routes only).
+    pub client_id: Option<String>,
+    /// OAuth client secret (user routes only).
+    pub client_secret: Option<Secret>,
+}
+
+impl fmt::Debug for AppConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AppConfig")
+            .field("id", &self.id)
+            .field("client_id", &self.client_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// OAuth endpoints for the user flow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OAuthConfig {
+    pub authorize_url: url::Url,
+    pub redirect_uri: url::Url,
+    pub token_url: url::Url,
+}
+
+/// A local caller.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    pub name: Arc<str>,
+    pub key: Secret,
+}
+
+/// One problem found while loading, naming its field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Dotted path of the field, e.g. `routes[2].match.path_prefix`.
+    pub field: String,
+    pub message: String,
+    /// 1-based line in the file, where known.
+    pub line: Option<usize>,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "line {line}: {}: {}", self.field, self.message),
+            None => write!(f, "{}: {}", self.field, self.message),
+        }
+    }
+}
+
+/// Why a config could not be loaded: every problem found, not just the first.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    pub source_name: String,
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.problems.len();
+        write!(
+            f,
+            "{}: {n} problem{}",
+            self.source_name,
+            if n == 1 { "" } else { "s" }
+        )?;
+        for p in &self.problems {
+            write!(f, "\n  - {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            source_name: path.display().to_string(),
+            problems: vec![Problem {
+                field: "(file)".into(),
+                message: format!("cannot read: {e}"),
+                line: None,
+            }],
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let mut config = Self::from_yaml(&text, base, &path.display().to_string())?;
+        config.path = Some(path.to_path_buf());
+        Ok(config)
+    }
+
+    /// Validates config text; relative paths resolve against `base`.
+    pub fn from_yaml(text: &str, base: &Path, source_name: &str) -> Result<Config, ConfigError> {
+        validate::parse_and_validate(text, base).map_err(|problems| ConfigError {
+            source_name: source_name.to_owned(),
+            problems,
+        })
+    }
+
+    /// A human summary of listeners and routes, for `check`.
+    pub fn summary(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let listen: Vec<String> = self.listen.iter().map(ToString::to_string).collect();
+        let _ = writeln!(out, "listen:   {}", listen.join(", "));
+        let _ = writeln!(out, "upstream: {}", self.upstream.base_url());
+        let _ = writeln!(out, "app:      {}", self.app.id);
+        if !self.clients.is_empty() {
+            let names: Vec<&str> = self.clients.iter().map(|c| &*c.name).collect();
+            let _ = writeln!(out, "clients:  {}", names.join(", "));
+        }
+        let _ = writeln!(out, "routes:");
+        for route in self.routes.iter() {
+            let _ = writeln!(out, "  {route}");
+        }
+        out
+    }
+}

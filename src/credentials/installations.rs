@@ -1,0 +1,261 @@
+//! Installations: which id an account is, and minting `ats_` tokens for an id.
+//!
+//! The account directory is filled from `GET /app/installations`. A lookup
+//! that misses refreshes it, but at most once per [`MISS_FLOOR`], so a flood
+//! of requests for owners the app is not installed on cannot turn into a
+//! flood of calls to the platform. A directory older than [`MAX_AGE`] is
+//! refreshed in the background while its answers keep being used.
+
+use super::{CredentialError, Token};
+use crate::upstream::Upstream;
+use bytes::Bytes;
+use http_body_util::Full;
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::time::Instant;
+
+pub const MISS_FLOOR: Duration = Duration::from_secs(30);
+pub const MAX_AGE: Duration = Duration::from_secs(600);
+
+#[derive(Deserialize)]
+struct Installation {
+    id: u64,
+    account: Account,
+}
+
+#[derive(Deserialize)]
+struct Account {
+    path: String,
+}
+
+#[derive(Deserialize)]
+struct AccessToken {
+    token: String,
+    expires_at: String,
+}
+
+/// Account path (lowercased) to installation id, for one app identity.
+#[derive(Default)]
+pub struct Directory {
+    state: Mutex<DirState>,
+    /// One listing in flight at a time.
+    refresh: tokio::sync::Mutex<()>,
+}
+
+#[derive(Default)]
+struct DirState {
+    accounts: HashMap<String, u64>,
+    fetched_at: Option<Instant>,
+    last_attempt: Option<Instant>,
+    /// Why the last listing failed, answered to misses inside the floor.
+    last_error: Option<CredentialError>,
+    background: bool,
+}
+
+/// Lists the app's installations.
+pub type Lister = Arc<
+    dyn Fn() -> futures_util::future::BoxFuture<
+            'static,
+            Result<HashMap<String, u64>, CredentialError>,
+        > + Send
+        + Sync,
+>;
+
+impl Directory {
+    fn state(&self) -> std::sync::MutexGuard<'_, DirState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The installation id of `account` (lowercase).
+    pub async fn lookup(
+        self: &Arc<Self>,
+        account: &str,
+        list: Lister,
+    ) -> Result<u64, CredentialError> {
+        let now = Instant::now();
+        {
+            let mut st = self.state();
+            if let Some(&id) = st.accounts.get(account) {
+                let stale = st
+                    .fetched_at
+                    .is_none_or(|t| now.duration_since(t) >= MAX_AGE);
+                if stale && !st.background {
+                    st.background = true;
+                    let dir = self.clone();
+                    tokio::spawn(async move {
+                        dir.refresh_now(&list).await.ok();
+                        dir.state().background = false;
+                    });
+                }
+                return Ok(id);
+            }
+        }
+        let _guard = self.refresh.lock().await;
+        {
+            let st = self.state();
+            if let Some(&id) = st.accounts.get(account) {
+                return Ok(id);
+            }
+            if st
+                .last_attempt
+                .is_some_and(|t| Instant::now().duration_since(t) < MISS_FLOOR)
+            {
+                return Err(st
+                    .last_error
+                    .clone()
+                    .unwrap_or_else(|| CredentialError::InstallationNotFound(account.to_owned())));
+            }
+        }
+        self.fill(&list).await?;
+        self.state()
+            .accounts
+            .get(account)
+            .copied()
+            .ok_or_else(|| CredentialError::InstallationNotFound(account.to_owned()))
+    }
+
+    /// Makes sure a listing newer than [`MAX_AGE`] exists (for readiness of
+    /// `auto` routes), honouring the floor after a failure.
+    pub async fn ensure_listed(&self, list: Lister) -> Result<(), CredentialError> {
+        let _guard = self.refresh.lock().await;
+        {
+            let st = self.state();
+            let now = Instant::now();
+            if st
+                .fetched_at
+                .is_some_and(|t| now.duration_since(t) < MAX_AGE)
+            {
+                return Ok(());
+            }
+            if let Some(e) = st.last_error.as_ref() {
+                if st
+                    .last_attempt
+                    .is_some_and(|t| now.duration_since(t) < MISS_FLOOR)
+                {
+                    return Err(e.clone());
+                }
+            }
+        }
+        self.fill(&list).await
+    }
+
+    async fn refresh_now(&self, list: &Lister) -> Result<(), CredentialError> {
+        let _guard = self.refresh.lock().await;
+        self.fill(list).await
+    }
+
+    async fn fill(&self, list: &Lister) -> Result<(), CredentialError> {
+        self.state().last_attempt = Some(Instant::now());
+        let result = list().await;
+        let mut st = self.state();
+        match result {
+            Ok(accounts) => {
+                st.accounts = accounts;
+                st.fetched_at = Some(Instant::now());
+                st.last_error = None;
+                Ok(())
+            }
+            Err(e) => {
+                st.last_error = Some(e.clone());
+                Err(e)
+            }
+        }
+    }
+}
+
+/// `GET /app/installations`.
+pub async fn list(
+    upstream: Arc<Upstream>,
+    jwt: String,
+) -> Result<HashMap<String, u64>, CredentialError> {
+    let req = request(&upstream, http::Method::GET, "/app/installations", &jwt)?;
+    let resp = upstream
+        .call(req)
+        .await
+        .map_err(CredentialError::from_call)?;
+    if !resp.status.is_success() {
+        return Err(CredentialError::TokenEndpoint(format!(
+            "GET /app/installations answered {}",
+            resp.status
+        )));
+    }
+    let list: Vec<Installation> = serde_json::from_slice(&resp.body).map_err(|e| {
+        CredentialError::TokenEndpoint(format!("GET /app/installations: unexpected answer: {e}"))
+    })?;
+    Ok(list
+        .into_iter()
+        .map(|i| (i.account.path.to_lowercase(), i.id))
+        .collect())
+}
+
+/// `POST /app/installations/{id}/access_tokens`.
+pub async fn mint(
+    upstream: Arc<Upstream>,
+    jwt: String,
+    id: u64,
+    margin: Duration,
+) -> Result<Token, CredentialError> {
+    let path = format!("/app/installations/{id}/access_tokens");
+    let req = request(&upstream, http::Method::POST, &path, &jwt)?;
+    let resp = upstream
+        .call(req)
+        .await
+        .map_err(CredentialError::from_call)?;
+    if resp.status == http::StatusCode::NOT_FOUND {
+        return Err(CredentialError::InstallationNotFound(format!("id {id}")));
+    }
+    if !resp.status.is_success() {
+        return Err(CredentialError::TokenEndpoint(format!(
+            "POST {path} answered {}",
+            resp.status
+        )));
+    }
+    let body: AccessToken = serde_json::from_slice(&resp.body).map_err(|e| {
+        CredentialError::TokenEndpoint(format!("POST {path}: unexpected answer: {e}"))
+    })?;
+    // Never assume a lifetime: read it from the answer.
+    let expires_at = chrono::DateTime::parse_from_rfc3339(&body.expires_at).map_err(|e| {
+        CredentialError::TokenEndpoint(format!(
+            "POST {path}: bad expires_at `{}`: {e}",
+            body.expires_at
+        ))
+    })?;
+    let lifetime = super::token::lifetime_until(expires_at.into());
+    if lifetime.is_zero() {
+        return Err(CredentialError::TokenEndpoint(format!(
+            "POST {path}: the token it issued has already expired (check this machine's clock)"
+        )));
+    }
+    tracing::info!(
+        installation = id,
+        lifetime_s = lifetime.as_secs(),
+        "minted installation token"
+    );
+    Token::new(&body.token, Instant::now(), lifetime, margin).ok_or_else(|| {
+        CredentialError::TokenEndpoint(format!("POST {path}: the token is not header-safe"))
+    })
+}
+
+fn request(
+    upstream: &Upstream,
+    method: http::Method,
+    path: &str,
+    jwt: &str,
+) -> Result<http::Request<Full<Bytes>>, CredentialError> {
+    let uri = upstream
+        .uri(path)
+        .map_err(|e| CredentialError::Internal(e.to_string()))?;
+    let mut auth = http::HeaderValue::try_from(format!("Bearer {jwt}"))
+        .map_err(|e| CredentialError::Internal(e.to_string()))?;
+    auth.set_sensitive(true);
+    http::Request::builder()
+        .method(method)
+        .uri(uri)
+        .header(http::header::AUTHORIZATION, auth)
+        .header(http::header::ACCEPT, "application/json")
+        .header(http::header::USER_AGENT, crate::USER_AGENT)
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| CredentialError::Internal(e.to_string()))
+}

@@ -1,0 +1,179 @@
+//! Credentials: turning a route's credential into a fresh bearer token.
+//!
+//! Caches live here, outside the config snapshot, keyed by what identifies a
+//! credential (the app fingerprint and installation id), so a reload keeps
+//! every token that is still right and nothing is minted because of it.
+
+mod app_jwt;
+pub mod cache;
+pub mod installations;
+pub mod token;
+
+use crate::config::AppConfig;
+use crate::routes::{InstallationSelector, RouteCredential, owner_from_path};
+use crate::upstream::{CallError, Upstream};
+use app_jwt::AppJwt;
+use cache::TokenCache;
+use dashmap::DashMap;
+use installations::Directory;
+use std::sync::Arc;
+use std::time::Duration;
+pub use token::Token;
+
+/// Why no token could be had. Cloneable: one failed mint answers every
+/// request that waited for it.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CredentialError {
+    #[error("the app is not installed on `{0}`")]
+    InstallationNotFound(String),
+    #[error(
+        "the route uses `installation: auto` but the path names no owner (/repos/OWNER/..., /orgs/ORG/..., /users/USER/...)"
+    )]
+    NoOwnerInPath,
+    #[error("token endpoint failed: {0}")]
+    TokenEndpoint(String),
+    #[error("no grant for user `{0}`: run `atomgit-proxy login {0}`")]
+    GrantMissing(String),
+    #[error(
+        "the grant of user `{0}` was refused by the platform: run `atomgit-proxy login {0}` again"
+    )]
+    GrantRevoked(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl CredentialError {
+    fn from_call(e: CallError) -> Self {
+        CredentialError::TokenEndpoint(e.to_string())
+    }
+}
+
+/// What a cached token belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum CacheKey {
+    Installation { app: [u8; 32], id: u64 },
+}
+
+/// Every credential's cached state.
+#[derive(Default)]
+pub struct Credentials {
+    /// Minted tokens.
+    tokens: TokenCache<CacheKey>,
+    /// One signed JWT per app identity.
+    jwts: DashMap<[u8; 32], Arc<AppJwt>>,
+    /// One account directory per app identity.
+    directories: DashMap<[u8; 32], Arc<Directory>>,
+}
+
+/// What a token is requested with: the parts of a snapshot the mint needs.
+pub struct Context<'a> {
+    pub app: &'a Arc<AppConfig>,
+    pub upstream: &'a Arc<Upstream>,
+    pub refresh_margin: Duration,
+}
+
+impl Credentials {
+    /// A token for `credential`, as a request to `forward_path` needs it.
+    pub async fn token(
+        &self,
+        ctx: &Context<'_>,
+        credential: &RouteCredential,
+        forward_path: &str,
+    ) -> Result<Token, CredentialError> {
+        match credential {
+            RouteCredential::Installation(selector) => {
+                let id = self.installation_id(ctx, selector, forward_path).await?;
+                self.installation_token(ctx, id).await
+            }
+            RouteCredential::User(user) => Err(CredentialError::GrantMissing(user.to_string())),
+        }
+    }
+
+    /// Resolves a selector to an installation id.
+    pub async fn installation_id(
+        &self,
+        ctx: &Context<'_>,
+        selector: &InstallationSelector,
+        forward_path: &str,
+    ) -> Result<u64, CredentialError> {
+        let account = match selector {
+            InstallationSelector::Id(id) => return Ok(*id),
+            InstallationSelector::Account(account) => account.clone(),
+            InstallationSelector::Auto => {
+                owner_from_path(forward_path).ok_or(CredentialError::NoOwnerInPath)?
+            }
+        };
+        let dir = self.directory(ctx);
+        dir.lookup(&account, self.lister(ctx)).await
+    }
+
+    /// Whether the app can list its installations (readiness of `auto` routes).
+    pub async fn check_listing(&self, ctx: &Context<'_>) -> Result<(), CredentialError> {
+        self.directory(ctx).ensure_listed(self.lister(ctx)).await
+    }
+
+    fn directory(&self, ctx: &Context<'_>) -> Arc<Directory> {
+        self.directories
+            .entry(ctx.app.fingerprint)
+            .or_default()
+            .clone()
+    }
+
+    fn lister(&self, ctx: &Context<'_>) -> installations::Lister {
+        let (jwts, app, upstream) = (self.jwt(ctx.app), ctx.app.clone(), ctx.upstream.clone());
+        Arc::new(move || {
+            let (jwt, upstream) = (jwts.get(&app), upstream.clone());
+            Box::pin(async move {
+                let jwt = jwt.map_err(|e| {
+                    CredentialError::Internal(format!("cannot sign the app JWT: {e}"))
+                })?;
+                installations::list(upstream, jwt).await
+            })
+        })
+    }
+
+    /// A token for installation `id`.
+    pub async fn installation_token(
+        &self,
+        ctx: &Context<'_>,
+        id: u64,
+    ) -> Result<Token, CredentialError> {
+        let key = CacheKey::Installation {
+            app: ctx.app.fingerprint,
+            id,
+        };
+        let (jwts, app, upstream, margin) = (
+            self.jwt(ctx.app),
+            ctx.app.clone(),
+            ctx.upstream.clone(),
+            ctx.refresh_margin,
+        );
+        self.tokens
+            .get(&key, move || async move {
+                let jwt = jwts.get(&app).map_err(|e| {
+                    CredentialError::Internal(format!("cannot sign the app JWT: {e}"))
+                })?;
+                installations::mint(upstream, jwt, id, margin).await
+            })
+            .await
+    }
+
+    fn jwt(&self, app: &AppConfig) -> Arc<AppJwt> {
+        self.jwts.entry(app.fingerprint).or_default().clone()
+    }
+
+    /// Forgets everything minted under app identities other than `current`:
+    /// after a reload changed the app id or key, old tokens must not be used.
+    pub fn retain_app(&self, current: &[u8; 32]) {
+        self.tokens.retain(|k| match k {
+            CacheKey::Installation { app, .. } => app == current,
+        });
+        self.jwts.retain(|k, _| k == current);
+        self.directories.retain(|k, _| k == current);
+    }
+
+    /// The cached token for an installation, without minting.
+    pub fn cached_installation_token(&self, app: &[u8; 32], id: u64) -> Option<Token> {
+        self.tokens.peek(&CacheKey::Installation { app: *app, id })
+    }
+}

@@ -1,0 +1,205 @@
+//! "The API": every path that is not app identity or OAuth. Checks the bearer
+//! token the proxy injected (issued, unexpired, one header, installation
+//! scope) and then serves the test endpoints: paginated repos, redirects,
+//! streamed upload/download, slow answers, and an echo of everything else.
+
+use std::time::Duration;
+
+use http::header::{AUTHORIZATION, LINK};
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use percent_encoding::percent_decode_str;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tokio::time::Instant;
+
+use super::TokenOwner;
+use super::respond::{self, Resp};
+use super::state::Shared;
+
+/// Number of repositories every org pretends to have.
+const REPO_COUNT: u64 = 5;
+
+pub(super) async fn handle(shared: &Shared, req: Request<Incoming>) -> Resp {
+    let owner = match authenticate(shared, req.headers()) {
+        Ok(owner) => owner,
+        Err((status, msg)) => return respond::message(status, msg),
+    };
+    let path = req.uri().path().to_owned();
+    let query = req.uri().query().map(str::to_owned);
+    let method = req.method().clone();
+
+    let account = match &owner {
+        TokenOwner::Installation(id) => {
+            let account = shared.lock().account_of(*id).map(str::to_owned);
+            if !in_scope(&path, account.as_deref()) {
+                return respond::message(StatusCode::FORBIDDEN, "installation not permitted");
+            }
+            account
+        }
+        TokenOwner::User(_) => None,
+    };
+
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    match (&method, segments.as_slice()) {
+        (_, ["user"]) => match &owner {
+            TokenOwner::User(user) => {
+                respond::json(StatusCode::OK, &json!({ "login": user, "name": user }))
+            }
+            TokenOwner::Installation(_) => respond::message(
+                StatusCode::FORBIDDEN,
+                "Resource not accessible by integration",
+            ),
+        },
+        (&Method::GET, ["orgs", org, "repos"]) => list_repos(shared, org, query.as_deref()),
+        (_, ["redirect", ..]) => {
+            let org = account.as_deref().unwrap_or("x");
+            respond::redirect(&format!("{}/orgs/{org}/repos", shared.base_url))
+        }
+        (&Method::POST, ["upload"]) => upload(req.into_body()).await,
+        (&Method::GET, ["download", n]) => match n.parse::<u64>() {
+            Ok(n) => respond::download(n),
+            Err(_) => respond::message(StatusCode::BAD_REQUEST, "byte count expected"),
+        },
+        (&Method::GET, ["slow", ms]) => match ms.parse::<u64>() {
+            Ok(ms) => {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                respond::json(StatusCode::OK, &json!({ "slept": ms }))
+            }
+            Err(_) => respond::message(StatusCode::BAD_REQUEST, "milliseconds expected"),
+        },
+        _ => {
+            let owner_label = match &owner {
+                TokenOwner::Installation(id) => format!("installation:{id}"),
+                TokenOwner::User(user) => format!("user:{user}"),
+            };
+            respond::json(
+                StatusCode::OK,
+                &json!({
+                    "method": method.as_str(),
+                    "path": path,
+                    "query": query,
+                    "owner": owner_label,
+                }),
+            )
+        }
+    }
+}
+
+/// Resolves the request's bearer token to its owner, or the error status and
+/// message to answer with.
+fn authenticate(
+    shared: &Shared,
+    headers: &HeaderMap,
+) -> Result<TokenOwner, (StatusCode, &'static str)> {
+    const BAD: (StatusCode, &str) = (StatusCode::UNAUTHORIZED, "Bad credentials");
+    let mut values = headers.get_all(AUTHORIZATION).iter();
+    let value = match (values.next(), values.next()) {
+        (Some(v), None) => v,
+        (None, _) => return Err((StatusCode::UNAUTHORIZED, "Requires authentication")),
+        (Some(_), Some(_)) => {
+            return Err((StatusCode::BAD_REQUEST, "multiple authorization headers"));
+        }
+    };
+    let token = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or(BAD)?;
+    let mut inner = shared.lock();
+    let (owner, expires) = match inner.tokens.get(token) {
+        Some(rec) => (rec.owner.clone(), rec.expires),
+        None => return Err(BAD),
+    };
+    if Instant::now() >= expires {
+        inner.expired_seen += 1;
+        return Err((StatusCode::UNAUTHORIZED, "token expired"));
+    }
+    Ok(owner)
+}
+
+/// Installation tokens only reach their own account's `/orgs/{org}`,
+/// `/repos/{owner}` and `/users/{user}` paths (case-insensitively).
+fn in_scope(path: &str, account: Option<&str>) -> bool {
+    let mut segments = path.split('/').skip(1);
+    let (Some(kind), Some(owner)) = (segments.next(), segments.next()) else {
+        return true;
+    };
+    if !matches!(kind, "orgs" | "repos" | "users") || owner.is_empty() {
+        return true;
+    }
+    let owner = percent_decode_str(owner).decode_utf8_lossy();
+    account.is_some_and(|a| a.eq_ignore_ascii_case(&owner))
+}
+
+/// `GET /orgs/{org}/repos`: GitHub-style pagination with absolute `Link`s.
+fn list_repos(shared: &Shared, org: &str, query: Option<&str>) -> Resp {
+    let mut per_page: u64 = 2;
+    let mut page: u64 = 1;
+    for (k, v) in url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        match k.as_ref() {
+            "per_page" => per_page = v.parse().unwrap_or(per_page).clamp(1, 100),
+            "page" => page = v.parse().unwrap_or(page).max(1),
+            _ => {}
+        }
+    }
+    let org_name = percent_decode_str(org).decode_utf8_lossy();
+    let last = REPO_COUNT.div_ceil(per_page).max(1);
+    let first_index = (page - 1).saturating_mul(per_page);
+    let repos: Vec<_> = (first_index..REPO_COUNT.min(first_index.saturating_add(per_page)))
+        .map(|i| {
+            let name = format!("repo-{}", i + 1);
+            json!({ "name": name, "full_name": format!("{org_name}/{name}") })
+        })
+        .collect();
+
+    let link_to = |p: u64, rel: &str| {
+        format!(
+            "<{}/orgs/{org}/repos?page={p}&per_page={per_page}>; rel=\"{rel}\"",
+            shared.base_url
+        )
+    };
+    let mut links = Vec::new();
+    if page > 1 {
+        links.push(link_to((page - 1).min(last), "prev"));
+    }
+    if page < last {
+        links.push(link_to(page + 1, "next"));
+        links.push(link_to(last, "last"));
+    }
+    if page > 1 {
+        links.push(link_to(1, "first"));
+    }
+    let mut resp = respond::json(StatusCode::OK, &serde_json::Value::Array(repos));
+    if !links.is_empty() {
+        respond::add_header(&mut resp, LINK, &links.join(", "));
+    }
+    resp
+}
+
+/// `POST /upload`: hashes the body frame by frame, never holding it whole.
+async fn upload(mut body: Incoming) -> Resp {
+    let mut hasher = Sha256::new();
+    let mut bytes: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(frame) => {
+                if let Some(data) = frame.data_ref() {
+                    hasher.update(data);
+                    bytes += data.len() as u64;
+                }
+            }
+            Err(e) => {
+                return respond::message(
+                    StatusCode::BAD_REQUEST,
+                    &format!("error reading body: {e}"),
+                );
+            }
+        }
+    }
+    respond::json(
+        StatusCode::OK,
+        &json!({ "sha256": hex::encode(hasher.finalize()), "bytes": bytes }),
+    )
+}

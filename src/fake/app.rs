@@ -1,0 +1,172 @@
+//! The app-identity endpoints: app JWT verification, `GET /app/installations`
+//! and `POST /app/installations/{id}/access_tokens` (which mints `ats_` tokens).
+
+use http::header::AUTHORIZATION;
+use http::{HeaderMap, Method, StatusCode};
+use jsonwebtoken::{Algorithm, Validation};
+use serde_json::{Value, json};
+
+use super::TokenOwner;
+use super::respond::{self, Resp};
+use super::state::{Shared, to_platform_time, wall_after};
+
+/// How far ahead of the fake's clock an `exp` may be: the platform family's
+/// ten minutes plus a little slack for the caller's clock and the round trip.
+const MAX_EXP_AHEAD_SECS: i64 = 600 + 30;
+
+/// Routes everything under `/app/`.
+pub(super) fn handle(shared: &Shared, method: &Method, path: &str, headers: &HeaderMap) -> Resp {
+    if path == "/app/installations" {
+        if method != Method::GET {
+            return respond::message(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed");
+        }
+        // Counted whether or not the JWT is good: tests use this to see how
+        // often the proxy asks at all.
+        shared.lock().installation_lists += 1;
+        if let Err(why) = check_jwt(shared, headers) {
+            return respond::message(StatusCode::UNAUTHORIZED, &why);
+        }
+        return list_installations(shared);
+    }
+    let id = path
+        .strip_prefix("/app/installations/")
+        .and_then(|rest| rest.strip_suffix("/access_tokens"))
+        .and_then(|id| id.parse::<u64>().ok());
+    match id {
+        Some(id) if method == Method::POST => mint(shared, id, headers),
+        Some(_) => respond::message(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed"),
+        None => respond::message(StatusCode::NOT_FOUND, "Not Found"),
+    }
+}
+
+/// Verifies the app JWT the way the platform does; the error text is safe to
+/// return (it never contains the token).
+fn check_jwt(shared: &Shared, headers: &HeaderMap) -> Result<(), String> {
+    let mut values = headers.get_all(AUTHORIZATION).iter();
+    let value = match (values.next(), values.next()) {
+        (Some(v), None) => v,
+        (None, _) => return Err("A JSON web token could not be decoded".into()),
+        (Some(_), Some(_)) => return Err("multiple authorization headers".into()),
+    };
+    let jwt = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or("expected 'Authorization: Bearer <JWT>'")?;
+    let key = shared
+        .key
+        .as_ref()
+        .ok_or("the fake has no app public key configured")?;
+
+    // Only the signature is left to jsonwebtoken; the claim rules are the
+    // platform's and are checked below so the messages say what was wrong.
+    let mut validation = Validation::new(Algorithm::RS256);
+    validation.validate_exp = false;
+    validation.validate_nbf = false;
+    validation.validate_aud = false;
+    validation.required_spec_claims.clear();
+    let claims = jsonwebtoken::decode::<Value>(jwt.trim(), key, &validation)
+        .map_err(|e| format!("A JSON web token could not be decoded: {e}"))?
+        .claims;
+
+    let iss_ok = match claims.get("iss") {
+        Some(Value::String(s)) => s.trim() == shared.app_id.to_string(),
+        Some(Value::Number(n)) => n.as_u64() == Some(shared.app_id),
+        _ => false,
+    };
+    if !iss_ok {
+        return Err(format!("'iss' must be the app id {}", shared.app_id));
+    }
+    if !claims.get("iat").is_some_and(Value::is_number) {
+        return Err("'iat' claim is missing".into());
+    }
+    let exp = claims
+        .get("exp")
+        .and_then(|v| v.as_i64().or_else(|| v.as_f64().map(|f| f as i64)))
+        .ok_or("'exp' claim is missing")?;
+    let now = chrono::Utc::now().timestamp();
+    if exp <= now {
+        return Err("'Expiration time' claim ('exp') must be a numeric value representing the future time at which the assertion expires".into());
+    }
+    if exp > now + MAX_EXP_AHEAD_SECS {
+        return Err("'Expiration time' claim ('exp') is too far in the future".into());
+    }
+    Ok(())
+}
+
+fn permissions() -> Value {
+    json!({
+        "emails": "write",
+        "checks": "write",
+        "contents": "write",
+        "keys": "write",
+        "statuses": "write"
+    })
+}
+
+fn list_installations(shared: &Shared) -> Resp {
+    let installations = shared.lock().installations.clone();
+    let list: Vec<Value> = installations
+        .iter()
+        .enumerate()
+        .map(|(idx, inst)| {
+            // A stable 24-hex-digit id in the platform's style.
+            let org_id = format!("{:024x}", 0x62c3_ea55_0000_0000_u64 + inst.id);
+            // The platform's sample shows `events` holding fragments of a
+            // JSON object; the first installation carries that quirk.
+            let events = if idx == 0 {
+                json!(["{\"code\":\"push\"", "\"desc\":\"push event\"}"])
+            } else {
+                json!(["push"])
+            };
+            json!({
+                "access_tokens_url": format!("{}/app/installations/{}/access_tokens", shared.base_url, inst.id),
+                "account": {
+                    "id": 10_000 + inst.id,
+                    "org_name": inst.account,
+                    "organization_id": org_id,
+                    "path": inst.account,
+                },
+                "app_id": shared.app_id,
+                "app_slug": "atomgit-proxy-fake",
+                "created_at": shared.created_at,
+                "events": events,
+                "id": inst.id,
+                "permissions": permissions(),
+                "repository_selection": "ALL",
+                "target_id": org_id,
+                "updated_at": shared.created_at,
+            })
+        })
+        .collect();
+    respond::json(StatusCode::OK, &Value::Array(list))
+}
+
+fn mint(shared: &Shared, id: u64, headers: &HeaderMap) -> Resp {
+    if let Err(why) = check_jwt(shared, headers) {
+        return respond::message(StatusCode::UNAUTHORIZED, &why);
+    }
+    let mut inner = shared.lock();
+    if let Some(code) = inner.failure {
+        return respond::text(
+            respond::status_or_500(code),
+            "injected failure of the token endpoint",
+        );
+    }
+    if inner.account_of(id).is_none() {
+        return respond::message(StatusCode::NOT_FOUND, "Not Found");
+    }
+    let lifetime = inner.token_lifetime;
+    let token = inner.issue_token("ats_", TokenOwner::Installation(id), lifetime);
+    *inner.mints.entry(id).or_default() += 1;
+    drop(inner);
+    respond::json(
+        StatusCode::OK,
+        &json!({
+            "expires_at": to_platform_time(wall_after(lifetime), true),
+            "permissions": permissions(),
+            "repository_selection": "ALL",
+            "token": token,
+        }),
+    )
+}

@@ -1,0 +1,37 @@
+//! atomgit-proxy: plain HTTP in, AtomGit Open API out, with a fresh app
+//! installation (`ats_`) or user (`atu_`) token injected into every request.
+//!
+//! # Layout
+//! The modules follow a request's path:
+//! - [`config`]: the YAML file ([`config::file`]), validated once into an
+//!   immutable [`config::Config`] snapshot.
+//! - [`server`]: listeners, the accept loop, graceful shutdown.
+//! - [`proxy`]: the service; caller keys ([`proxy::clients`]), route
+//!   selection, header surgery ([`proxy::headers`]) and streaming forward.
+//! - [`routes`]: compiled routes and matching.
+//! - [`credentials`]: the app JWT, installation discovery and tokens, the
+//!   single-flight token cache.
+//! - [`upstream`]: pooled HTTP clients to the platform.
+//! - [`local`]: the `/_proxy/` endpoints (health, readiness, metrics).
+//! - [`error`]: every error the proxy answers itself, mapped in one place.
+//! - [`app`]: a running proxy: snapshot swapping, reload, signals.
+//! - [`fake`]: an in-process fake AtomGit for `dev` and the tests.
+
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod config;
+pub mod credentials;
+pub mod dev;
+pub mod error;
+pub mod fake;
+pub mod local;
+pub mod metrics;
+pub mod proxy;
+pub mod routes;
+pub mod server;
+pub mod state;
+pub mod upstream;
+
+/// Sent on the proxy's own calls to the platform.
+pub const USER_AGENT: &str = concat!("atomgit-proxy/", env!("CARGO_PKG_VERSION"));

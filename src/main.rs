@@ -1,0 +1,180 @@
+//! The `atomgit-proxy` binary: command line, logging, and the process's
+//! lifecycle. Everything else lives in the library.
+
+use anyhow::{Context as _, bail};
+use atomgit_proxy::config::Config;
+use atomgit_proxy::routes::RouteCredential;
+use atomgit_proxy::state::{Shared, Snapshot};
+use atomgit_proxy::{app, dev, server};
+use clap::{Parser, Subcommand, ValueEnum};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "atomgit-proxy",
+    version,
+    about = "Local HTTP proxy that injects fresh AtomGit app and user tokens"
+)]
+struct Cli {
+    /// Log format (default: text on a terminal, json otherwise). Logs go to stderr;
+    /// the level is set with RUST_LOG (default info).
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Serve {
+        #[arg(short, long, env = "ATOMGIT_PROXY_CONFIG")]
+        config: PathBuf,
+    },
+    /// Load and fully validate a config; print a summary or every problem.
+    Check {
+        #[arg(short, long, env = "ATOMGIT_PROXY_CONFIG")]
+        config: PathBuf,
+    },
+    /// Zero-setup demo: an embedded fake AtomGit and the proxy in front of it.
+    Dev {
+        /// Where the proxy listens.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+    },
+    /// Print a fresh token for a route's credential (for scripts).
+    Token {
+        #[arg(short, long, env = "ATOMGIT_PROXY_CONFIG")]
+        config: PathBuf,
+        /// Route name.
+        #[arg(long)]
+        route: String,
+        /// Owner to act for on an `installation: auto` route.
+        #[arg(long)]
+        owner: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: Option<LogFormat>) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let format = format.unwrap_or(if std::io::stderr().is_terminal() {
+        LogFormat::Text
+    } else {
+        LogFormat::Json
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Check { config } => Ok(match Config::load(&config) {
+            Ok(cfg) => {
+                println!("{}: OK\n{}", config.display(), cfg.summary());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(2)
+            }
+        }),
+        Command::Serve { config } => serve(config).await,
+        Command::Dev { listen } => dev::run(listen).await.map(|()| ExitCode::SUCCESS),
+        Command::Token {
+            config,
+            route,
+            owner,
+        } => token(config, &route, owner.as_deref()).await,
+    }
+}
+
+async fn serve(path: PathBuf) -> anyhow::Result<ExitCode> {
+    let config = match Config::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    if config.allow_unauthenticated && config.clients.is_empty() {
+        tracing::warn!(
+            "allow_unauthenticated is set and no clients are configured: anyone who can reach the listeners can use the app's credentials"
+        );
+    }
+    let listeners = server::bind(&config.listen, app::UNIX_SOCKET_MODE)?;
+    let running = app::start(config, listeners).map_err(anyhow::Error::msg)?;
+    for addr in &running.addrs {
+        tracing::info!(listen = %addr, "serving");
+    }
+    app::signals(running.shared().clone()).await;
+    running.shutdown().await;
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn token(path: PathBuf, route_name: &str, owner: Option<&str>) -> anyhow::Result<ExitCode> {
+    let config = Config::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let Some(route) = config.routes.get(route_name) else {
+        let names: Vec<&str> = config.routes.iter().map(|r| &*r.name).collect();
+        bail!(
+            "no route named `{route_name}` (routes: {})",
+            names.join(", ")
+        );
+    };
+    let credential = route.credential.clone();
+    let path_for_owner = match (&credential, owner) {
+        (_, Some(owner)) => format!("/orgs/{owner}"),
+        (
+            RouteCredential::Installation(atomgit_proxy::routes::InstallationSelector::Auto),
+            None,
+        ) => {
+            bail!("route `{route_name}` picks the installation from the path: pass --owner NAME")
+        }
+        _ => "/".to_owned(),
+    };
+    let shared = Shared::new(Snapshot::build(config, None).map_err(anyhow::Error::msg)?);
+    let snap = shared.snapshot.load_full();
+    let token = shared
+        .credentials
+        .token(&snap.context(), &credential, &path_for_owner)
+        .await
+        .with_context(|| format!("route `{route_name}`"))?;
+    println!("{}", token.value());
+    Ok(ExitCode::SUCCESS)
+}

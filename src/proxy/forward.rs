@@ -1,0 +1,104 @@
+//! Sending one request upstream and streaming the answer back.
+//!
+//! Bodies are never collected: the caller's `Incoming` body becomes the
+//! upstream request body and the upstream's `Incoming` becomes the response.
+
+use super::headers::{rewrite_links, strip_hop_by_hop};
+use super::{Body, ConnInfo};
+use crate::credentials::Token;
+use crate::error::ProxyError;
+use crate::metrics::Metrics;
+use crate::routes::Route;
+use crate::state::Snapshot;
+use crate::upstream::error_chain;
+use http::header::{AUTHORIZATION, HOST};
+use http::{Request, Response, Version};
+use http_body_util::Either;
+use hyper::body::Incoming;
+
+/// Where the caller reached the proxy, for rewriting links back to it.
+pub struct CallerOrigin {
+    /// `host[:port]` as the caller sent it, validated as a URI authority.
+    host: Option<String>,
+    local: Option<std::net::SocketAddr>,
+    /// The stripped route prefix, put back so rewritten links take the same route.
+    prefix: String,
+}
+
+impl CallerOrigin {
+    pub fn new(host: Option<String>, conn: &ConnInfo, prefix: &str) -> Self {
+        CallerOrigin {
+            host,
+            local: conn.local,
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    fn base(&self) -> String {
+        let host = match (&self.host, self.local) {
+            (Some(h), _) => h.clone(),
+            (None, Some(addr)) => addr.to_string(),
+            (None, None) => "localhost".to_owned(),
+        };
+        format!("http://{host}{}", self.prefix)
+    }
+}
+
+/// The authority the caller addressed: the request target's (HTTP/2, or an
+/// absolute-form HTTP/1 target), else the `Host` header. Only a value that
+/// parses as an authority is kept, so it can be echoed into a URL safely.
+pub fn inbound_host(req: &Request<Incoming>) -> Option<String> {
+    if let Some(a) = req.uri().authority() {
+        return Some(a.as_str().to_owned());
+    }
+    let host = req.headers().get(HOST)?.to_str().ok()?;
+    host.parse::<http::uri::Authority>()
+        .ok()
+        .map(|a| a.as_str().to_owned())
+}
+
+pub async fn send(
+    req: Request<Incoming>,
+    snap: &Snapshot,
+    route: &Route,
+    token: &Token,
+    origin: CallerOrigin,
+    metrics: &Metrics,
+) -> Result<Response<Body>, ProxyError> {
+    let (mut parts, body) = req.into_parts();
+    let forward_path = route.forward_path(parts.uri.path());
+    let uri = match parts.uri.query() {
+        // The query goes on byte for byte.
+        Some(q) => snap.upstream.uri(&format!("{forward_path}?{q}")),
+        None => snap.upstream.uri(forward_path),
+    }
+    .map_err(|e| ProxyError::BadRequest(format!("cannot build the upstream URI: {e}")))?;
+    strip_hop_by_hop(&mut parts.headers);
+    parts.headers.remove(AUTHORIZATION);
+    parts.headers.insert(AUTHORIZATION, token.header().clone());
+    parts
+        .headers
+        .insert(HOST, snap.upstream.host_header.clone());
+    parts.uri = uri;
+    // The pool negotiates HTTP/2 by ALPN where the platform offers it; an
+    // inbound HTTP/2 request must not force prior-knowledge HTTP/2 upstream.
+    parts.version = Version::HTTP_11;
+    let req = Request::from_parts(parts, body);
+
+    let timeout = snap.config.upstream.response_timeout;
+    let started = tokio::time::Instant::now();
+    let resp = match tokio::time::timeout(timeout, snap.upstream.forward.request(req)).await {
+        Err(_) => return Err(ProxyError::UpstreamTimeout(timeout)),
+        Ok(Err(e)) => return Err(ProxyError::UpstreamUnreachable(error_chain(&e))),
+        Ok(Ok(resp)) => resp,
+    };
+    metrics
+        .upstream_seconds
+        .observe(started.elapsed().as_secs_f64());
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    rewrite_links(&mut parts.headers, &snap.upstream.base_url, || {
+        origin.base()
+    });
+    Ok(Response::from_parts(parts, Either::Left(body)))
+}

@@ -1,0 +1,154 @@
+//! The upstream: pooled HTTP clients to the Open API.
+//!
+//! One TLS connector (webpki roots plus the optional extra CA) backs two
+//! pools: one for forwarded requests, whose bodies stream straight from the
+//! caller, and one for the proxy's own small token calls. Both are built once
+//! per upstream configuration and reused across reloads that leave it alone.
+
+use crate::config::UpstreamConfig;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use std::time::Duration;
+
+type Connector = HttpsConnector<HttpConnector>;
+
+/// The largest token-endpoint answer read; real ones are a few hundred bytes.
+const MAX_API_RESPONSE: usize = 1 << 20;
+
+/// Clients for one upstream configuration.
+pub struct Upstream {
+    /// What these clients were built from; a reload compares it to decide reuse.
+    pub config: UpstreamConfig,
+    /// `Host` for forwarded requests, built once.
+    pub host_header: http::HeaderValue,
+    /// `{origin}{base_path}`: what `Link`/`Location` rewriting looks for.
+    pub base_url: String,
+    /// Forwarding pool: request bodies are the callers' `Incoming` streams.
+    pub forward: Client<Connector, Incoming>,
+    /// Token-call pool: small, fully known bodies.
+    api: Client<Connector, Full<Bytes>>,
+}
+
+/// Why an upstream call failed before a response arrived.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("cannot connect to the upstream: {0}")]
+    Unreachable(String),
+    #[error("the upstream did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("the upstream's answer could not be read: {0}")]
+    Body(String),
+}
+
+/// A small, fully read answer from a token call.
+#[derive(Debug)]
+pub struct ApiResponse {
+    pub status: http::StatusCode,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Upstream {
+    pub fn new(config: UpstreamConfig) -> Result<Upstream, String> {
+        let connector = connector(&config)?;
+        let forward = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_timer(TokioTimer::new())
+            .build(connector.clone());
+        let api = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_timer(TokioTimer::new())
+            .build(connector);
+        let host_header =
+            http::HeaderValue::from_str(config.authority.as_str()).map_err(|e| e.to_string())?;
+        Ok(Upstream {
+            base_url: config.base_url(),
+            host_header,
+            config,
+            forward,
+            api,
+        })
+    }
+
+    /// Sends a request whose body is small and known, and reads a bounded answer.
+    pub async fn call(&self, req: http::Request<Full<Bytes>>) -> Result<ApiResponse, CallError> {
+        let timeout = self.config.response_timeout;
+        let resp = match tokio::time::timeout(timeout, self.api.request(req)).await {
+            Err(_) => return Err(CallError::Timeout(timeout)),
+            Ok(Err(e)) => return Err(CallError::Unreachable(error_chain(&e))),
+            Ok(Ok(resp)) => resp,
+        };
+        let (parts, body) = resp.into_parts();
+        let body = tokio::time::timeout(timeout, Limited::new(body, MAX_API_RESPONSE).collect())
+            .await
+            .map_err(|_| CallError::Timeout(timeout))?
+            .map_err(|e| CallError::Body(e.to_string()))?
+            .to_bytes();
+        Ok(ApiResponse {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        })
+    }
+
+    /// An absolute URI on the upstream for `path_and_query` (which starts with `/`).
+    pub fn uri(&self, path_and_query: &str) -> Result<http::Uri, http::Error> {
+        let pq = if self.config.base_path.is_empty() {
+            http::uri::PathAndQuery::try_from(path_and_query)?
+        } else {
+            http::uri::PathAndQuery::try_from(format!("{}{path_and_query}", self.config.base_path))?
+        };
+        http::Uri::builder()
+            .scheme(self.config.scheme.clone())
+            .authority(self.config.authority.clone())
+            .path_and_query(pq)
+            .build()
+    }
+}
+
+fn connector(config: &UpstreamConfig) -> Result<Connector, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(pem) = &config.extra_ca_pem {
+        for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+            let cert = cert.map_err(|e| format!("upstream_ca_file: {e}"))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("upstream_ca_file: {e}"))?;
+        }
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(config.connect_timeout));
+    http.set_nodelay(true);
+    Ok(hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http))
+}
+
+/// The error and its causes on one line: hyper's top-level messages alone
+/// ("client error (Connect)") do not tell an operator what went wrong.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
