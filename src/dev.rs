@@ -6,6 +6,8 @@
 //! curl commands that work as printed.
 
 use crate::config::Config;
+use crate::config::OAuthConfig;
+use crate::credentials::login_link;
 use crate::fake::{self, FakeAtomGit, FakeInstallation, FakeOptions};
 use crate::{app, server};
 use anyhow::Context as _;
@@ -15,8 +17,31 @@ use std::path::Path;
 /// The demo's app id, as in the platform's documentation.
 const APP_ID: u64 = 75;
 
-/// The demo config: the fake's URL and the generated key filled in.
-pub fn config_yaml(listen: SocketAddr, upstream: &str, private_key_pem: &str) -> String {
+/// A one-time login link for `user`, on the proxy address `redirect_uri` names.
+pub fn login_link(oauth: &OAuthConfig, store: &Path, user: &str) -> anyhow::Result<String> {
+    let key = login_link::load_or_create_key(store).with_context(|| {
+        format!(
+            "reading or creating the link key beside {}",
+            store.display()
+        )
+    })?;
+    let exp = crate::credentials::grants::now_ms() / 1000 + login_link::LINK_LIFETIME.as_secs();
+    let mut base = oauth.redirect_uri.clone();
+    // The login endpoint sits beside the callback, whatever prefix a reverse
+    // proxy in front adds.
+    let path = base.path().trim_end_matches("/callback").to_owned();
+    base.set_path(&format!("{path}/login"));
+    base.set_query(Some(&login_link::sign(&key, user, exp)));
+    Ok(base.to_string())
+}
+
+/// The demo config: the fake's URL, the generated key and the store filled in.
+pub fn config_yaml(
+    listen: SocketAddr,
+    upstream: &str,
+    private_key_pem: &str,
+    store: &Path,
+) -> String {
     // A JSON string is a valid YAML double-quoted scalar: the PEM's newlines
     // survive without any YAML block juggling.
     let key = serde_json::to_string(private_key_pem).unwrap_or_default();
@@ -26,7 +51,18 @@ upstream: {upstream}
 app:
   id: {APP_ID}
   private_key: {{ value: {key} }}
+  client_id: "{client_id}"
+  client_secret: {{ value: "{client_secret}" }}
+oauth:
+  authorize_url: {upstream}/login/oauth/authorize
+  redirect_uri: http://{listen}/_proxy/oauth/callback
+store:
+  path: {store}
 routes:
+  - name: alice
+    match: {{ path_prefix: /as/alice }}
+    strip_prefix: true
+    user: alice
   - name: yanqianyu
     match: {{ path_prefix: /orgs/yanqianyu }}
     installation: {{ account: yanqianyu }}
@@ -40,7 +76,10 @@ routes:
   - name: orgs
     match: {{ path_prefix: /orgs }}
     installation: auto
-"#
+"#,
+        client_id = fake::FakeOAuth::default().client_id,
+        client_secret = fake::FakeOAuth::default().client_secret,
+        store = serde_json::to_string(&store.display().to_string()).unwrap_or_default(),
     )
 }
 
@@ -67,21 +106,30 @@ pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
     )
     .await
     .context("starting the fake AtomGit")?;
-    let yaml = config_yaml(listen, &fake.url(), &private_pem);
+    // Grants live in a fresh folder for this run only.
+    let state_dir = std::env::temp_dir().join(format!("atomgit-proxy-dev-{}", std::process::id()));
+    std::fs::create_dir_all(&state_dir)?;
+    let store = state_dir.join("grants.json");
+    let yaml = config_yaml(listen, &fake.url(), &private_pem, &store);
     let config = Config::from_yaml(&yaml, Path::new("."), "dev config")
         .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let link = match &config.oauth {
+        Some(oauth) => login_link(oauth, &store, "alice")?,
+        None => String::new(),
+    };
     let listeners = server::bind(&config.listen, app::UNIX_SOCKET_MODE).with_context(|| {
         format!("is another process on {listen}? try `atomgit-proxy dev --listen 127.0.0.1:8081`")
     })?;
     let running = app::start(config, listeners).map_err(anyhow::Error::msg)?;
-    print_banner(listen, &fake);
+    print_banner(listen, &fake, &link);
     app::signals(running.shared().clone()).await;
     running.shutdown().await;
     fake.shutdown();
+    let _ = std::fs::remove_dir_all(&state_dir);
     Ok(())
 }
 
-fn print_banner(listen: SocketAddr, fake: &FakeAtomGit) {
+fn print_banner(listen: SocketAddr, fake: &FakeAtomGit, link: &str) {
     let p = format!("http://{listen}");
     println!(
         r#"atomgit-proxy dev: a fake AtomGit runs at {fake_url} (app 75, installations yanqianyu=14, hanshuorg2=18);
@@ -94,6 +142,12 @@ the proxy listens on {p} and injects installation tokens. Try:
   curl -s {p}/orgs/nobody/repos                    # 404 installation_not_found
   curl -s {p}/_proxy/readyz                        # every credential ready?
   curl -s {p}/_proxy/metrics
+
+User routes act as a person. `alice` has no grant yet:
+  curl -s {p}/as/alice/user                        # 503 grant_missing
+Log her in (the fake AtomGit approves at once; the link works once, for 10 minutes):
+  curl -sL -c /tmp/atomgit-proxy-dev.cookies '{link}'
+  curl -s {p}/as/alice/user                        # now answered with alice's atu_ token
 
 Ctrl-C stops."#,
         fake_url = fake.url()

@@ -61,6 +61,13 @@ enum Command {
         #[arg(long)]
         owner: Option<String>,
     },
+    /// Print a one-time login link (valid 10 minutes) that binds USER's grant.
+    Login {
+        #[arg(short, long, env = "ATOMGIT_PROXY_CONFIG")]
+        config: PathBuf,
+        /// The user name routes refer to with `user: NAME`.
+        user: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -121,7 +128,31 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             route,
             owner,
         } => token(config, &route, owner.as_deref()).await,
+        Command::Login { config, user } => login(config, &user),
     }
+}
+
+fn login(path: PathBuf, user: &str) -> anyhow::Result<ExitCode> {
+    let config = Config::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (Some(oauth), Some(store)) = (config.oauth.as_ref(), config.store_path.as_ref()) else {
+        bail!(
+            "user logins need `oauth:` (with redirect_uri) and `store:` in {}",
+            path.display()
+        );
+    };
+    let used = config
+        .routes
+        .iter()
+        .any(|r| matches!(&r.credential, RouteCredential::User(u) if &**u == user));
+    if !used {
+        eprintln!(
+            "note: no route has `user: {user}`; the grant will be stored but unused until one does"
+        );
+    }
+    let link = dev::login_link(oauth, store, user)?;
+    println!("{link}");
+    eprintln!("Open this link in a browser within 10 minutes to log in as {user}; it works once.");
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn serve(path: PathBuf) -> anyhow::Result<ExitCode> {

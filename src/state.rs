@@ -1,6 +1,7 @@
 //! What every request shares: the current snapshot and the credential caches.
 
 use crate::config::Config;
+use crate::credentials::grants::GrantStore;
 use crate::credentials::{Context, Credentials};
 use crate::metrics::Metrics;
 use crate::upstream::Upstream;
@@ -12,6 +13,9 @@ use std::sync::{Arc, Mutex};
 pub struct Snapshot {
     pub config: Config,
     pub upstream: Arc<Upstream>,
+    /// The grant store, when user routes exist. Shared with the previous
+    /// snapshot while `store.path` stays, so grants in memory survive reloads.
+    pub store: Option<Arc<GrantStore>>,
 }
 
 impl Snapshot {
@@ -23,7 +27,16 @@ impl Snapshot {
             Some(prev) if prev.upstream.config == config.upstream => prev.upstream.clone(),
             _ => Arc::new(Upstream::new(config.upstream.clone())?),
         };
-        Ok(Snapshot { config, upstream })
+        let store = match (&config.store_path, previous.and_then(|p| p.store.as_ref())) {
+            (None, _) => None,
+            (Some(path), Some(prev)) if prev.path() == path => Some(prev.clone()),
+            (Some(path), _) => Some(Arc::new(GrantStore::open(path).map_err(|e| e.to_string())?)),
+        };
+        Ok(Snapshot {
+            config,
+            upstream,
+            store,
+        })
     }
 
     /// What the credential layer needs from this snapshot.
@@ -32,6 +45,8 @@ impl Snapshot {
             app: &self.config.app,
             upstream: &self.upstream,
             refresh_margin: self.config.refresh_margin,
+            oauth: self.config.oauth.as_ref(),
+            store: self.store.as_ref(),
         }
     }
 }
@@ -49,6 +64,8 @@ pub struct Shared {
     pub credentials: Credentials,
     pub metrics: Metrics,
     pub reload: Mutex<ReloadStatus>,
+    /// Logins started in a browser, waiting for the platform's callback.
+    pub logins: crate::local::oauth::PendingLogins,
 }
 
 impl Shared {
@@ -58,6 +75,7 @@ impl Shared {
             credentials: Credentials::default(),
             metrics: Metrics::default(),
             reload: Mutex::new(ReloadStatus::default()),
+            logins: Default::default(),
         })
     }
 }

@@ -459,6 +459,12 @@ fn oauth(
         "oauth.token_url",
         o.token_url.as_deref().or(default_token_url.as_deref()),
     );
+    if let Some(t) = token_url.as_ref() {
+        let loopback = t.host().is_some_and(|h| is_loopback_host(&h));
+        if t.scheme() == "http" && !loopback {
+            problems.add("oauth.token_url", "http:// is allowed only to loopback hosts (client secrets would travel in clear text)");
+        }
+    }
     if o.redirect_uri.is_none() {
         problems.add(
             "oauth.redirect_uri",

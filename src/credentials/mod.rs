@@ -6,15 +6,20 @@
 
 mod app_jwt;
 pub mod cache;
+pub mod grants;
 pub mod installations;
+pub mod login_link;
+pub mod oauth;
 pub mod token;
+pub mod user;
 
-use crate::config::AppConfig;
+use crate::config::{AppConfig, OAuthConfig};
 use crate::routes::{InstallationSelector, RouteCredential, owner_from_path};
 use crate::upstream::{CallError, Upstream};
 use app_jwt::AppJwt;
 use cache::TokenCache;
 use dashmap::DashMap;
+use grants::GrantStore;
 use installations::Directory;
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,7 +56,13 @@ impl CredentialError {
 /// What a cached token belongs to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum CacheKey {
-    Installation { app: [u8; 32], id: u64 },
+    Installation {
+        app: [u8; 32],
+        id: u64,
+    },
+    /// A user's token belongs to the person, not the app key: it survives
+    /// any reload that keeps the user.
+    User(Arc<str>),
 }
 
 /// Every credential's cached state.
@@ -70,6 +81,8 @@ pub struct Context<'a> {
     pub app: &'a Arc<AppConfig>,
     pub upstream: &'a Arc<Upstream>,
     pub refresh_margin: Duration,
+    pub oauth: Option<&'a OAuthConfig>,
+    pub store: Option<&'a Arc<GrantStore>>,
 }
 
 impl Credentials {
@@ -85,8 +98,39 @@ impl Credentials {
                 let id = self.installation_id(ctx, selector, forward_path).await?;
                 self.installation_token(ctx, id).await
             }
-            RouteCredential::User(user) => Err(CredentialError::GrantMissing(user.to_string())),
+            RouteCredential::User(user) => self.user_token(ctx, user).await,
         }
+    }
+
+    /// A token for `user`, from the grant store, refreshed when due.
+    pub async fn user_token(
+        &self,
+        ctx: &Context<'_>,
+        user: &Arc<str>,
+    ) -> Result<Token, CredentialError> {
+        let (Some(store), Some(oauth)) = (ctx.store, ctx.oauth) else {
+            // Validation requires both for user routes.
+            return Err(CredentialError::Internal(
+                "user routes need `store:` and `oauth:`".into(),
+            ));
+        };
+        let source = user::UserSource {
+            store: store.clone(),
+            upstream: ctx.upstream.clone(),
+            app: ctx.app.clone(),
+            oauth: oauth.clone(),
+            user: user.clone(),
+            margin: ctx.refresh_margin,
+        };
+        self.tokens
+            .get(&CacheKey::User(user.clone()), move || source.token())
+            .await
+    }
+
+    /// Forgets a user's cached token and failure, after a new login stored a
+    /// new grant.
+    pub fn forget_user(&self, user: &str) {
+        self.tokens.forget(&CacheKey::User(user.into()));
     }
 
     /// Resolves a selector to an installation id.
@@ -167,6 +211,7 @@ impl Credentials {
     pub fn retain_app(&self, current: &[u8; 32]) {
         self.tokens.retain(|k| match k {
             CacheKey::Installation { app, .. } => app == current,
+            CacheKey::User(_) => true,
         });
         self.jwts.retain(|k, _| k == current);
         self.directories.retain(|k, _| k == current);

@@ -1,5 +1,7 @@
 //! The proxy's own endpoints under `/_proxy/`, never forwarded.
 
+pub mod oauth;
+
 use crate::error::{ProxyError, json_error};
 use crate::proxy::{Body, Proxy};
 use crate::routes::{InstallationSelector, RouteCredential};
@@ -17,7 +19,10 @@ pub async fn handle(
     snap: &Arc<Snapshot>,
 ) -> Result<Response<Body>, ProxyError> {
     let path = req.uri().path();
-    let open = matches!(path, "/_proxy/healthz" | "/_proxy/readyz");
+    let open = matches!(
+        path,
+        "/_proxy/healthz" | "/_proxy/readyz" | "/_proxy/oauth/login" | "/_proxy/oauth/callback"
+    );
     if !open {
         // Everything else (metrics) tells about the deployment: callers only.
         crate::proxy::clients::identify(req.headers(), &snap.config.clients)?;
@@ -26,6 +31,8 @@ pub async fn handle(
         return Err(ProxyError::BadRequest(format!("{path} answers GET only")));
     }
     match path {
+        "/_proxy/oauth/login" => Ok(oauth::login(req.into_parts().0, snap, proxy).await),
+        "/_proxy/oauth/callback" => Ok(oauth::callback(req.into_parts().0, snap, proxy).await),
         "/_proxy/healthz" => Ok(text(StatusCode::OK, "text/plain", "ok\n".into())),
         "/_proxy/readyz" => Ok(readyz(proxy, snap).await),
         "/_proxy/metrics" => Ok(text(

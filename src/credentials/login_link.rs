@@ -1,0 +1,134 @@
+//! One-time login links: only the operator can start a user login.
+//!
+//! `atomgit-proxy login USER` signs (HMAC-SHA256) a link naming the user, an
+//! expiry and a random nonce with a key kept beside the grant store (created
+//! on first use, mode 0600). The proxy checks the signature and expiry and
+//! records the nonce as used in the store, so a link works once, even across
+//! a restart. Without a link nobody can bind a token to a user name.
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// How long a printed link stays valid.
+pub const LINK_LIFETIME: Duration = Duration::from_secs(600);
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// The signing key's file, beside the store.
+pub fn key_path(store: &Path) -> PathBuf {
+    let mut name = store
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(".link-key");
+    store.with_file_name(name)
+}
+
+/// Reads the link key, creating it on first use. Creation is exclusive, so
+/// two processes racing to create it agree on one key.
+pub fn load_or_create_key(store: &Path) -> std::io::Result<Vec<u8>> {
+    let path = key_path(store);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => return hex::decode(text.trim()).map_err(std::io::Error::other),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        Err(_) => {}
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let key: [u8; 32] = rand::random();
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+    {
+        Ok(mut file) => {
+            file.write_all(hex::encode(key).as_bytes())?;
+            file.sync_all()?;
+            Ok(key.to_vec())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let text = std::fs::read_to_string(&path)?;
+            hex::decode(text.trim()).map_err(std::io::Error::other)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn mac(key: &[u8], user: &str, exp: u64, nonce: &str) -> HmacSha256 {
+    // HMAC takes keys of any length.
+    let mut mac = HmacSha256::new_from_slice(key).unwrap_or_else(|_| unreachable!());
+    mac.update(format!("atomgit-proxy login\n{user}\n{exp}\n{nonce}").as_bytes());
+    mac
+}
+
+/// The query string of a login link for `user`, expiring at `exp` (epoch s).
+pub fn sign(key: &[u8], user: &str, exp: u64) -> String {
+    let nonce = hex::encode(rand::random::<[u8; 16]>());
+    let sig = hex::encode(mac(key, user, exp, &nonce).finalize().into_bytes());
+    url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("user", user)
+        .append_pair("exp", &exp.to_string())
+        .append_pair("nonce", &nonce)
+        .append_pair("sig", &sig)
+        .finish()
+}
+
+/// Whether `sig` is ours for these values (compared in constant time).
+pub fn verify(key: &[u8], user: &str, exp: u64, nonce: &str, sig: &str) -> bool {
+    let Ok(sig) = hex::decode(sig) else {
+        return false;
+    };
+    mac(key, user, exp, nonce).verify_slice(&sig).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signed_links_verify_and_tampering_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("grants.json");
+        let key = load_or_create_key(&store).unwrap();
+        assert_eq!(load_or_create_key(&store).unwrap(), key, "the key is kept");
+        let q: std::collections::HashMap<String, String> =
+            url::form_urlencoded::parse(sign(&key, "alice", 2_000_000_000).as_bytes())
+                .into_owned()
+                .collect();
+        assert!(verify(&key, "alice", 2_000_000_000, &q["nonce"], &q["sig"]));
+        assert!(!verify(
+            &key,
+            "mallory",
+            2_000_000_000,
+            &q["nonce"],
+            &q["sig"]
+        ));
+        assert!(!verify(
+            &key,
+            "alice",
+            2_000_000_001,
+            &q["nonce"],
+            &q["sig"]
+        ));
+        assert!(!verify(
+            b"other key",
+            "alice",
+            2_000_000_000,
+            &q["nonce"],
+            &q["sig"]
+        ));
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(key_path(&store))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+}

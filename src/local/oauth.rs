@@ -1,0 +1,304 @@
+//! The browser side of a user login: `/_proxy/oauth/login` and
+//! `/_proxy/oauth/callback`.
+//!
+//! `login` accepts only a signed, unexpired, unused link (see
+//! `credentials::login_link`), remembers a random `state` for the user the
+//! link names, sets it in a short-lived HttpOnly, SameSite=Lax cookie, and
+//! sends the browser to the platform. `callback` requires the `state` the
+//! platform echoes to match both the cookie and a pending login, exchanges
+//! the code, and stores the grant. Every failure shows a page and stores
+//! nothing.
+
+use crate::credentials::grants::now_ms;
+use crate::credentials::login_link;
+use crate::credentials::oauth::{OAuthError, exchange_code};
+use crate::proxy::{Body, Proxy};
+use crate::state::Snapshot;
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode};
+use http_body_util::{Either, Full};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::time::Instant;
+
+const COOKIE: &str = "atomgit_proxy_oauth_state";
+/// A started login must come back within this.
+const PENDING_LIFETIME: Duration = Duration::from_secs(600);
+/// Bounds memory if someone opens many links (each needs a valid link).
+const MAX_PENDING: usize = 1000;
+
+/// Logins waiting for the platform's callback, by `state`.
+#[derive(Default)]
+pub struct PendingLogins {
+    by_state: Mutex<HashMap<String, (String, Instant)>>,
+}
+
+impl PendingLogins {
+    fn insert(&self, state: String, user: String) {
+        let mut map = self.by_state.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        map.retain(|_, (_, at)| now.duration_since(*at) < PENDING_LIFETIME);
+        if map.len() >= MAX_PENDING {
+            if let Some(oldest) = map
+                .iter()
+                .min_by_key(|(_, (_, at))| *at)
+                .map(|(k, _)| k.clone())
+            {
+                map.remove(&oldest);
+            }
+        }
+        map.insert(state, (user, now));
+    }
+
+    /// The user of a pending login, removing it: a state works once.
+    fn take(&self, state: &str) -> Option<String> {
+        let mut map = self.by_state.lock().unwrap_or_else(|p| p.into_inner());
+        let (user, at) = map.remove(state)?;
+        (Instant::now().duration_since(at) < PENDING_LIFETIME).then_some(user)
+    }
+}
+
+fn query(req: &http::request::Parts) -> HashMap<String, String> {
+    url::form_urlencoded::parse(req.uri.query().unwrap_or_default().as_bytes())
+        .into_owned()
+        .collect()
+}
+
+pub async fn login(req: http::request::Parts, snap: &Snapshot, proxy: &Proxy) -> Response<Body> {
+    let (Some(oauth), Some(store)) = (snap.config.oauth.as_ref(), snap.store.as_ref()) else {
+        return page(
+            StatusCode::NOT_FOUND,
+            "Login is not set up",
+            "This proxy has no user routes (no <code>oauth:</code> and <code>store:</code> in its config).",
+        );
+    };
+    let q = query(&req);
+    let (Some(user), Some(exp), Some(nonce), Some(sig)) =
+        (q.get("user"), q.get("exp"), q.get("nonce"), q.get("sig"))
+    else {
+        tracing::warn!("login: incomplete link");
+        return page(
+            StatusCode::BAD_REQUEST,
+            "Incomplete login link",
+            "Copy the whole link that <code>atomgit-proxy login</code> printed.",
+        );
+    };
+    let key = match login_link::load_or_create_key(store.path()) {
+        Ok(k) => k,
+        Err(e) => {
+            tracing::error!("login: cannot read the link key: {e}");
+            return page(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Login unavailable",
+                "The proxy cannot read its link key; see its log.",
+            );
+        }
+    };
+    let exp_s: u64 = exp.parse().unwrap_or(0);
+    if !login_link::verify(&key, user, exp_s, nonce, sig) {
+        tracing::warn!(user = %user, "login: link with a bad signature");
+        return page(
+            StatusCode::FORBIDDEN,
+            "Invalid login link",
+            "This link was not issued by this proxy. Ask the operator to run <code>atomgit-proxy login USER</code>.",
+        );
+    }
+    if exp_s <= now_ms() / 1000 {
+        tracing::warn!(user = %user, "login: expired link");
+        return page(
+            StatusCode::GONE,
+            "Login link expired",
+            &format!(
+                "Links work for 10 minutes. Ask for a new one: <code>atomgit-proxy login {}</code>.",
+                esc(user)
+            ),
+        );
+    }
+    match store.use_link(nonce, exp_s) {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::warn!(user = %user, "login: link used again");
+            return page(
+                StatusCode::GONE,
+                "Login link already used",
+                &format!(
+                    "Each link works once. Ask for a new one: <code>atomgit-proxy login {}</code>.",
+                    esc(user)
+                ),
+            );
+        }
+        Err(e) => {
+            tracing::error!("login: {e}");
+            return page(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Login unavailable",
+                "The proxy cannot write its grant store; see its log.",
+            );
+        }
+    }
+    let state = hex::encode(rand::random::<[u8; 24]>());
+    proxy.shared().logins.insert(state.clone(), user.clone());
+    let mut target = oauth.authorize_url.clone();
+    target
+        .query_pairs_mut()
+        .append_pair(
+            "client_id",
+            snap.config.app.client_id.as_deref().unwrap_or_default(),
+        )
+        .append_pair("redirect_uri", oauth.redirect_uri.as_str())
+        .append_pair("state", &state)
+        .append_pair("response_type", "code");
+    let secure = if oauth.redirect_uri.scheme() == "https" {
+        "; Secure"
+    } else {
+        ""
+    };
+    let cookie = format!(
+        "{COOKIE}={state}; Path=/_proxy/oauth/; Max-Age=600; HttpOnly; SameSite=Lax{secure}"
+    );
+    tracing::info!(user = %user, "login: sending the browser to the platform");
+    let mut resp = page(StatusCode::FOUND, "Redirecting", "Continuing to AtomGit…");
+    if let (Ok(location), Ok(cookie)) = (
+        HeaderValue::try_from(target.as_str()),
+        HeaderValue::try_from(cookie),
+    ) {
+        resp.headers_mut().insert(http::header::LOCATION, location);
+        resp.headers_mut().insert(http::header::SET_COOKIE, cookie);
+    }
+    resp
+}
+
+pub async fn callback(req: http::request::Parts, snap: &Snapshot, proxy: &Proxy) -> Response<Body> {
+    let (Some(oauth), Some(store)) = (snap.config.oauth.as_ref(), snap.store.as_ref()) else {
+        return page(
+            StatusCode::NOT_FOUND,
+            "Login is not set up",
+            "This proxy has no user routes.",
+        );
+    };
+    let q = query(&req);
+    let cookie_state = req
+        .headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(name, _)| *name == COOKIE)
+        .map(|(_, value)| value.to_owned());
+    if let Some(error) = q.get("error") {
+        tracing::warn!(error = %error, "login: the platform reported an error");
+        return page(
+            StatusCode::BAD_REQUEST,
+            "Login not completed",
+            &format!(
+                "AtomGit answered: <code>{}</code>. Nothing was stored.",
+                esc(error)
+            ),
+        );
+    }
+    let (Some(state), Some(code)) = (q.get("state"), q.get("code")) else {
+        tracing::warn!("login: callback without state or code");
+        return page(
+            StatusCode::BAD_REQUEST,
+            "Login not completed",
+            "The callback has no <code>state</code> or <code>code</code>. Nothing was stored.",
+        );
+    };
+    if cookie_state.as_deref() != Some(state.as_str()) {
+        tracing::warn!("login: callback state does not match the browser's cookie");
+        return page(
+            StatusCode::BAD_REQUEST,
+            "Login not completed",
+            "This browser did not start this login (state mismatch). Nothing was stored; open your login link again in this browser.",
+        );
+    }
+    let Some(user) = proxy.shared().logins.take(state) else {
+        tracing::warn!("login: unknown, used or expired state");
+        return page(
+            StatusCode::BAD_REQUEST,
+            "Login not completed",
+            "This login was already completed or has expired. Nothing was stored; ask for a new link.",
+        );
+    };
+    let grant = match exchange_code(&snap.upstream, &snap.config.app, oauth, code).await {
+        Ok(g) => g,
+        Err(OAuthError::Refused { status, detail }) => {
+            tracing::warn!(user = %user, status, "login: the platform refused the code: {detail}");
+            return page(
+                StatusCode::BAD_REQUEST,
+                "Login not completed",
+                "AtomGit refused the authorization code (used or expired). Nothing was stored; ask for a new link.",
+            );
+        }
+        Err(OAuthError::Failed(msg)) => {
+            tracing::warn!(user = %user, "login: code exchange failed: {msg}");
+            return page(
+                StatusCode::BAD_GATEWAY,
+                "Login not completed",
+                "AtomGit's token endpoint could not be reached or failed. Nothing was stored; try a new link later.",
+            );
+        }
+    };
+    let durable = store.put(&user, grant);
+    proxy.shared().credentials.forget_user(&user);
+    let mut body = format!(
+        "atomgit-proxy now acts as <strong>{}</strong> on its user routes. You can close this page.",
+        esc(&user)
+    );
+    if let Err(e) = durable {
+        tracing::error!(user = %user, "login: {e}; the grant is kept in memory only");
+        body.push_str("<p class=warn>The proxy could not save the grant to disk; it will be lost on restart. See the proxy's log.</p>");
+    }
+    tracing::info!(user = %user, "login: grant stored");
+    let mut resp = page(StatusCode::OK, &format!("Logged in as {user}"), &body);
+    let clear = format!("{COOKIE}=; Path=/_proxy/oauth/; Max-Age=0; HttpOnly; SameSite=Lax");
+    if let Ok(v) = HeaderValue::try_from(clear) {
+        resp.headers_mut().insert(http::header::SET_COOKIE, v);
+    }
+    resp
+}
+
+/// Escapes text for HTML.
+fn esc(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
+}
+
+/// A small, self-contained page: a person reads it.
+fn page(status: StatusCode, title: &str, body_html: &str) -> Response<Body> {
+    let ok = status.is_success();
+    let html = format!(
+        r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title} · atomgit-proxy</title>
+<style>
+body{{margin:0;font:16px/1.5 system-ui,-apple-system,"Segoe UI",sans-serif;background:#f4f5f7;color:#1f2328;display:flex;min-height:100vh;align-items:center;justify-content:center}}
+main{{background:#fff;border-radius:12px;box-shadow:0 2px 12px rgba(0,0,0,.08);padding:2rem 2.5rem;max-width:34rem;border-top:6px solid {accent}}}
+h1{{font-size:1.4rem;margin:0 0 .75rem}} code{{background:#eef0f3;padding:.1em .35em;border-radius:4px}}
+.warn{{color:#9a6700}} footer{{margin-top:1.5rem;color:#656d76;font-size:.85rem}}
+</style></head>
+<body><main><h1 id="title">{title}</h1><div id="message">{body_html}</div><footer>atomgit-proxy</footer></main></body></html>
+"#,
+        title = esc(title),
+        accent = if ok { "#1f883d" } else { "#cf222e" },
+    );
+    let mut resp = Response::new(Either::Right(Full::new(Bytes::from(html))));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    h.insert(
+        http::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store"),
+    );
+    h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    h.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    resp
+}
