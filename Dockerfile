@@ -1,0 +1,43 @@
+# syntax=docker/dockerfile:1
+#
+# atomgit-proxy container image.
+#
+#   docker build -t atomgit-proxy .
+#   docker run --rm -p 8080:8080 -v "$PWD/deploy:/etc/atomgit-proxy:ro" atomgit-proxy
+#
+# The config is read from /etc/atomgit-proxy/config.yaml (ATOMGIT_PROXY_CONFIG);
+# relative paths in it (key files, client keys) resolve against that folder.
+# Inside a container the config must listen on 0.0.0.0:8080, which the proxy
+# accepts only with `clients:` or `allow_unauthenticated: true`.
+
+FROM rust:1-bookworm AS builder
+WORKDIR /build
+COPY Cargo.toml Cargo.lock ./
+COPY src ./src
+# The cache mounts keep the registry and compiled dependencies between builds;
+# the binary is copied out because the target folder is not part of the layer.
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/build/target \
+    cargo build --release --locked \
+    && cp target/release/atomgit-proxy /usr/local/bin/atomgit-proxy
+
+FROM debian:bookworm-slim
+# The proxy trusts its built-in Mozilla roots; ca-certificates provides
+# /etc/ssl/certs/ca-certificates.crt for `upstream_ca_file` when the platform
+# sits behind a CA that the system store (or a derived image) knows.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && groupadd --system --gid 10001 atomgit-proxy \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
+       --shell /usr/sbin/nologin atomgit-proxy \
+    && mkdir -p /etc/atomgit-proxy
+COPY --from=builder /usr/local/bin/atomgit-proxy /usr/local/bin/atomgit-proxy
+ENV ATOMGIT_PROXY_CONFIG=/etc/atomgit-proxy/config.yaml
+USER 10001:10001
+EXPOSE 8080
+# SIGTERM drains in-flight requests (timeouts.shutdown, default 30s) and exits 0;
+# give `docker stop` at least that long: docker stop -t 35.
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["atomgit-proxy"]
+CMD ["serve"]
