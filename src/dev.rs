@@ -117,7 +117,7 @@ pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
         Some(oauth) => login_link(oauth, &store, "alice")?,
         None => String::new(),
     };
-    let listeners = server::bind(&config.listen, app::UNIX_SOCKET_MODE).with_context(|| {
+    let listeners = server::bind(&config.listen, config.unix_socket_mode).with_context(|| {
         format!("is another process on {listen}? try `atomgit-proxy dev --listen 127.0.0.1:8081`")
     })?;
     let running = app::start(config, listeners).map_err(anyhow::Error::msg)?;

@@ -14,7 +14,8 @@
 //! - [`upstream`]: pooled HTTP clients to the platform.
 //! - [`local`]: the `/_proxy/` endpoints (health, readiness, metrics).
 //! - [`error`]: every error the proxy answers itself, mapped in one place.
-//! - [`app`]: a running proxy: snapshot swapping, reload, signals.
+//! - [`app`]: a running proxy: start, signals, shutdown.
+//! - [`reload`]: building and swapping a new snapshot; the file watcher.
 //! - [`fake`]: an in-process fake AtomGit for `dev` and the tests.
 
 #![forbid(unsafe_code)]
@@ -28,6 +29,7 @@ pub mod fake;
 pub mod local;
 pub mod metrics;
 pub mod proxy;
+pub mod reload;
 pub mod routes;
 pub mod server;
 pub mod state;

@@ -5,7 +5,7 @@ use anyhow::{Context as _, bail};
 use atomgit_proxy::config::Config;
 use atomgit_proxy::routes::RouteCredential;
 use atomgit_proxy::state::{Shared, Snapshot};
-use atomgit_proxy::{app, dev, server};
+use atomgit_proxy::{app, dev, reload, server};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -168,11 +168,19 @@ async fn serve(path: PathBuf) -> anyhow::Result<ExitCode> {
             "allow_unauthenticated is set and no clients are configured: anyone who can reach the listeners can use the app's credentials"
         );
     }
-    let listeners = server::bind(&config.listen, app::UNIX_SOCKET_MODE)?;
+    let listeners = server::bind(&config.listen, config.unix_socket_mode)?;
     let running = app::start(config, listeners).map_err(anyhow::Error::msg)?;
     for addr in &running.addrs {
         tracing::info!(listen = %addr, "serving");
     }
+    // Without a watcher SIGHUP still reloads; say so rather than refuse to run.
+    let _watcher = match reload::watch(running.shared().clone()) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!("cannot watch the config for changes ({e}); reload with SIGHUP");
+            None
+        }
+    };
     app::signals(running.shared().clone()).await;
     running.shutdown().await;
     tracing::info!("stopped");

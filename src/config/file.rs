@@ -26,6 +26,8 @@ pub struct ConfigFile {
     pub store: Option<StoreFile>,
     /// Local callers and their keys. Absent: no caller authentication.
     pub clients: Option<Vec<ClientFile>>,
+    /// Mode of unix socket listeners, octal (default "0660").
+    pub unix_socket_mode: Option<FileMode>,
     /// Opt out of the refusal to listen on a non-loopback address without `clients:`.
     #[serde(default)]
     pub allow_unauthenticated: bool,
@@ -48,6 +50,14 @@ pub struct AppFile {
     pub client_id: Option<String>,
     #[serde(default, with = "serde_yaml::with::singleton_map")]
     pub client_secret: Option<SecretFile>,
+}
+
+/// A file mode: `"0660"`, or the number 660 read as octal digits.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum FileMode {
+    Number(u32),
+    Text(String),
 }
 
 /// An app id as a YAML number or a numeric string.

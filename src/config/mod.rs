@@ -32,6 +32,12 @@ pub struct Config {
     pub path: Option<PathBuf>,
     /// Where to accept local callers.
     pub listen: Vec<ListenAddr>,
+    /// Mode given to unix socket listeners.
+    pub unix_socket_mode: u32,
+    /// Every file this config was built from (itself, key files, the CA
+    /// file): the reload watcher watches their folders and compares their
+    /// content.
+    pub files: Vec<PathBuf>,
     /// Where requests and token calls go.
     pub upstream: UpstreamConfig,
     /// The app identity; shared so the credential layer can hold it across reloads.
@@ -188,6 +194,7 @@ impl Config {
         let base = path.parent().unwrap_or(Path::new("."));
         let mut config = Self::from_yaml(&text, base, &path.display().to_string())?;
         config.path = Some(path.to_path_buf());
+        config.files.insert(0, path.to_path_buf());
         Ok(config)
     }
 

@@ -131,6 +131,26 @@ fn build(raw: ConfigFile, base: &Path, problems: &mut Problems) -> Option<Config
             }
         }
     }
+    let unix_socket_mode = match &raw.unix_socket_mode {
+        None => 0o660,
+        Some(mode) => {
+            let digits = match mode {
+                file::FileMode::Number(n) => n.to_string(),
+                file::FileMode::Text(t) => t.trim().trim_start_matches("0o").to_owned(),
+            };
+            match u32::from_str_radix(&digits, 8) {
+                Ok(m) if m <= 0o777 => m,
+                _ => {
+                    problems.add(
+                        "unix_socket_mode",
+                        format!("`{digits}` is not an octal file mode like \"0660\""),
+                    );
+                    0o660
+                }
+            }
+        }
+    };
+    let files = referenced_files(&raw, base);
     let client_names: HashSet<&str> = clients.iter().map(|c| &*c.name).collect();
     let routes = routes(&raw.routes, &client_names, problems);
     let needs_user = routes
@@ -148,6 +168,8 @@ fn build(raw: ConfigFile, base: &Path, problems: &mut Problems) -> Option<Config
     Some(Config {
         path: None,
         listen,
+        unix_socket_mode,
+        files,
         upstream: upstream?,
         app: Arc::new(app?),
         oauth,
@@ -158,6 +180,20 @@ fn build(raw: ConfigFile, base: &Path, problems: &mut Problems) -> Option<Config
         shutdown_grace,
         routes: RouteTable::new(routes),
     })
+}
+
+/// Files named by secret sources and the CA setting, resolved.
+fn referenced_files(raw: &ConfigFile, base: &Path) -> Vec<std::path::PathBuf> {
+    let secrets = std::iter::once(&raw.app.private_key)
+        .chain(raw.app.client_secret.as_ref())
+        .chain(raw.clients.iter().flatten().map(|c| &c.key));
+    secrets
+        .filter_map(|s| match s {
+            SecretFile::File(p) => Some(base.join(p)),
+            _ => None,
+        })
+        .chain(raw.upstream_ca_file.as_ref().map(|p| base.join(p)))
+        .collect()
 }
 
 fn listen_addrs(raw: Option<&[String]>, base: &Path, problems: &mut Problems) -> Vec<ListenAddr> {
