@@ -1,0 +1,211 @@
+//! The binary's `check` and `token` commands, run as a user's script would.
+
+mod common;
+
+use common::{bounded, config_yaml};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const BIN: &str = env!("CARGO_BIN_EXE_atomgit-proxy");
+
+const GOOD_ROUTES: &str = r#"
+- name: yanqianyu
+  match: { path_prefix: /orgs/yanqianyu, methods: [GET, POST] }
+  installation: { account: yanqianyu }
+- name: hanshu
+  match: { path_prefix: /as/hanshu }
+  strip_prefix: true
+  installation: { id: 18 }
+- name: repos
+  match: { path_prefix: /repos }
+  installation: auto
+"#;
+
+/// A temp folder holding the app key as `app.pem` and `text` as `proxy.yaml`.
+fn config_dir(text: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    std::fs::write(dir.path().join("app.pem"), common::private_key_pem()).expect("write the key");
+    let path = dir.path().join("proxy.yaml");
+    std::fs::write(&path, text).expect("write the config");
+    (dir, path)
+}
+
+fn run(args: &[&str], config: &Path) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .arg("-c")
+        .arg(config)
+        .env_remove("ATOMGIT_PROXY_CONFIG")
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run the atomgit-proxy binary")
+}
+
+/// Runs the binary off the async runtime, so the fake it talks to keeps serving.
+async fn run_async(args: &[&str], config: &Path) -> Output {
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    let config = config.to_owned();
+    let job = tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run(&args, &config)
+    });
+    bounded(60, "the atomgit-proxy binary", job)
+        .await
+        .expect("the blocking task")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn check_accepts_a_good_config_and_summarises_its_routes() {
+    let yaml = config_yaml(
+        "https://api.atomgit.com",
+        "{ file: app.pem }",
+        "",
+        GOOD_ROUTES,
+    );
+    let (_dir, path) = config_dir(&yaml);
+    let out = run(&["check"], &path);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout: {stdout}\nstderr: {stderr}",
+        out.status
+    );
+    assert!(stdout.contains("OK"), "{stdout}");
+    assert!(
+        stdout.contains("127.0.0.1:0"),
+        "the listener is summarised: {stdout}"
+    );
+    for (name, prefix) in [
+        ("yanqianyu", "/orgs/yanqianyu"),
+        ("hanshu", "/as/hanshu"),
+        ("repos", "/repos"),
+    ] {
+        assert!(
+            stdout.contains(&format!("{name}: {prefix}")),
+            "route {name} is not summarised: {stdout}"
+        );
+    }
+    common::assert_no_secret(&stdout);
+    common::assert_no_secret(&stderr);
+}
+
+#[test]
+fn check_names_the_field_of_every_problem() {
+    let bad = r#"listen: ["127.0.0.1:0"]
+upstream: http://example.com
+app:
+  id: 75
+  private_key: { file: missing.pem }
+routes:
+  - name: both
+    match: { path_prefix: /orgs/a }
+    installation: { id: 1 }
+    user: alice
+  - name: noslash
+    match: { path_prefix: orgs/b }
+    installation: auto
+"#;
+    let (_dir, path) = config_dir(bad);
+    let out = run(&["check"], &path);
+    let stderr = text(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a bad config passed: {}",
+        text(&out.stdout)
+    );
+    for field in [
+        "routes[0].installation",
+        "routes[1].match.path_prefix",
+        "app.private_key",
+        "upstream",
+    ] {
+        assert!(
+            stderr.contains(&format!("{field}: ")),
+            "{field} is not named:\n{stderr}"
+        );
+    }
+    // Where the key is written once, the line is given too.
+    assert!(stderr.contains("line 2: upstream: "), "{stderr}");
+    assert!(
+        stderr.contains("missing.pem"),
+        "the missing file is named: {stderr}"
+    );
+    assert!(
+        stderr.contains("4 problems"),
+        "every problem is reported: {stderr}"
+    );
+}
+
+#[test]
+fn check_rejects_an_unknown_top_level_key() {
+    let yaml = config_yaml(
+        "https://api.atomgit.com",
+        "{ file: app.pem }",
+        "bogus_setting: 1",
+        GOOD_ROUTES,
+    );
+    let (_dir, path) = config_dir(&yaml);
+    let out = run(&["check"], &path);
+    let stderr = text(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "an unknown key passed: {}",
+        text(&out.stdout)
+    );
+    assert!(stderr.contains("unknown field"), "{stderr}");
+    assert!(stderr.contains("bogus_setting"), "{stderr}");
+    let line = yaml
+        .lines()
+        .position(|l| l.starts_with("bogus_setting"))
+        .expect("the key is in the file")
+        + 1;
+    assert!(
+        stderr.contains(&format!("line {line}")),
+        "line {line} is not named: {stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_prints_a_token_the_platform_issued_for_the_route() {
+    bounded(120, "token command", async {
+        let fake = common::start_fake(
+            &[(14, "yanqianyu"), (18, "hanshuorg2")],
+            std::time::Duration::from_secs(3600),
+        )
+        .await;
+        let yaml = config_yaml(&fake.url(), "{ file: app.pem }", "", GOOD_ROUTES);
+        let (_dir, path) = config_dir(&yaml);
+
+        for (route, id) in [("yanqianyu", 14), ("hanshu", 18)] {
+            let out = run_async(&["token", "--route", route], &path).await;
+            let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+            assert!(out.status.success(), "route {route}: {stderr}");
+            let token = stdout.trim();
+            assert!(token.starts_with("ats_"), "route {route}: {stdout}");
+            assert_eq!(
+                stdout.lines().count(),
+                1,
+                "only the token on stdout: {stdout}"
+            );
+            assert_eq!(
+                fake.token_owner(token),
+                Some(atomgit_proxy::fake::TokenOwner::Installation(id)),
+                "route {route}"
+            );
+            assert!(!stderr.contains(token), "the token was logged: {stderr}");
+        }
+        assert_eq!(fake.mints_for(14), 1);
+        assert_eq!(fake.mints_for(18), 1);
+
+        let out = run_async(&["token", "--route", "nope"], &path).await;
+        assert!(!out.status.success());
+        assert!(out.stdout.is_empty(), "{}", text(&out.stdout));
+        assert!(text(&out.stderr).contains("nope"), "{}", text(&out.stderr));
+        fake.shutdown();
+    })
+    .await
+}

@@ -1,0 +1,381 @@
+//! The integration-test harness: a fake AtomGit and the proxy in front of it,
+//! both started inside the test on `127.0.0.1:0`, plus a plain hyper client.
+//!
+//! Each test binary compiles this module on its own and uses only part of
+//! it, hence the `dead_code` allowance.
+
+#![allow(dead_code)]
+
+use atomgit_proxy::app::{self, Running};
+use atomgit_proxy::config::Config;
+use atomgit_proxy::fake::{FakeAtomGit, FakeInstallation, FakeOptions, Recorded, TokenOwner};
+use atomgit_proxy::server;
+use bytes::Bytes;
+use http::header::AUTHORIZATION;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// The app id every test config and the fake agree on.
+pub const APP_ID: u64 = 75;
+
+/// Request bodies: a small buffer or a generated stream, as one type.
+pub type ReqBody = BoxBody<Bytes, Infallible>;
+
+/// The client every test talks to the proxy with.
+pub type HttpClient = Client<HttpConnector, ReqBody>;
+
+/// One app key per test binary: generating a 2048-bit RSA key takes long
+/// enough that every test doing it would dominate the run.
+pub fn app_key() -> &'static (String, String) {
+    static KEY: OnceLock<(String, String)> = OnceLock::new();
+    KEY.get_or_init(atomgit_proxy::fake::generate_app_key)
+}
+
+/// The private key PEM, for tests that write key files or look for leaks.
+pub fn private_key_pem() -> &'static str {
+    &app_key().0
+}
+
+/// Fails the test with `what` if `fut` takes longer than `secs`.
+pub async fn bounded<T>(secs: u64, what: &str, fut: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(Duration::from_secs(secs), fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out after {secs}s: {what}"),
+    }
+}
+
+/// Removes the common indentation of `text` and indents every line by
+/// `indent` spaces, so tests can write YAML blocks naturally in raw strings.
+pub fn reindent(text: &str, indent: usize) -> String {
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let common = lines
+        .iter()
+        .map(|l| l.len() - l.trim_start().len())
+        .min()
+        .unwrap_or(0);
+    let pad = " ".repeat(indent);
+    lines
+        .iter()
+        .map(|l| format!("{pad}{}\n", &l[common..]))
+        .collect()
+}
+
+/// Starts a fake AtomGit on `127.0.0.1:0` that trusts [`app_key`].
+pub async fn start_fake(installations: &[(u64, &str)], token_lifetime: Duration) -> FakeAtomGit {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the fake on 127.0.0.1:0");
+    FakeAtomGit::start(
+        listener,
+        FakeOptions {
+            app_id: APP_ID,
+            app_public_key_pem: app_key().1.clone(),
+            installations: installations
+                .iter()
+                .map(|&(id, account)| FakeInstallation {
+                    id,
+                    account: account.to_owned(),
+                })
+                .collect(),
+            token_lifetime,
+            ..FakeOptions::default()
+        },
+    )
+    .await
+    .expect("start the fake AtomGit")
+}
+
+/// A config file's text: loopback listener on port 0, `upstream`, the app
+/// key given as `private_key` (a YAML flow mapping such as `{ file: app.pem }`),
+/// any extra top-level YAML, and `routes` (a YAML list, any indentation).
+pub fn config_yaml(upstream: &str, private_key: &str, extra: &str, routes: &str) -> String {
+    format!(
+        "listen: [\"127.0.0.1:0\"]\nupstream: {upstream}\napp:\n  id: {APP_ID}\n  private_key: {private_key}\n{}routes:\n{}",
+        reindent(extra, 0),
+        reindent(routes, 2),
+    )
+}
+
+/// `{ value: "<pem>" }`: the key inline, JSON-escaped (a JSON string is a
+/// valid YAML double-quoted scalar, newlines included).
+pub fn inline_key() -> String {
+    let pem = serde_json::to_string(private_key_pem()).expect("a string serialises");
+    format!("{{ value: {pem} }}")
+}
+
+/// What a [`TestEnv`] is started with.
+pub struct EnvOptions<'a> {
+    /// The `routes:` list.
+    pub routes: &'a str,
+    /// The fake's installations: (id, account path).
+    pub installations: &'a [(u64, &'a str)],
+    /// Extra top-level YAML (e.g. `timeouts: { response: 1s }`).
+    pub extra_yaml: &'a str,
+    /// Lifetime of the `ats_` tokens the fake mints.
+    pub token_lifetime: Duration,
+    /// Where the proxy sends requests instead of the fake (e.g. a dead port).
+    pub upstream: Option<String>,
+}
+
+impl Default for EnvOptions<'_> {
+    fn default() -> Self {
+        EnvOptions {
+            routes: "",
+            installations: &[],
+            extra_yaml: "",
+            token_lifetime: Duration::from_secs(3600),
+            upstream: None,
+        }
+    }
+}
+
+/// A fake AtomGit, the proxy in front of it, and a client.
+pub struct TestEnv {
+    pub fake: FakeAtomGit,
+    /// `None` once [`TestEnv::stop_proxy`] took it.
+    pub running: Option<Running>,
+    /// Where the proxy listens.
+    pub addr: SocketAddr,
+    pub client: HttpClient,
+}
+
+impl TestEnv {
+    pub async fn start(routes: &str, installations: &[(u64, &str)]) -> TestEnv {
+        Self::start_with(EnvOptions {
+            routes,
+            installations,
+            ..EnvOptions::default()
+        })
+        .await
+    }
+
+    pub async fn start_with(opts: EnvOptions<'_>) -> TestEnv {
+        let fake = start_fake(opts.installations, opts.token_lifetime).await;
+        let upstream = opts.upstream.unwrap_or_else(|| fake.url());
+        let yaml = config_yaml(&upstream, &inline_key(), opts.extra_yaml, opts.routes);
+        let config = Config::from_yaml(&yaml, Path::new("."), "test config")
+            .unwrap_or_else(|e| panic!("test config is invalid: {e}\n{yaml}"));
+        let listeners =
+            server::bind(&config.listen, app::UNIX_SOCKET_MODE).expect("bind the proxy");
+        let running = app::start(config, listeners).expect("start the proxy");
+        let addr = running.addrs[0]
+            .parse()
+            .expect("a TCP listener describes itself as ip:port");
+        TestEnv {
+            fake,
+            running: Some(running),
+            addr,
+            client: client(),
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn proxy_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// `path` (with any query) on the proxy.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.proxy_url())
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        self.request(Method::GET, path, &[], Bytes::new()).await
+    }
+
+    /// Sends a request with `headers` (appended, so a name may repeat) and a
+    /// small body, and reads the whole answer.
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> Reply {
+        send(
+            &self.client,
+            request(method, &self.url(path), headers, full(body)),
+        )
+        .await
+    }
+
+    /// The most recent API request the fake received for `path`.
+    pub fn last_api_request(&self, path: &str) -> Recorded {
+        self.fake
+            .api_requests()
+            .into_iter()
+            .rev()
+            .find(|r| r.path == path)
+            .unwrap_or_else(|| panic!("the fake received no request for {path}"))
+    }
+
+    /// Who the token on the most recent request for `path` belongs to.
+    pub fn owner_of_last(&self, path: &str) -> TokenOwner {
+        let token = single_bearer(&self.last_api_request(path).headers);
+        self.fake
+            .token_owner(&token)
+            .unwrap_or_else(|| panic!("the fake did not issue the token sent for {path}"))
+    }
+
+    /// Stops the proxy (draining in-flight requests), leaving the fake up.
+    pub async fn stop_proxy(&mut self) {
+        if let Some(running) = self.running.take() {
+            bounded(35, "proxy shutdown", running.shutdown()).await;
+        }
+    }
+
+    /// Stops everything this environment started.
+    pub async fn shutdown(mut self) {
+        // Idle pooled connections would otherwise be drained one by one.
+        self.client = client();
+        self.stop_proxy().await;
+        self.fake.shutdown();
+    }
+}
+
+/// A plain HTTP/1.1 client (no proxy settings, no TLS).
+pub fn client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+/// An HTTP/2 client speaking prior knowledge (h2c).
+pub fn h2_client() -> HttpClient {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build(HttpConnector::new())
+}
+
+pub fn full(body: impl Into<Bytes>) -> ReqBody {
+    Full::new(body.into()).boxed()
+}
+
+pub fn request(
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: ReqBody,
+) -> Request<ReqBody> {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(url)
+        .body(body)
+        .expect("a valid test request");
+    for (name, value) in headers {
+        req.headers_mut().append(
+            HeaderName::from_bytes(name.as_bytes()).expect("a valid header name"),
+            HeaderValue::from_str(value).expect("a valid header value"),
+        );
+    }
+    req
+}
+
+/// A whole answer.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.text()))
+    }
+
+    /// Asserts this is one of the proxy's own errors with `status` and `code`,
+    /// in the contract's shape, and that it leaks no credential.
+    pub fn assert_proxy_error(&self, status: StatusCode, code: &str) {
+        assert_eq!(self.status, status, "body: {}", self.text());
+        assert_eq!(
+            self.headers
+                .get("x-atomgit-proxy-error")
+                .and_then(|v| v.to_str().ok()),
+            Some(code),
+            "headers: {:?}",
+            self.headers
+        );
+        let json = self.json();
+        assert_eq!(json["error"], code, "{json}");
+        assert!(json["message"].is_string(), "{json}");
+        assert_no_secret(&self.text());
+    }
+}
+
+/// Asserts `text` holds no token, key material or PEM armour.
+pub fn assert_no_secret(text: &str) {
+    assert!(!text.contains("ats_"), "a token leaked: {text}");
+    assert!(!text.contains("atu_"), "a token leaked: {text}");
+    assert!(!text.contains("BEGIN"), "PEM armour leaked: {text}");
+    let key_body = private_key_pem()
+        .lines()
+        .nth(1)
+        .expect("a PEM has a body line");
+    assert!(!text.contains(key_body), "the private key leaked: {text}");
+}
+
+pub async fn send(client: &HttpClient, req: Request<ReqBody>) -> Reply {
+    let resp = client.request(req).await.expect("the proxy answers");
+    let (parts, body) = resp.into_parts();
+    let body = body
+        .collect()
+        .await
+        .expect("the answer's body can be read")
+        .to_bytes();
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+/// The token of the one `Authorization: Bearer` header in `headers`.
+pub fn single_bearer(headers: &HeaderMap) -> String {
+    let values: Vec<&HeaderValue> = headers.get_all(AUTHORIZATION).iter().collect();
+    assert_eq!(
+        values.len(),
+        1,
+        "expected exactly one Authorization header: {values:?}"
+    );
+    let value = values[0].to_str().expect("an ASCII Authorization header");
+    let token = value
+        .strip_prefix("Bearer ")
+        .unwrap_or_else(|| panic!("not a bearer token: {value}"));
+    assert!(
+        token.starts_with("ats_"),
+        "not an installation token: {token}"
+    );
+    token.to_owned()
+}
+
+/// A port on 127.0.0.1 where nothing listens (bound, then released).
+pub fn dead_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr()
+        .expect("a bound listener has an address")
+        .port()
+}
+
+/// Polls until a TCP connect to `addr` is refused (or `secs` run out).
+pub async fn wait_until_refused(addr: SocketAddr, secs: u64) {
+    bounded(secs, "waiting for the port to close", async {
+        while tokio::net::TcpStream::connect(addr).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+}

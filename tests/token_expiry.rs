@@ -1,0 +1,63 @@
+//! Short-lived tokens are refreshed ahead of expiry: under continuous load
+//! the upstream never sees an expired token and no request fails.
+
+mod common;
+
+use common::{EnvOptions, TestEnv, bounded};
+use http::StatusCode;
+use std::time::Duration;
+use tokio::time::Instant;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upstream_never_receives_an_expired_token() {
+    bounded(60, "continuous requests across token lifetimes", async {
+        // 3 s tokens: the proxy refreshes at half-life and stops injecting a
+        // token in its last 10% (300 ms), well above a loopback round trip.
+        let env = TestEnv::start_with(EnvOptions {
+            routes: r#"
+                - name: yanqianyu
+                  match: { path_prefix: /orgs/yanqianyu }
+                  installation: { id: 14 }
+            "#,
+            installations: &[(14, "yanqianyu")],
+            token_lifetime: Duration::from_secs(3),
+            ..EnvOptions::default()
+        })
+        .await;
+
+        let started = Instant::now();
+        let mut sent = 0;
+        let mut tokens = std::collections::HashSet::new();
+        while started.elapsed() < Duration::from_secs(7) {
+            let path = format!("/orgs/yanqianyu/r{sent}");
+            let reply = env.get(&path).await;
+            assert_eq!(
+                reply.status,
+                StatusCode::OK,
+                "request {sent} at {:?}: {}",
+                started.elapsed(),
+                reply.text()
+            );
+            tokens.insert(common::single_bearer(&env.last_api_request(&path).headers));
+            sent += 1;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(sent > 50, "only {sent} requests in 7 s");
+        assert_eq!(env.fake.expired_tokens_seen(), 0);
+        let mints = env.fake.mints_for(14);
+        assert!(
+            mints >= 2,
+            "a 3 s token must be refreshed within 7 s: {mints} mint(s)"
+        );
+        // Seven seconds of 3 s tokens refreshed at half-life: no more than
+        // one mint per refresh window (plus the first).
+        assert!(mints <= 7, "refreshed too eagerly: {mints} mints");
+        assert!(
+            tokens.len() >= 2,
+            "the upstream saw only {} token(s)",
+            tokens.len()
+        );
+        env.shutdown().await;
+    })
+    .await
+}
