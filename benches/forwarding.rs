@@ -11,8 +11,8 @@ use atomgit_proxy::fake::{self, FakeAtomGit, FakeInstallation, FakeOptions};
 use atomgit_proxy::{app, server};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use std::time::{Duration, Instant};
 
@@ -47,7 +47,10 @@ async fn small_requests(client: &HttpClient, base: &str, s: &Sizes) -> Duration 
 
 async fn download(client: &HttpClient, base: &str, size: u64) -> Duration {
     let started = Instant::now();
-    let resp = client.get(format!("{base}/download/{size}").parse().unwrap()).await.unwrap();
+    let resp = client
+        .get(format!("{base}/download/{size}").parse().unwrap())
+        .await
+        .unwrap();
     let mut body = resp.into_body();
     let mut got = 0u64;
     while let Some(frame) = body.frame().await {
@@ -63,16 +66,29 @@ async fn download(client: &HttpClient, base: &str, size: u64) -> Duration {
 async fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let s = if full {
-        Sizes { rounds: 5, requests: 4000, concurrency: 16, download: 512 << 20 }
+        Sizes {
+            rounds: 5,
+            requests: 4000,
+            concurrency: 16,
+            download: 512 << 20,
+        }
     } else {
-        Sizes { rounds: 1, requests: 32, concurrency: 4, download: 1 << 20 }
+        Sizes {
+            rounds: 1,
+            requests: 32,
+            concurrency: 4,
+            download: 1 << 20,
+        }
     };
     let (private_pem, public_pem) = fake::generate_app_key();
     let fake = FakeAtomGit::start(
         tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
         FakeOptions {
             app_public_key_pem: public_pem,
-            installations: vec![FakeInstallation { id: 14, account: "yanqianyu".into() }],
+            installations: vec![FakeInstallation {
+                id: 14,
+                account: "yanqianyu".into(),
+            }],
             ..FakeOptions::default()
         },
     )
@@ -93,10 +109,19 @@ async fn main() {
     let token = {
         let snap = running.shared().snapshot.load_full();
         let route = snap.config.routes.iter().next().unwrap().credential.clone();
-        running.shared().credentials.token(&snap.context(), &route, "/").await.unwrap()
+        running
+            .shared()
+            .credentials
+            .token(&snap.context(), &route, "/")
+            .await
+            .unwrap()
     };
-    let direct_client: HttpClient = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
-    let direct = DirectAuth { client: direct_client, header: token.header().clone() };
+    let direct_client: HttpClient =
+        Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+    let direct = DirectAuth {
+        client: direct_client,
+        header: token.header().clone(),
+    };
 
     let (mut small_ratio, mut dl_ratio) = (Vec::new(), Vec::new());
     for round in 0..s.rounds {
@@ -108,7 +133,13 @@ async fn main() {
         dl_ratio.push(pd.as_secs_f64() / dd.as_secs_f64());
         println!(
             "round {round}: {} small requests x{}: direct {:?}, proxied {:?}; {} MiB download: direct {:?}, proxied {:?}",
-            s.requests, s.concurrency, d, p, s.download >> 20, dd, pd
+            s.requests,
+            s.concurrency,
+            d,
+            p,
+            s.download >> 20,
+            dd,
+            pd
         );
     }
     small_ratio.sort_by(f64::total_cmp);
@@ -134,10 +165,17 @@ impl DirectAuth {
         let per_task = s.requests / s.concurrency;
         let mut tasks = Vec::new();
         for _ in 0..s.concurrency {
-            let (client, header, url) = (self.client.clone(), self.header.clone(), format!("{base}/orgs/yanqianyu/repos"));
+            let (client, header, url) = (
+                self.client.clone(),
+                self.header.clone(),
+                format!("{base}/orgs/yanqianyu/repos"),
+            );
             tasks.push(tokio::spawn(async move {
                 for _ in 0..per_task {
-                    let req = http::Request::get(&url).header(http::header::AUTHORIZATION, header.clone()).body(Empty::new()).unwrap();
+                    let req = http::Request::get(&url)
+                        .header(http::header::AUTHORIZATION, header.clone())
+                        .body(Empty::new())
+                        .unwrap();
                     let resp = client.request(req).await.unwrap();
                     assert!(resp.status().is_success());
                     resp.into_body().collect().await.unwrap();

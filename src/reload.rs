@@ -111,7 +111,15 @@ impl WatchState {
             while let Ok(Some(())) = tokio::time::timeout(DEBOUNCE, rx.recv()).await {}
             let files = shared.snapshot.load().config.files.clone();
             let now = digest(&files);
-            if now == self.digest {
+            // After a failed reload the files it wanted (a key not there yet)
+            // are not among the hashed ones: retry on any event until it works.
+            let failing = shared
+                .reload
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .last_error
+                .is_some();
+            if now == self.digest && !failing {
                 continue;
             }
             self.digest = now;

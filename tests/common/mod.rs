@@ -166,7 +166,7 @@ impl TestEnv {
         let config = Config::from_yaml(&yaml, Path::new("."), "test config")
             .unwrap_or_else(|e| panic!("test config is invalid: {e}\n{yaml}"));
         let listeners =
-            server::bind(&config.listen, app::UNIX_SOCKET_MODE).expect("bind the proxy");
+            server::bind(&config.listen, config.unix_socket_mode).expect("bind the proxy");
         let running = app::start(config, listeners).expect("start the proxy");
         let addr = running.addrs[0]
             .parse()

@@ -1,0 +1,269 @@
+//! The binary as an operator runs it: signals, refusal of an open listener,
+//! and unix socket listeners.
+
+mod common;
+
+use common::*;
+use http::StatusCode;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+use tokio::process::{Child, Command};
+
+const ROUTES: &str = "
+- name: yanqianyu
+  match: { path_prefix: /orgs/yanqianyu }
+  installation: { id: 14 }
+- name: slow
+  match: { path_prefix: /slow }
+  installation: { id: 14 }
+";
+
+/// Writes `app.pem` and `config.yaml` (listening on `listen`) into `dir`.
+fn write_config(dir: &Path, upstream: &str, listen: &str, extra: &str, routes: &str) -> PathBuf {
+    std::fs::write(dir.join("app.pem"), private_key_pem()).unwrap();
+    let text = config_yaml(upstream, "{ file: app.pem }", extra, routes).replace(
+        "listen: [\"127.0.0.1:0\"]",
+        &format!("listen: [\"{listen}\"]"),
+    );
+    let path = dir.join("config.yaml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn serve(config: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_atomgit-proxy"))
+        .args(["--log-format", "json", "serve", "-c"])
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+fn signal(child: &Child, name: &str) {
+    let pid = child.id().unwrap().to_string();
+    let ok = std::process::Command::new("kill")
+        .args(["-s", name, &pid])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+async fn get(addr: &str, path: &str) -> Option<Reply> {
+    let c = client();
+    let url = format!("http://{addr}{path}");
+    let resp = c
+        .request(request(http::Method::GET, &url, &[], full("")))
+        .await
+        .ok()?;
+    let (parts, body) = resp.into_parts();
+    Some(Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body: body.collect().await.ok()?.to_bytes(),
+    })
+}
+
+async fn wait_healthy(addr: &str) {
+    bounded(30, "the proxy to come up", async {
+        loop {
+            if get(addr, "/_proxy/healthz")
+                .await
+                .is_some_and(|r| r.status == StatusCode::OK)
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+}
+
+async fn stderr_of(mut child: Child) -> (std::process::ExitStatus, String) {
+    let status = bounded(40, "the proxy to exit", child.wait())
+        .await
+        .unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .await
+        .unwrap();
+    (status, err)
+}
+
+fn reloads_ok(metrics: &str) -> u64 {
+    metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("atomgit_proxy_config_reloads_total") && l.contains("outcome=\"ok\"")
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn sighup_reloads_and_sigterm_drains_then_exits_zero() {
+    let fake = start_fake(&[(14, "yanqianyu")], Duration::from_secs(3600)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", dead_port());
+    let config = write_config(dir.path(), &fake.url(), &addr, "", ROUTES);
+    let child = serve(&config);
+    wait_healthy(&addr).await;
+    assert_eq!(
+        get(&addr, "/orgs/yanqianyu/repos").await.unwrap().status,
+        StatusCode::OK
+    );
+
+    // The file is unchanged, so only SIGHUP can cause this reload.
+    signal(&child, "HUP");
+    bounded(10, "SIGHUP reload", async {
+        while reloads_ok(&get(&addr, "/_proxy/metrics").await.unwrap().text()) < 1 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert_eq!(fake.mints_for(14), 1, "the reload minted nothing");
+
+    // A request in flight when SIGTERM arrives still completes.
+    let slow_addr = addr.clone();
+    let in_flight = tokio::spawn(async move { get(&slow_addr, "/slow/1500").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    signal(&child, "TERM");
+    let reply = bounded(20, "the in-flight request", in_flight)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let (status, stderr) = stderr_of(child).await;
+    assert!(status.success(), "exit status {status:?}\n{stderr}");
+    assert!(
+        stderr.contains("SIGHUP received") && stderr.contains("SIGTERM received"),
+        "{stderr}"
+    );
+    assert_no_secret(&stderr);
+    fake.shutdown();
+}
+
+#[tokio::test]
+async fn a_public_listener_without_clients_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "https://api.atomgit.com",
+        "0.0.0.0:0",
+        "",
+        ROUTES,
+    );
+    let (status, stderr) = stderr_of(serve(&config)).await;
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("listen[0]") && stderr.contains("allow_unauthenticated: true"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("clients:"), "{stderr}");
+}
+
+#[tokio::test]
+async fn allow_unauthenticated_starts_with_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = dead_port();
+    let config = write_config(
+        dir.path(),
+        "https://api.atomgit.com",
+        &format!("0.0.0.0:{port}"),
+        "allow_unauthenticated: true\n",
+        ROUTES,
+    );
+    let child = serve(&config);
+    wait_healthy(&format!("127.0.0.1:{port}")).await;
+    signal(&child, "TERM");
+    let (status, stderr) = stderr_of(child).await;
+    assert!(status.success(), "{stderr}");
+    assert!(
+        stderr.contains("WARN") && stderr.contains("allow_unauthenticated"),
+        "{stderr}"
+    );
+}
+
+/// One GET over a unix socket.
+async fn get_unix(socket: &Path, path: &str) -> (StatusCode, String) {
+    let stream = tokio::net::UnixStream::connect(socket).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get(path)
+        .header("host", "sidecar")
+        .body(Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    let status = resp.status();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test]
+async fn a_unix_socket_listener_serves_with_its_mode_and_is_removed_on_exit() {
+    let fake = start_fake(&[(14, "yanqianyu")], Duration::from_secs(3600)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("proxy.sock");
+    // A stale socket file, as a crashed run leaves behind.
+    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+    assert!(socket.exists());
+    let config = write_config(dir.path(), &fake.url(), "unix:proxy.sock", "", ROUTES);
+    let child = serve(&config);
+    bounded(30, "the socket to answer", async {
+        while tokio::net::UnixStream::connect(&socket).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o660);
+    let (status, body) = get_unix(&socket, "/orgs/yanqianyu/repos").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.contains("yanqianyu/repo-1"), "{body}");
+    let (status, _) = get_unix(&socket, "/_proxy/healthz").await;
+    assert_eq!(status, StatusCode::OK);
+    signal(&child, "TERM");
+    let (status, stderr) = stderr_of(child).await;
+    assert!(status.success(), "{stderr}");
+    assert!(!socket.exists(), "the socket file is removed on shutdown");
+    fake.shutdown();
+}
+
+#[tokio::test]
+async fn the_unix_socket_mode_is_configurable() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "https://api.atomgit.com",
+        "unix:p.sock",
+        "unix_socket_mode: \"0600\"\n",
+        ROUTES,
+    );
+    let child = serve(&config);
+    let socket = dir.path().join("p.sock");
+    bounded(30, "the socket to appear", async {
+        while tokio::net::UnixStream::connect(&socket).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert_eq!(
+        std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    signal(&child, "TERM");
+    let (status, stderr) = stderr_of(child).await;
+    assert!(status.success(), "{stderr}");
+}
