@@ -197,6 +197,18 @@ impl RouteTable {
     }
 }
 
+/// Whether `path` has a `.` or `..` segment, literally or percent-encoded.
+/// Routes match on the raw path, so `/orgs/a/../../orgs/b` would pass a
+/// route (and its client restriction) for `/orgs/a` and then be read as
+/// `/orgs/b` by anything that normalises it; such paths are refused.
+pub fn has_dot_segment(path: &str) -> bool {
+    path.split('/').any(|segment| {
+        let lower = segment.to_ascii_lowercase();
+        let decoded = lower.replace("%2e", ".");
+        decoded == "." || decoded == ".."
+    })
+}
+
 /// The owner an `auto` route acts for: `{owner}` in `/repos/{owner}/...`,
 /// `/orgs/{owner}/...` or `/users/{owner}/...`, lowercased.
 pub fn owner_from_path(path: &str) -> Option<String> {
@@ -280,6 +292,27 @@ mod tests {
                 .unwrap_err(),
             Miss::NoRoute
         );
+    }
+
+    #[test]
+    fn dot_segments_are_found_in_any_spelling() {
+        for bad in [
+            "/orgs/a/../b",
+            "/orgs/a/./b",
+            "/..",
+            "/orgs/%2e%2E/b",
+            "/x/.%2e",
+        ] {
+            assert!(has_dot_segment(bad), "{bad}");
+        }
+        for good in [
+            "/orgs/a.b/repos",
+            "/repos/x/...",
+            "/orgs/a/.well-known",
+            "/",
+        ] {
+            assert!(!has_dot_segment(good), "{good}");
+        }
     }
 
     #[test]

@@ -8,7 +8,7 @@
 use crate::config::ListenAddr;
 use crate::proxy::{ConnInfo, Proxy};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use std::convert::Infallible;
@@ -19,6 +19,9 @@ use std::time::Duration;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 use tokio_util::either::Either;
+
+/// How long a caller may take to send a request's headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A bound listener.
 pub enum Listener {
@@ -122,7 +125,14 @@ async fn accept_loop(
     mut stop: watch::Receiver<bool>,
 ) -> GracefulShutdown {
     let graceful = GracefulShutdown::new();
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // A caller that opens a connection and trickles its headers must not
+    // hold it (and its memory) forever.
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    builder.http2().timer(TokioTimer::new());
     let local = match &listener {
         Listener::Tcp(l) => l.local_addr().ok(),
         Listener::Unix(..) => None,

@@ -230,3 +230,24 @@ async fn strip_prefix_forwards_the_rest_of_the_path() {
     })
     .await
 }
+
+#[tokio::test]
+async fn dot_segments_cannot_escape_a_route() {
+    let routes = "
+- name: yanqianyu-only
+  match: { path_prefix: /orgs/yanqianyu }
+  installation: { id: 14 }
+";
+    let env = TestEnv::start(routes, &[(14, "yanqianyu"), (18, "hanshuorg2")]).await;
+    for path in [
+        "/orgs/yanqianyu/../hanshuorg2/repos",
+        "/orgs/yanqianyu/%2e%2e/hanshuorg2/repos",
+        "/orgs/yanqianyu/./repos",
+    ] {
+        env.get(path)
+            .await
+            .assert_proxy_error(StatusCode::BAD_REQUEST, "bad_request");
+    }
+    assert!(env.fake.api_requests().is_empty(), "nothing was forwarded");
+    env.shutdown().await;
+}

@@ -84,6 +84,11 @@ impl Proxy {
             return crate::local::handle(self, req, snap).await;
         }
         let client = clients::identify(req.headers(), &snap.config.clients)?;
+        if crate::routes::has_dot_segment(path) {
+            return Err(ProxyError::BadRequest(
+                "the path has a `.` or `..` segment; send the normalised path".into(),
+            ));
+        }
         let host = forward::inbound_host(&req);
         let route = snap
             .config
