@@ -16,21 +16,22 @@ use http::{Request, Response, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
 
-/// Where the caller reached the proxy, for rewriting links back to it.
-pub struct CallerOrigin {
+/// Where the caller reached the proxy, for rewriting links back to it. Only
+/// turned into a URL when a response carries a link to rewrite.
+pub struct CallerOrigin<'a> {
     /// `host[:port]` as the caller sent it, validated as a URI authority.
     host: Option<String>,
     local: Option<std::net::SocketAddr>,
     /// The stripped route prefix, put back so rewritten links take the same route.
-    prefix: String,
+    prefix: &'a str,
 }
 
-impl CallerOrigin {
-    pub fn new(host: Option<String>, conn: &ConnInfo, prefix: &str) -> Self {
+impl<'a> CallerOrigin<'a> {
+    pub fn new(host: Option<String>, conn: &ConnInfo, prefix: &'a str) -> Self {
         CallerOrigin {
             host,
             local: conn.local,
-            prefix: prefix.to_owned(),
+            prefix,
         }
     }
 
@@ -62,7 +63,7 @@ pub async fn send(
     snap: &Snapshot,
     route: &Route,
     token: &Token,
-    origin: CallerOrigin,
+    origin: CallerOrigin<'_>,
     metrics: &Metrics,
 ) -> Result<Response<Body>, ProxyError> {
     let (mut parts, body) = req.into_parts();
