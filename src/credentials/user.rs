@@ -30,10 +30,41 @@ pub struct UserSource {
     pub margin: Duration,
 }
 
-/// The token a stored grant holds, timed on the tokio clock.
-pub fn token_from_grant(grant: &Grant, margin: Duration) -> Option<Token> {
-    let lifetime = Duration::from_millis(grant.access_expires_at_ms.saturating_sub(now_ms()));
-    Token::new(&grant.access_token, Instant::now(), lifetime, margin)
+/// The token a stored grant holds, timed on the tokio clock as of `now`.
+///
+/// Its refresh point and its usable end are placed over the token's whole
+/// life, counted from when it was issued (`updated_at_ms`), not over what is
+/// left of it when it is read: otherwise a grant read late in its life (after
+/// a restart, by `atomgit-proxy token`, or on every re-read while a refresh is
+/// due) looks like a fresh short token, one with 200 ms left is still
+/// "usable" and not yet due, and an expired one is served instead of
+/// refreshed. The caller judges the token at the same `now`.
+pub fn token_from_grant(grant: &Grant, margin: Duration, now: Instant) -> Option<Token> {
+    token_at(grant, margin, now, now_ms())
+}
+
+fn token_at(grant: &Grant, margin: Duration, now: Instant, now_ms: u64) -> Option<Token> {
+    let remaining = grant.access_expires_at_ms.saturating_sub(now_ms);
+    let lifetime = grant
+        .access_expires_at_ms
+        .saturating_sub(grant.updated_at_ms);
+    let age = Duration::from_millis(lifetime.saturating_sub(remaining));
+    match now.checked_sub(age) {
+        Some(issued) => Token::new(
+            &grant.access_token,
+            issued,
+            Duration::from_millis(lifetime),
+            margin,
+        ),
+        // The monotonic clock does not reach back that far: time what is
+        // left, which still never serves the token past its expiry.
+        None => Token::new(
+            &grant.access_token,
+            now,
+            Duration::from_millis(remaining),
+            margin,
+        ),
+    }
 }
 
 impl UserSource {
@@ -50,7 +81,7 @@ impl UserSource {
             return Err(CredentialError::GrantRevoked(user.to_owned()));
         }
         let now = Instant::now();
-        let current = token_from_grant(&grant, self.margin).filter(|t| t.is_usable(now));
+        let current = token_from_grant(&grant, self.margin, now).filter(|t| t.is_usable(now));
         if let Some(token) = current.as_ref().filter(|t| now < t.refresh_at) {
             return Ok(token.clone());
         }
@@ -65,7 +96,7 @@ impl UserSource {
                     tracing::error!(user, "{e}; the refreshed grant is kept in memory only");
                 }
                 tracing::info!(user, "refreshed user token");
-                token_from_grant(&fresh, self.margin).ok_or_else(|| {
+                token_from_grant(&fresh, self.margin, Instant::now()).ok_or_else(|| {
                     CredentialError::TokenEndpoint(
                         "the refreshed token has already expired (check this machine's clock)"
                             .into(),
@@ -102,5 +133,47 @@ impl UserSource {
             tracing::error!(user, "{e}");
         }
         CredentialError::GrantRevoked(user.to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW_MS: u64 = 1_684_137_356_606;
+
+    fn grant(issued_ms: u64, lifetime_ms: u64) -> Grant {
+        Grant {
+            access_token: "atu_x".into(),
+            access_expires_at_ms: issued_ms + lifetime_ms,
+            refresh_token: "refresh_x".into(),
+            refresh_expires_at_ms: None,
+            revoked: None,
+            updated_at_ms: issued_ms,
+        }
+    }
+
+    #[test]
+    fn a_grant_is_timed_over_its_whole_life() {
+        let now = Instant::now();
+        let margin = Duration::from_secs(300);
+        // Fresh 8 h token: due 5 min before its end, usable to 10 s before.
+        let t = token_at(&grant(NOW_MS, 8 * 3_600_000), margin, now, NOW_MS).unwrap();
+        assert_eq!(t.refresh_at, now + Duration::from_secs(8 * 3600 - 300));
+        assert_eq!(t.usable_until, now + Duration::from_secs(8 * 3600 - 10));
+        // The same token read with 4 minutes left is due now, not in 2 minutes.
+        let late = grant(NOW_MS - (8 * 3_600_000 - 240_000), 8 * 3_600_000);
+        let t = token_at(&late, margin, now, NOW_MS).unwrap();
+        assert!(t.refresh_at <= now && t.is_usable(now));
+        assert_eq!(t.expires_at, now + Duration::from_secs(240));
+        // A 4 s token with 200 ms left is in its last tenth: not injected.
+        let t = token_at(&grant(NOW_MS - 3_800, 4_000), margin, now, NOW_MS).unwrap();
+        assert!(!t.is_usable(now));
+        assert_eq!(t.expires_at, now + Duration::from_millis(200));
+        // Expired, or issued already expired: neither usable nor served.
+        let t = token_at(&grant(NOW_MS - 5_000, 4_000), margin, now, NOW_MS).unwrap();
+        assert!(!t.is_usable(now) && t.expires_at <= now);
+        let t = token_at(&grant(NOW_MS, 0), margin, now, NOW_MS).unwrap();
+        assert!(!t.is_usable(now));
     }
 }

@@ -1,0 +1,587 @@
+//! The harness of the user-grant tests: a fake AtomGit, a proxy with a user
+//! route in front of it, a config file and grant store in a fresh folder, and
+//! a tiny cookie-keeping "browser" that follows redirects through the login.
+//!
+//! Everything runs in the test process on `127.0.0.1`. The proxy's port is
+//! bound before the config is written, because the OAuth `redirect_uri` has
+//! to name it. Each test binary uses part of this module, hence the
+//! `dead_code` allowance.
+
+#![allow(dead_code)]
+
+use atomgit_proxy::app::{self, Running};
+use atomgit_proxy::config::{Config, OAuthConfig};
+use atomgit_proxy::fake::{FakeAtomGit, FakeOAuth, FakeOptions, TokenOwner};
+use atomgit_proxy::server::{self, Listener};
+use bytes::Bytes;
+use http::header::{AUTHORIZATION, COOKIE, LOCATION, SET_COOKIE};
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use url::Url;
+
+/// The app id the config and the fake agree on.
+pub const APP_ID: u64 = 75;
+/// The user every test logs in (the fake's one person).
+pub const USER: &str = "alice";
+/// The login page's cookie, as `src/local/oauth.rs` names it.
+pub const STATE_COOKIE: &str = "atomgit_proxy_oauth_state";
+
+/// The plain HTTP client of the tests.
+pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+/// One app key per test binary: 2048-bit RSA generation is the slow part.
+pub fn app_key() -> &'static (String, String) {
+    static KEY: OnceLock<(String, String)> = OnceLock::new();
+    KEY.get_or_init(atomgit_proxy::fake::generate_app_key)
+}
+
+/// Fails the test with `what` if `fut` takes longer than `secs`.
+pub async fn bounded<T>(secs: u64, what: &str, fut: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(Duration::from_secs(secs), fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out after {secs}s: {what}"),
+    }
+}
+
+/// Wall-clock epoch milliseconds, the unit the store and the platform use.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Sleeps (real time) until the wall clock reaches `at_ms`.
+pub async fn sleep_until_ms(at_ms: u64) {
+    let now = now_ms();
+    if at_ms > now {
+        tokio::time::sleep(Duration::from_millis(at_ms - now)).await;
+    }
+}
+
+pub fn client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// A whole answer.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// GET `url` with `headers`, reading the whole answer.
+pub async fn get(client: &HttpClient, url: &str, headers: &[(&str, &str)]) -> Reply {
+    let mut req = Request::builder().method(Method::GET).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req
+        .body(Full::new(Bytes::new()))
+        .unwrap_or_else(|e| panic!("bad request for {url}: {e}"));
+    let resp = client
+        .request(req)
+        .await
+        .unwrap_or_else(|e| panic!("GET {url} failed: {e}"));
+    let (parts, body) = resp.into_parts();
+    let body = body
+        .collect()
+        .await
+        .unwrap_or_else(|e| panic!("reading the body of {url}: {e}"))
+        .to_bytes();
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+/// How the fake's OAuth side behaves in one test.
+pub fn fake_oauth(access_lifetime: Duration) -> FakeOAuth {
+    FakeOAuth {
+        access_lifetime,
+        rotate_refresh_tokens: true,
+        ..FakeOAuth::default()
+    }
+}
+
+/// A fake AtomGit, a proxy with the `alice` user route in front of it, and
+/// the folder holding the config file, the app key and the grant store.
+pub struct UserEnv {
+    pub fake: FakeAtomGit,
+    /// `None` while stopped (see [`UserEnv::restart`]).
+    pub running: Option<Running>,
+    pub addr: SocketAddr,
+    pub client: HttpClient,
+    pub config_path: PathBuf,
+    pub store_path: PathBuf,
+    pub oauth: OAuthConfig,
+    /// Holds the folder; dropped (and removed) last.
+    pub dir: tempfile::TempDir,
+}
+
+impl UserEnv {
+    pub async fn start(oauth: FakeOAuth) -> UserEnv {
+        let fake_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the fake on 127.0.0.1:0");
+        let fake = FakeAtomGit::start(
+            fake_listener,
+            FakeOptions {
+                app_id: APP_ID,
+                app_public_key_pem: app_key().1.clone(),
+                oauth,
+                ..FakeOptions::default()
+            },
+        )
+        .await
+        .expect("start the fake AtomGit");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the proxy on 127.0.0.1:0");
+        let addr = listener
+            .local_addr()
+            .expect("a bound listener has an address");
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        // The store gets a folder of its own, so a test can make that folder
+        // read-only without touching the config.
+        let state = dir.path().join("state");
+        std::fs::create_dir(&state).expect("create the state folder");
+        std::fs::write(dir.path().join("app.pem"), &app_key().0).expect("write app.pem");
+        let config_path = dir.path().join("proxy.yaml");
+        std::fs::write(&config_path, config_yaml(addr, &fake)).expect("write the config");
+        let config = Config::load(&config_path)
+            .unwrap_or_else(|e| panic!("the test config is invalid: {e}"));
+        let oauth = config.oauth.clone().expect("the config has `oauth:`");
+        let store_path = config.store_path.clone().expect("the config has `store:`");
+        let running = app::start(config, vec![Listener::Tcp(listener)]).expect("start the proxy");
+        UserEnv {
+            fake,
+            running: Some(running),
+            addr,
+            client: client(),
+            config_path,
+            store_path,
+            oauth,
+            dir,
+        }
+    }
+
+    /// `path` on the proxy.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        get(&self.client, &self.url(path), &[]).await
+    }
+
+    /// A fresh one-time login link for `user`, as `atomgit-proxy login` prints it.
+    pub fn login_link(&self, user: &str) -> String {
+        atomgit_proxy::dev::login_link(&self.oauth, &self.store_path, user)
+            .unwrap_or_else(|e| panic!("cannot make a login link: {e:#}"))
+    }
+
+    /// A browser that keeps this proxy's cookies.
+    pub fn browser(&self) -> Browser {
+        Browser::new(self.addr)
+    }
+
+    /// Logs `alice` in with a fresh link and checks the success page.
+    pub async fn log_in(&self) -> Page {
+        let page = self.browser().open(&self.login_link(USER)).await;
+        assert_eq!(page.status, StatusCode::OK, "login failed: {}", page.body);
+        assert!(
+            page.body.contains("Logged in as alice"),
+            "unexpected success page: {}",
+            page.body
+        );
+        page
+    }
+
+    /// The store file as JSON (`Null` if there is no file yet).
+    pub fn store_json(&self) -> Value {
+        match std::fs::read(&self.store_path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                panic!(
+                    "the store file is not JSON ({e}): {}",
+                    String::from_utf8_lossy(&bytes)
+                )
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Value::Null,
+            Err(e) => panic!("cannot read {}: {e}", self.store_path.display()),
+        }
+    }
+
+    /// `user`'s grant in the store file, if any.
+    pub fn stored_grant(&self, user: &str) -> Option<Value> {
+        self.store_json()
+            .get("grants")
+            .and_then(|g| g.get(user))
+            .cloned()
+    }
+
+    /// `user`'s grant in the store file; fails the test without one.
+    pub fn grant(&self, user: &str) -> Value {
+        self.stored_grant(user)
+            .unwrap_or_else(|| panic!("no grant for {user} in {}", self.store_json()))
+    }
+
+    /// Rewrites the store file so alice's token (still valid at the fake)
+    /// reads as issued `age` ago with `left_ms` to go, as if the proxy had
+    /// been down that long.
+    pub fn age_grant(&self, age: Duration, left_ms: i64) {
+        let mut store = self.store_json();
+        let grant = &mut store["grants"][USER];
+        assert!(grant.is_object(), "no grant to age: {store}");
+        let now = now_ms() as i64;
+        grant["updated_at_ms"] = Value::from(now - age.as_millis() as i64);
+        grant["access_expires_at_ms"] = Value::from(now + left_ms);
+        let bytes = serde_json::to_vec_pretty(&store).expect("JSON");
+        atomgit_proxy::credentials::grants::write_atomically(&self.store_path, &bytes)
+            .expect("rewrite the store");
+    }
+
+    /// Requests the user route and checks that the fake saw exactly one
+    /// `Authorization: Bearer atu_...` header, belonging to `alice`; returns
+    /// that token.
+    pub async fn use_user_route(&self) -> String {
+        let before = self.fake.api_requests().len();
+        let reply = self.get("/as/alice/user").await;
+        assert_eq!(reply.status, StatusCode::OK, "user route: {}", reply.text());
+        assert_eq!(reply.json()["login"], USER);
+        let seen = self.fake.api_requests();
+        assert_eq!(seen.len(), before + 1, "one request reached the fake");
+        let last = &seen[seen.len() - 1];
+        assert_eq!(last.path, "/user", "the route prefix is stripped");
+        self.owned_user_token(&last.headers)
+    }
+
+    /// The one `Bearer atu_` token in `headers`, checked to be alice's.
+    pub fn owned_user_token(&self, headers: &HeaderMap) -> String {
+        let values: Vec<_> = headers.get_all(AUTHORIZATION).iter().collect();
+        assert_eq!(values.len(), 1, "exactly one Authorization header");
+        let token = values[0]
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or_else(|| panic!("not a bearer header: {:?}", values[0]))
+            .to_owned();
+        assert!(token.starts_with("atu_"), "a user token: {token}");
+        assert_eq!(
+            self.fake.token_owner(&token),
+            Some(TokenOwner::User(USER.into()))
+        );
+        token
+    }
+
+    /// Stops the proxy (draining) and starts a new one from the same config
+    /// file on the same address: nothing survives but the files.
+    pub async fn restart(&mut self) {
+        if let Some(running) = self.running.take() {
+            running.shutdown().await;
+        }
+        let config = Config::load(&self.config_path)
+            .unwrap_or_else(|e| panic!("the test config is invalid: {e}"));
+        let listeners = server::bind(&config.listen, app::UNIX_SOCKET_MODE)
+            .unwrap_or_else(|e| panic!("cannot bind {} again: {e}", self.addr));
+        self.running = Some(app::start(config, listeners).expect("restart the proxy"));
+        // Connections pooled to the old proxy are closed by its shutdown.
+        self.client = client();
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(running) = self.running.take() {
+            running.shutdown().await;
+        }
+        self.fake.shutdown();
+    }
+}
+
+/// The config: the proxy on `addr`, the fake as upstream and authorize page,
+/// the store in `state/`, and one user route.
+fn config_yaml(addr: SocketAddr, fake: &FakeAtomGit) -> String {
+    let defaults = FakeOAuth::default();
+    format!(
+        r#"listen: ["{addr}"]
+upstream: {upstream}
+app:
+  id: {APP_ID}
+  private_key: {{ file: app.pem }}
+  client_id: "{client_id}"
+  client_secret: {{ value: "{client_secret}" }}
+oauth:
+  authorize_url: {upstream}/login/oauth/authorize
+  redirect_uri: http://{addr}/_proxy/oauth/callback
+store:
+  path: state/grants.json
+timeouts:
+  shutdown: 5s
+routes:
+  - name: alice
+    match: {{ path_prefix: /as/alice }}
+    strip_prefix: true
+    user: alice
+"#,
+        upstream = fake.url(),
+        client_id = defaults.client_id,
+        client_secret = defaults.client_secret,
+    )
+}
+
+/// One step of a browser's navigation.
+#[derive(Debug, Clone)]
+pub struct Hop {
+    pub url: Url,
+    pub status: StatusCode,
+    pub location: Option<Url>,
+}
+
+/// Where a navigation ended.
+#[derive(Debug)]
+pub struct Page {
+    pub status: StatusCode,
+    pub url: Url,
+    pub body: String,
+    pub hops: Vec<Hop>,
+}
+
+impl Page {
+    /// The `code` and `state` the platform redirected to the callback with.
+    pub fn callback_params(&self) -> Option<(String, String)> {
+        self.hops.iter().find_map(|h| {
+            let loc = h.location.as_ref()?;
+            if loc.path() != "/_proxy/oauth/callback" {
+                return None;
+            }
+            let q: BTreeMap<String, String> = loc.query_pairs().into_owned().collect();
+            Some((q.get("code")?.clone(), q.get("state")?.clone()))
+        })
+    }
+}
+
+/// A minimal browser: follows `Location` up to 10 hops and keeps the
+/// proxy's cookies (honouring `Path` and `Max-Age=0`), as a person's browser
+/// would across the login.
+pub struct Browser {
+    client: HttpClient,
+    /// `host:port` whose cookies are kept; the fake sets none.
+    proxy: String,
+    /// name → (value, path)
+    pub cookies: BTreeMap<String, (String, String)>,
+}
+
+impl Browser {
+    pub fn new(proxy: SocketAddr) -> Browser {
+        Browser {
+            client: client(),
+            proxy: proxy.to_string(),
+            cookies: BTreeMap::new(),
+        }
+    }
+
+    fn is_proxy(&self, url: &Url) -> bool {
+        url.host_str()
+            .zip(url.port())
+            .map(|(h, p)| format!("{h}:{p}"))
+            == Some(self.proxy.clone())
+    }
+
+    fn cookie_header(&self, url: &Url) -> Option<String> {
+        if !self.is_proxy(url) {
+            return None;
+        }
+        let pairs: Vec<String> = self
+            .cookies
+            .iter()
+            .filter(|(_, (_, path))| url.path().starts_with(path.as_str()))
+            .map(|(name, (value, _))| format!("{name}={value}"))
+            .collect();
+        (!pairs.is_empty()).then(|| pairs.join("; "))
+    }
+
+    fn keep_cookies(&mut self, url: &Url, headers: &HeaderMap) {
+        if !self.is_proxy(url) {
+            return;
+        }
+        for value in headers.get_all(SET_COOKIE) {
+            let Ok(value) = value.to_str() else { continue };
+            let mut parts = value.split(';').map(str::trim);
+            let Some((name, val)) = parts.next().and_then(|p| p.split_once('=')) else {
+                continue;
+            };
+            let mut path = "/".to_owned();
+            let mut delete = false;
+            for attr in parts {
+                let (k, v) = attr.split_once('=').unwrap_or((attr, ""));
+                match k.to_ascii_lowercase().as_str() {
+                    "path" => path = v.to_owned(),
+                    "max-age" => delete = v.trim() == "0",
+                    _ => {}
+                }
+            }
+            if delete {
+                self.cookies.remove(name);
+            } else {
+                self.cookies.insert(name.to_owned(), (val.to_owned(), path));
+            }
+        }
+    }
+
+    /// The value of the proxy's cookie `name`.
+    pub fn cookie(&self, name: &str) -> Option<String> {
+        self.cookies.get(name).map(|(v, _)| v.clone())
+    }
+
+    /// One request, no redirect following; keeps cookies.
+    pub async fn fetch(&mut self, url: &Url) -> (Hop, Reply) {
+        let cookie = self.cookie_header(url);
+        let mut headers: Vec<(&str, &str)> = vec![("accept", "text/html")];
+        if let Some(c) = cookie.as_deref() {
+            headers.push((COOKIE.as_str(), c));
+        }
+        let reply = get(&self.client, url.as_str(), &headers).await;
+        self.keep_cookies(url, &reply.headers);
+        let location = reply.header(LOCATION.as_str()).map(|l| {
+            url.join(l)
+                .unwrap_or_else(|e| panic!("bad Location {l:?} from {url}: {e}"))
+        });
+        let hop = Hop {
+            url: url.clone(),
+            status: reply.status,
+            location,
+        };
+        (hop, reply)
+    }
+
+    /// Opens `url` and follows redirects (at most 10) to the final page.
+    pub async fn open(&mut self, url: &str) -> Page {
+        let mut url = Url::parse(url).unwrap_or_else(|e| panic!("bad URL {url}: {e}"));
+        let mut hops = Vec::new();
+        for _ in 0..=10 {
+            let (hop, reply) = self.fetch(&url).await;
+            let next = hop
+                .location
+                .clone()
+                .filter(|_| reply.status.is_redirection());
+            hops.push(hop);
+            match next {
+                Some(next) => url = next,
+                None => {
+                    return Page {
+                        status: reply.status,
+                        url,
+                        body: reply.text(),
+                        hops,
+                    };
+                }
+            }
+        }
+        panic!("more than 10 redirects: {hops:#?}");
+    }
+}
+
+/// Makes `dir` read-only for this process, even as root (where mode bits do
+/// not bind): chmod, and the immutable attribute when that is not enough.
+/// Undone on drop, so a failing test does not leave an undeletable folder.
+pub struct ReadOnlyDir(PathBuf);
+
+impl ReadOnlyDir {
+    pub fn new(dir: &Path) -> ReadOnlyDir {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o500))
+            .expect("chmod the folder");
+        let guard = ReadOnlyDir(dir.to_path_buf());
+        let probe = dir.join(".probe");
+        if std::fs::write(&probe, b"x").is_ok() {
+            std::fs::remove_file(&probe).expect("remove the probe");
+            let status = std::process::Command::new("chattr")
+                .arg("+i")
+                .arg(dir)
+                .status();
+            assert!(
+                status.is_ok_and(|s| s.success()),
+                "cannot make {} read-only (chattr +i failed)",
+                dir.display()
+            );
+        }
+        assert!(
+            std::fs::write(&probe, b"x").is_err(),
+            "{} is still writable",
+            dir.display()
+        );
+        guard
+    }
+}
+
+impl Drop for ReadOnlyDir {
+    fn drop(&mut self) {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::process::Command::new("chattr")
+            .arg("-i")
+            .arg(&self.0)
+            .status();
+        let _ = std::fs::set_permissions(&self.0, std::fs::Permissions::from_mode(0o700));
+    }
+}
+
+/// Runs the built `atomgit-proxy` binary with `args` (blocking work off the
+/// runtime), killing it if it runs longer than 30 s.
+pub async fn run_cli(args: &[&str]) -> std::process::Output {
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    let task = tokio::task::spawn_blocking(move || {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_atomgit-proxy"))
+            .args(&args)
+            .env("RUST_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run the atomgit-proxy binary");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match child.try_wait() {
+                Ok(Some(_)) => break,
+                Ok(None) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                _ => {
+                    let _ = child.kill();
+                    let out = child.wait_with_output();
+                    panic!("atomgit-proxy {args:?} did not finish within 30s: {out:?}");
+                }
+            }
+        }
+        child
+            .wait_with_output()
+            .expect("collect the binary's output")
+    });
+    task.await
+        .unwrap_or_else(|e| panic!("the CLI task failed: {e}"))
+}
