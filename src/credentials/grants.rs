@@ -86,6 +86,10 @@ pub struct GrantStore {
     data: Mutex<StoreFile>,
     /// Serialises writers so two renames never interleave.
     write: Mutex<()>,
+    /// The last write failed: memory holds grants the file does not (a
+    /// rotated refresh token, maybe the only live one). Retried before the
+    /// next refresh, so it reaches the disk as soon as the disk takes it.
+    dirty: std::sync::atomic::AtomicBool,
 }
 
 pub fn now_ms() -> u64 {
@@ -105,6 +109,7 @@ impl GrantStore {
             path: path.to_path_buf(),
             data: Mutex::new(data),
             write: Mutex::new(()),
+            dirty: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -166,6 +171,15 @@ impl GrantStore {
         self.persist().map(|()| true)
     }
 
+    /// Writes the file again if the last write failed.
+    pub fn persist_if_dirty(&self) -> Result<(), StoreError> {
+        if self.dirty.load(std::sync::atomic::Ordering::SeqCst) {
+            self.persist()?;
+            tracing::info!(store = %self.path.display(), "grant store written again after an earlier failure");
+        }
+        Ok(())
+    }
+
     fn persist(&self) -> Result<(), StoreError> {
         let _writer = self.write.lock().unwrap_or_else(|p| p.into_inner());
         let bytes = {
@@ -175,10 +189,13 @@ impl GrantStore {
                 source: std::io::Error::other(e),
             })?
         };
-        write_atomically(&self.path, &bytes).map_err(|source| StoreError::Write {
+        let result = write_atomically(&self.path, &bytes).map_err(|source| StoreError::Write {
             path: self.path.clone(),
             source,
-        })
+        });
+        self.dirty
+            .store(result.is_err(), std::sync::atomic::Ordering::SeqCst);
+        result
     }
 }
 
@@ -336,6 +353,16 @@ mod tests {
         assert_eq!(store.get("alice").unwrap().access_token, "atu_2");
         let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(leftovers.len(), 1, "no temporary file is left behind");
+        // Once the folder is writable again, the retry saves the newer grant.
+        store.persist_if_dirty().unwrap();
+        assert_eq!(
+            GrantStore::open(&path)
+                .unwrap()
+                .get("alice")
+                .unwrap()
+                .access_token,
+            "atu_2"
+        );
     }
 
     #[test]

@@ -70,6 +70,11 @@ fn token_at(grant: &Grant, margin: Duration, now: Instant, now_ms: u64) -> Optio
 impl UserSource {
     pub async fn token(self) -> Result<Token, CredentialError> {
         let user = &*self.user;
+        // A grant that an earlier failed write left only in memory goes to
+        // disk first, so a restart cannot fall back to a dead refresh token.
+        if let Err(e) = self.store.persist_if_dirty() {
+            tracing::warn!(user, "{e}; grants newer than the file stay in memory only");
+        }
         // Another process sharing the store may have refreshed since we last
         // looked; its refresh token is the live one.
         self.store.sync_from_disk(user);

@@ -309,7 +309,7 @@ impl UserEnv {
         }
         let config = Config::load(&self.config_path)
             .unwrap_or_else(|e| panic!("the test config is invalid: {e}"));
-        let listeners = server::bind(&config.listen, app::UNIX_SOCKET_MODE)
+        let listeners = server::bind(&config.listen, config.unix_socket_mode)
             .unwrap_or_else(|e| panic!("cannot bind {} again: {e}", self.addr));
         self.running = Some(app::start(config, listeners).expect("restart the proxy"));
         // Connections pooled to the old proxy are closed by its shutdown.
