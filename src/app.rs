@@ -33,8 +33,13 @@ impl Running {
 
 /// Builds the runtime for `config` and serves on `listeners` until shut down.
 pub fn start(config: Config, listeners: Vec<Listener>) -> Result<Running, String> {
-    let grace = config.shutdown_grace;
-    let shared = Shared::new(Snapshot::build(config, None)?);
+    Ok(start_snapshot(Snapshot::build(config, None)?, listeners))
+}
+
+/// Serves an already built runtime on `listeners` until shut down.
+pub fn start_snapshot(snapshot: Snapshot, listeners: Vec<Listener>) -> Running {
+    let grace = snapshot.config.shutdown_grace;
+    let shared = Shared::new(snapshot);
     let proxy = Proxy::new(shared);
     let addrs = listeners.iter().map(Listener::describe).collect();
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
@@ -46,12 +51,12 @@ pub fn start(config: Config, listeners: Vec<Listener>) -> Result<Running, String
         },
         grace,
     ));
-    Ok(Running {
+    Running {
         proxy,
         addrs,
         stop: Some(stop_tx),
         task,
-    })
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT; reloads on SIGHUP meanwhile.

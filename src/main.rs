@@ -111,16 +111,7 @@ fn init_logging(format: Option<LogFormat>) {
 
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Check { config } => Ok(match Config::load(&config) {
-            Ok(cfg) => {
-                println!("{}: OK\n{}", config.display(), cfg.summary());
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::from(2)
-            }
-        }),
+        Command::Check { config } => Ok(check(&config)),
         Command::Serve { config } => serve(config).await,
         Command::Dev { listen } => dev::run(listen).await.map(|()| ExitCode::SUCCESS),
         Command::Token {
@@ -155,6 +146,29 @@ fn login(path: PathBuf, user: &str) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Validates the config and everything built from it: the upstream's TLS
+/// setup and the grant store (a corrupt store would stop `serve`).
+fn check(path: &std::path::Path) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let summary = config.summary();
+    match Snapshot::build(config, None) {
+        Ok(_) => {
+            println!("{}: OK\n{summary}", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{}: {e}", path.display());
+            ExitCode::from(2)
+        }
+    }
+}
+
 async fn serve(path: PathBuf) -> anyhow::Result<ExitCode> {
     let config = match Config::load(&path) {
         Ok(c) => c,
@@ -168,8 +182,17 @@ async fn serve(path: PathBuf) -> anyhow::Result<ExitCode> {
             "allow_unauthenticated is set and no clients are configured: anyone who can reach the listeners can use the app's credentials"
         );
     }
-    let listeners = server::bind(&config.listen, config.unix_socket_mode)?;
-    let running = app::start(config, listeners).map_err(anyhow::Error::msg)?;
+    // The runtime (grant store included) is built before binding, so a
+    // corrupt store stops the start with its own message and exit code 2.
+    let snapshot = match Snapshot::build(config, None) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{}: {e}", path.display());
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let listeners = server::bind(&snapshot.config.listen, snapshot.config.unix_socket_mode)?;
+    let running = app::start_snapshot(snapshot, listeners);
     for addr in &running.addrs {
         tracing::info!(listen = %addr, "serving");
     }

@@ -267,3 +267,48 @@ async fn the_unix_socket_mode_is_configurable() {
     let (status, stderr) = stderr_of(child).await;
     assert!(status.success(), "{stderr}");
 }
+
+#[tokio::test]
+async fn a_corrupt_grant_store_stops_the_start_and_is_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("app.pem"), private_key_pem()).unwrap();
+    let config = dir.path().join("config.yaml");
+    let pem = "{ file: app.pem }";
+    std::fs::write(
+        &config,
+        format!(
+            "listen: [\"127.0.0.1:0\"]\napp:\n  id: 75\n  private_key: {pem}\n  client_id: abc\n  client_secret: {{ value: s3cret }}\n\
+             oauth:\n  redirect_uri: http://127.0.0.1:8080/_proxy/oauth/callback\nstore:\n  path: grants.json\n\
+             routes:\n  - name: alice\n    match: {{ path_prefix: /as/alice }}\n    user: alice\n"
+        ),
+    )
+    .unwrap();
+    let store = dir.path().join("grants.json");
+    std::fs::write(&store, b"{\"version\": 1, \"grants\": {\"alice\": ").unwrap();
+    let before = std::fs::read(&store).unwrap();
+
+    let check = Command::new(env!("CARGO_BIN_EXE_atomgit-proxy"))
+        .args(["check", "-c"])
+        .arg(&config)
+        .output()
+        .await
+        .unwrap();
+    let check_err = String::from_utf8_lossy(&check.stderr);
+    assert_eq!(check.status.code(), Some(2), "{check_err}");
+    assert!(
+        check_err.contains("grants.json") && check_err.contains("not a valid grant file"),
+        "{check_err}"
+    );
+
+    let (status, stderr) = stderr_of(serve(&config)).await;
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("not a valid grant file") && stderr.contains("left untouched"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read(&store).unwrap(),
+        before,
+        "the store is never overwritten"
+    );
+}
