@@ -49,12 +49,27 @@ impl Proxy {
         let snapshot = self.shared.snapshot.load_full();
         let metrics = &self.shared.metrics;
         metrics.in_flight.inc();
+        let started = tokio::time::Instant::now();
+        // For the access log, kept only when it will be written: the path
+        // only, as a query may carry secrets.
+        let access = tracing::enabled!(tracing::Level::DEBUG)
+            .then(|| (req.method().clone(), req.uri().path().to_owned()));
         let mut route: Option<Arc<str>> = None;
         let resp = match self.try_handle(req, conn, &snapshot, &mut route).await {
             Ok(resp) => resp,
             Err(e) => e.into_response(route.as_deref()),
         };
         metrics.in_flight.dec();
+        if let Some((method, path)) = access {
+            tracing::debug!(
+                %method,
+                path,
+                route = route.as_deref().unwrap_or("-"),
+                status = resp.status().as_u16(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "request"
+            );
+        }
         let error = resp
             .headers()
             .get(crate::error::ERROR_HEADER)
