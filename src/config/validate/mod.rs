@@ -1,0 +1,324 @@
+//! Raw file types to a validated [`Config`], collecting every problem.
+//!
+//! Validation never stops at the first error: `check` must list them all, each
+//! naming its field, so an operator fixes a config in one pass.
+
+mod network;
+mod routes;
+
+use super::file::{self, ConfigFile, SecretFile};
+use super::secret::{self, Secret};
+use super::{AppConfig, ClientConfig, Config, ListenAddr, Problem, UpstreamConfig};
+use crate::routes::{RouteCredential, RouteTable};
+use network::{listen_addrs, oauth, upstream};
+use sha2::{Digest, Sha256};
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Accumulates problems while validation goes on.
+#[derive(Default)]
+pub(super) struct Problems(Vec<Problem>);
+
+impl Problems {
+    pub(super) fn add(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.0.push(Problem {
+            field: field.into(),
+            message: message.into(),
+            line: None,
+        });
+    }
+}
+
+pub(super) fn parse_and_validate(text: &str, base: &Path) -> Result<Config, Vec<Problem>> {
+    let raw: ConfigFile = serde_yaml::from_str(text).map_err(|e| vec![yaml_problem(&e)])?;
+    let mut problems = Problems::default();
+    let config = build(raw, base, &mut problems);
+    let mut found = problems.0;
+    if found.is_empty() {
+        if let Some(config) = config {
+            return Ok(config);
+        }
+    }
+    locate_lines(&mut found, text);
+    Err(found)
+}
+
+fn yaml_problem(e: &serde_yaml::Error) -> Problem {
+    // serde_yaml writes "routes[0].match: unknown field ..."; split the path
+    // off so the problem names its field like every other.
+    let msg = e.to_string();
+    let msg = msg.split(" at line ").next().unwrap_or(&msg).to_owned();
+    let (field, message) = match msg.split_once(": ") {
+        Some((f, m)) if !f.contains(' ') => (f.to_owned(), m.to_owned()),
+        _ => ("(yaml)".to_owned(), msg),
+    };
+    Problem {
+        field,
+        message,
+        line: e.location().map(|l| l.line()),
+    }
+}
+
+/// Best effort: point a problem at the line where its last key is written,
+/// when that key occurs exactly once in the file.
+fn locate_lines(problems: &mut [Problem], text: &str) {
+    for p in problems.iter_mut().filter(|p| p.line.is_none()) {
+        let Some(key) = p.field.rsplit('.').next() else {
+            continue;
+        };
+        let key = key.split('[').next().unwrap_or(key);
+        if key.is_empty() || key.starts_with('(') {
+            continue;
+        }
+        let needle = format!("{key}:");
+        let hits: Vec<usize> = text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| {
+                let t = l.trim_start().trim_start_matches("- ");
+                t.starts_with(&needle)
+                    || l.contains(&format!("{{ {needle}"))
+                    || l.contains(&format!(", {needle}"))
+            })
+            .map(|(i, _)| i + 1)
+            .collect();
+        if let [line] = hits[..] {
+            p.line = Some(line);
+        }
+    }
+}
+
+fn build(raw: ConfigFile, base: &Path, problems: &mut Problems) -> Option<Config> {
+    let listen = listen_addrs(raw.listen.as_deref(), base, problems);
+    let upstream = upstream(&raw, base, problems);
+    let refresh_margin = duration_or(
+        raw.tokens
+            .as_ref()
+            .and_then(|t| t.refresh_margin.as_deref()),
+        "tokens.refresh_margin",
+        Duration::from_secs(300),
+        problems,
+    );
+    let timeouts = raw.timeouts.as_ref();
+    let shutdown_grace = duration_or(
+        timeouts.and_then(|t| t.shutdown.as_deref()),
+        "timeouts.shutdown",
+        Duration::from_secs(30),
+        problems,
+    );
+    let clients = clients(raw.clients.as_deref().unwrap_or_default(), base, problems);
+    if raw.clients.as_ref().is_some_and(Vec::is_empty) {
+        problems.add(
+            "clients",
+            "is empty; remove it to run without caller authentication",
+        );
+    }
+    if clients.is_empty() && !raw.allow_unauthenticated {
+        for (i, addr) in listen.iter().enumerate() {
+            if let ListenAddr::Tcp(sa) = addr {
+                if !sa.ip().is_loopback() {
+                    problems.add(
+                        format!("listen[{i}]"),
+                        format!(
+                            "{sa} is reachable from other machines but no `clients:` are configured, \
+                             so anyone there could use the app's credentials; add `clients:` with keys, \
+                             or set `allow_unauthenticated: true` to accept that"
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    let unix_socket_mode = match &raw.unix_socket_mode {
+        None => 0o660,
+        Some(mode) => {
+            let digits = match mode {
+                file::FileMode::Number(n) => n.to_string(),
+                file::FileMode::Text(t) => t.trim().trim_start_matches("0o").to_owned(),
+            };
+            match u32::from_str_radix(&digits, 8) {
+                Ok(m) if m <= 0o777 => m,
+                _ => {
+                    problems.add(
+                        "unix_socket_mode",
+                        format!("`{digits}` is not an octal file mode like \"0660\""),
+                    );
+                    0o660
+                }
+            }
+        }
+    };
+    let files = referenced_files(&raw, base);
+    let client_names: HashSet<&str> = clients.iter().map(|c| &*c.name).collect();
+    let routes = routes::routes(&raw.routes, &client_names, problems);
+    let needs_user = routes
+        .iter()
+        .any(|r| matches!(r.credential, RouteCredential::User(_)));
+    let app = app(&raw.app, base, upstream.as_ref(), needs_user, problems);
+    let oauth = oauth(&raw, upstream.as_ref(), needs_user, problems);
+    let store_path = raw.store.as_ref().map(|s| base.join(&s.path));
+    if needs_user && store_path.is_none() {
+        problems.add(
+            "store.path",
+            "is required when a route has `user:` (user grants are kept there)",
+        );
+    }
+    Some(Config {
+        path: None,
+        listen,
+        unix_socket_mode,
+        files,
+        upstream: upstream?,
+        app: Arc::new(app?),
+        oauth,
+        store_path,
+        clients,
+        allow_unauthenticated: raw.allow_unauthenticated,
+        refresh_margin,
+        shutdown_grace,
+        routes: RouteTable::new(routes),
+    })
+}
+
+/// Files named by secret sources and the CA setting, resolved.
+fn referenced_files(raw: &ConfigFile, base: &Path) -> Vec<std::path::PathBuf> {
+    let secrets = std::iter::once(&raw.app.private_key)
+        .chain(raw.app.client_secret.as_ref())
+        .chain(raw.clients.iter().flatten().map(|c| &c.key));
+    secrets
+        .filter_map(|s| match s {
+            SecretFile::File(p) => Some(base.join(p)),
+            _ => None,
+        })
+        .chain(raw.upstream_ca_file.as_ref().map(|p| base.join(p)))
+        .collect()
+}
+
+pub(super) fn duration_or(
+    text: Option<&str>,
+    field: &str,
+    default: Duration,
+    problems: &mut Problems,
+) -> Duration {
+    match text {
+        None => default,
+        Some(t) => humantime::parse_duration(t).unwrap_or_else(|e| {
+            problems.add(
+                field,
+                format!("`{t}` is not a duration like 30s, 5m or 8h: {e}"),
+            );
+            default
+        }),
+    }
+}
+
+fn secret(
+    source: &SecretFile,
+    field: &str,
+    base: &Path,
+    problems: &mut Problems,
+) -> Option<Secret> {
+    secret::resolve(source, base)
+        .map_err(|msg| problems.add(field, msg))
+        .ok()
+}
+
+fn clients(raw: &[file::ClientFile], base: &Path, problems: &mut Problems) -> Vec<ClientConfig> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for (i, c) in raw.iter().enumerate() {
+        if c.name.trim().is_empty() {
+            problems.add(format!("clients[{i}].name"), "is empty");
+        } else if !seen.insert(c.name.as_str()) {
+            problems.add(
+                format!("clients[{i}].name"),
+                format!("`{}` is used twice", c.name),
+            );
+        }
+        if let Some(key) = secret(&c.key, &format!("clients[{i}].key"), base, problems) {
+            if key.expose().len() < 16 {
+                problems.add(
+                    format!("clients[{i}].key"),
+                    "is shorter than 16 characters; use a long random key",
+                );
+            } else {
+                out.push(ClientConfig {
+                    name: c.name.as_str().into(),
+                    key,
+                });
+            }
+        }
+    }
+    out
+}
+
+fn app(
+    raw: &file::AppFile,
+    base: &Path,
+    upstream: Option<&UpstreamConfig>,
+    needs_user: bool,
+    problems: &mut Problems,
+) -> Option<AppConfig> {
+    let id = match &raw.id {
+        file::AppId::Number(n) => Some(*n),
+        file::AppId::Text(t) => t.trim().parse().ok().or_else(|| {
+            problems.add("app.id", format!("`{t}` is not a numeric app id"));
+            None
+        }),
+    };
+    let pem = secret(&raw.private_key, "app.private_key", base, problems);
+    let key = pem.as_ref().and_then(|pem| parse_key(pem, problems));
+    let client_secret = raw
+        .client_secret
+        .as_ref()
+        .and_then(|s| secret(s, "app.client_secret", base, problems));
+    if needs_user {
+        if raw.client_id.is_none() {
+            problems.add("app.client_id", "is required when a route has `user:`");
+        }
+        if raw.client_secret.is_none() {
+            problems.add("app.client_secret", "is required when a route has `user:`");
+        }
+    }
+    let (id, key, pem) = (id?, key?, pem?);
+    let mut hasher = Sha256::new();
+    hasher.update(id.to_be_bytes());
+    hasher.update(upstream.map(UpstreamConfig::base_url).unwrap_or_default());
+    hasher.update([0]);
+    hasher.update(pem.expose());
+    Some(AppConfig {
+        id,
+        key,
+        fingerprint: hasher.finalize().into(),
+        client_id: raw.client_id.clone(),
+        client_secret,
+    })
+}
+
+/// Parses the PEM and signs one throwaway JWT, so a key the signer cannot use
+/// (wrong type, truncated) fails at load instead of on the first request.
+fn parse_key(pem: &Secret, problems: &mut Problems) -> Option<jsonwebtoken::EncodingKey> {
+    let key = match jsonwebtoken::EncodingKey::from_rsa_pem(pem.expose().as_bytes()) {
+        Ok(k) => k,
+        Err(e) => {
+            problems.add(
+                "app.private_key",
+                format!("not an RSA private key in PEM (PKCS#1 or PKCS#8): {e}"),
+            );
+            return None;
+        }
+    };
+    let header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    match jsonwebtoken::encode(&header, &serde_json::json!({"probe": true}), &key) {
+        Ok(_) => Some(key),
+        Err(e) => {
+            problems.add(
+                "app.private_key",
+                format!("cannot sign an RS256 JWT with this key: {e}"),
+            );
+            None
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! Compiling routes: prefixes normalised, methods parsed, hosts lowercased,
+//! one credential each.
+
+use super::Problems;
+use crate::config::file::{InstallationFile, RouteFile};
+use crate::routes::{InstallationSelector, Route, RouteCredential};
+use std::collections::HashSet;
+use std::sync::Arc;
+
+pub(super) fn routes(
+    raw: &[RouteFile],
+    clients: &HashSet<&str>,
+    problems: &mut Problems,
+) -> Vec<Route> {
+    let mut names = HashSet::new();
+    let mut out = Vec::new();
+    for (i, r) in raw.iter().enumerate() {
+        let at = |f: &str| format!("routes[{i}].{f}");
+        if r.name.trim().is_empty() {
+            problems.add(at("name"), "is empty");
+        } else if !names.insert(r.name.as_str()) {
+            problems.add(
+                at("name"),
+                format!("`{}` is used by an earlier route", r.name),
+            );
+        }
+        let m = &r.matcher;
+        let prefix = if !m.path_prefix.starts_with('/') {
+            problems.add(
+                at("match.path_prefix"),
+                format!("`{}` must start with /", m.path_prefix),
+            );
+            None
+        } else if m.path_prefix.starts_with("/_proxy")
+            && (m.path_prefix.len() == 7 || m.path_prefix[7..].starts_with('/'))
+        {
+            problems.add(
+                at("match.path_prefix"),
+                "/_proxy/ is reserved for the proxy's own endpoints",
+            );
+            None
+        } else if m.path_prefix.contains(['?', '#']) {
+            problems.add(at("match.path_prefix"), "must be a path, without ? or #");
+            None
+        } else {
+            let trimmed = m.path_prefix.trim_end_matches('/');
+            Some(if trimmed.is_empty() {
+                "/".to_owned()
+            } else {
+                trimmed.to_owned()
+            })
+        };
+        let methods = m.methods.as_ref().map(|list| {
+            if list.is_empty() {
+                problems.add(
+                    at("match.methods"),
+                    "is empty; omit it to match every method",
+                );
+            }
+            list.iter()
+                .filter_map(|text| {
+                    match http::Method::from_bytes(text.to_ascii_uppercase().as_bytes()) {
+                        Ok(method) => Some(method),
+                        Err(_) => {
+                            problems.add(
+                                at("match.methods"),
+                                format!("`{text}` is not an HTTP method"),
+                            );
+                            None
+                        }
+                    }
+                })
+                .collect()
+        });
+        let host = m.host.as_ref().map(|h| h.trim().to_ascii_lowercase());
+        if host
+            .as_ref()
+            .is_some_and(|h| h.is_empty() || h.contains(['/', ' ']))
+        {
+            problems.add(at("match.host"), "must be a bare host name");
+        }
+        let route_clients = m.clients.as_ref().map(|list| {
+            for c in list.iter().filter(|c| !clients.contains(c.as_str())) {
+                problems.add(
+                    at("match.clients"),
+                    format!("`{c}` is not a client named under `clients:`"),
+                );
+            }
+            list.iter().map(|c| Arc::<str>::from(c.as_str())).collect()
+        });
+        let credential = match (&r.installation, &r.user) {
+            (Some(_), Some(_)) => {
+                problems.add(
+                    at("installation"),
+                    "a route has exactly one of `installation:` and `user:`, not both",
+                );
+                None
+            }
+            (None, None) => {
+                problems.add(at("installation"), "a route needs `installation:` ({ id: N }, { account: NAME } or auto) or `user: NAME`");
+                None
+            }
+            (Some(InstallationFile::Id(id)), None) => {
+                Some(RouteCredential::Installation(InstallationSelector::Id(*id)))
+            }
+            (Some(InstallationFile::Account(a)), None) if a.trim().is_empty() => {
+                problems.add(at("installation.account"), "is empty");
+                None
+            }
+            (Some(InstallationFile::Account(a)), None) => Some(RouteCredential::Installation(
+                InstallationSelector::Account(a.trim().to_lowercase()),
+            )),
+            (Some(InstallationFile::Auto), None) => {
+                Some(RouteCredential::Installation(InstallationSelector::Auto))
+            }
+            (None, Some(u)) if u.trim().is_empty() || u.contains(['/', ' ']) => {
+                problems.add(at("user"), "must be a user name");
+                None
+            }
+            (None, Some(u)) => Some(RouteCredential::User(u.trim().into())),
+        };
+        if let (Some(prefix), Some(credential)) = (prefix, credential) {
+            out.push(Route {
+                name: r.name.as_str().into(),
+                prefix,
+                methods,
+                host,
+                clients: route_clients,
+                strip_prefix: r.strip_prefix,
+                credential,
+            });
+        }
+    }
+    out
+}
