@@ -13,7 +13,10 @@
 FROM rust:1-bookworm AS builder
 WORKDIR /build
 COPY Cargo.toml Cargo.lock ./
+# benches/ too: Cargo.toml declares the benchmark, and cargo refuses a
+# manifest whose declared targets are missing.
 COPY src ./src
+COPY benches ./benches
 # The cache mounts keep the registry and compiled dependencies between builds;
 # the binary is copied out because the target folder is not part of the layer.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
