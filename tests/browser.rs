@@ -78,10 +78,10 @@ impl Chromedriver {
             let req = http::Request::get(&status)
                 .body(http_body_util::Full::new(bytes::Bytes::new()))
                 .expect("a request");
-            if let Ok(resp) = client.request(req).await {
-                if resp.status() == StatusCode::OK {
-                    return;
-                }
+            if let Ok(resp) = client.request(req).await
+                && resp.status() == StatusCode::OK
+            {
+                return;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

@@ -298,3 +298,41 @@ async fn the_store_is_private_and_a_read_only_folder_does_not_lose_a_refresh() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn replicas_sharing_the_store_refresh_once_between_them() {
+    bounded(60, "replicas", async {
+        let env = UserEnv::start(fake_oauth(SHORT)).await;
+        env.log_in().await;
+        env.use_user_route().await;
+        // A second proxy on the same config and store file, as a replica
+        // sharing a volume would run.
+        let config = atomgit_proxy::config::Config::load(&env.config_path).unwrap();
+        let any_port = [atomgit_proxy::config::ListenAddr::Tcp("127.0.0.1:0".parse().unwrap())];
+        let listeners = atomgit_proxy::server::bind(&any_port, config.unix_socket_mode).unwrap();
+        let replica = atomgit_proxy::app::start(config, listeners).unwrap();
+        let replica_url = format!("http://{}/as/alice/user", replica.addrs[0]);
+        let first = support_users::get(&env.client, &replica_url, &[]).await;
+        assert_eq!(first.status, StatusCode::OK, "{}", first.text());
+        env.fake.set_access_lifetime(HOUR);
+        wait_until_unusable(&env).await;
+
+        // Both replicas find the token due at once.
+        let here = (0..25).map(|_| env.get("/as/alice/user"));
+        let there = (0..25).map(|_| support_users::get(&env.client, &replica_url, &[]));
+        let (here, there) = futures_util::future::join(
+            futures_util::future::join_all(here),
+            futures_util::future::join_all(there),
+        )
+        .await;
+        for reply in here.iter().chain(&there) {
+            assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        }
+        assert_eq!(env.fake.refreshes(), 1, "one refresh between the two replicas");
+        assert_eq!(env.fake.refused_refreshes(), 0, "no refresh token was spent twice");
+        assert!(env.grant(USER).get("revoked").is_none());
+        bounded(35, "replica shutdown", replica.shutdown()).await;
+        env.shutdown().await;
+    })
+    .await;
+}

@@ -34,10 +34,10 @@ impl AppJwt {
     pub fn get(&self, app: &AppConfig) -> Result<String, jsonwebtoken::errors::Error> {
         let now = Instant::now();
         let mut cached = self.cached.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((jwt, renew_at)) = cached.as_ref() {
-            if now < *renew_at {
-                return Ok(jwt.clone());
-            }
+        if let Some((jwt, renew_at)) = cached.as_ref()
+            && now < *renew_at
+        {
+            return Ok(jwt.clone());
         }
         let jwt = sign(app)?;
         *cached = Some((

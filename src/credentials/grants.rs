@@ -171,6 +171,31 @@ impl GrantStore {
         self.persist().map(|()| true)
     }
 
+    /// An exclusive lock on `{store}.lock`, held while a refresh runs so that
+    /// processes sharing the store refresh one at a time (advisory `flock`;
+    /// released when the returned file is dropped).
+    pub async fn lock_for_refresh(&self) -> std::io::Result<std::fs::File> {
+        let mut name = self
+            .path
+            .file_name()
+            .map(|n| n.to_os_string())
+            .unwrap_or_default();
+        name.push(".lock");
+        let path = self.path.with_file_name(name);
+        tokio::task::spawn_blocking(move || {
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(&path)?;
+            file.lock()?;
+            Ok(file)
+        })
+        .await
+        .map_err(std::io::Error::other)?
+    }
+
     /// Writes the file again if the last write failed.
     pub fn persist_if_dirty(&self) -> Result<(), StoreError> {
         if self.dirty.load(std::sync::atomic::Ordering::SeqCst) {

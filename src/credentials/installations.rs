@@ -129,13 +129,12 @@ impl Directory {
             {
                 return Ok(());
             }
-            if let Some(e) = st.last_error.as_ref() {
-                if st
+            if let Some(e) = st.last_error.as_ref()
+                && st
                     .last_attempt
                     .is_some_and(|t| now.duration_since(t) < MISS_FLOOR)
-                {
-                    return Err(e.clone());
-                }
+            {
+                return Err(e.clone());
             }
         }
         self.fill(&list).await

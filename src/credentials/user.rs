@@ -20,6 +20,10 @@ use tokio::time::Instant;
 /// much later (the token keeps being served meanwhile).
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(30);
 
+/// How long a refresh waits for another process's refresh of the same store.
+/// A refresh is one bounded HTTP call, so this is generous.
+const REFRESH_LOCK_WAIT: Duration = Duration::from_secs(30);
+
 /// Everything a refresh needs, owned, so it can run in its own task.
 pub struct UserSource {
     pub store: Arc<GrantStore>,
@@ -75,21 +79,38 @@ impl UserSource {
         if let Err(e) = self.store.persist_if_dirty() {
             tracing::warn!(user, "{e}; grants newer than the file stay in memory only");
         }
-        // Another process sharing the store may have refreshed since we last
-        // looked; its refresh token is the live one.
-        self.store.sync_from_disk(user);
-        let grant = self
-            .store
-            .get(user)
-            .ok_or_else(|| CredentialError::GrantMissing(user.to_owned()))?;
-        if grant.revoked.is_some() {
-            return Err(CredentialError::GrantRevoked(user.to_owned()));
+        if let Some(done) = self.stored_token() {
+            return done;
         }
+        // A refresh is due. Replicas sharing the store must not spend the
+        // same refresh token twice (with rotation, the second is refused and
+        // the grant would die), so refreshes of one store take turns across
+        // processes, and each looks at the file again once it has the lock.
+        let _lock = match tokio::time::timeout(REFRESH_LOCK_WAIT, self.store.lock_for_refresh())
+            .await
+        {
+            Ok(Ok(lock)) => Some(lock),
+            Ok(Err(e)) => {
+                tracing::warn!(
+                    user,
+                    "cannot take the grant store's refresh lock ({e}); refreshing without it"
+                );
+                None
+            }
+            Err(_) => {
+                return Err(CredentialError::TokenEndpoint(
+                    "another process has held the grant store's refresh lock for too long".into(),
+                ));
+            }
+        };
+        if let Some(done) = self.stored_token() {
+            return done;
+        }
+        let Some(grant) = self.store.get(user) else {
+            return Err(CredentialError::GrantMissing(user.to_owned()));
+        };
         let now = Instant::now();
         let current = token_from_grant(&grant, self.margin, now).filter(|t| t.is_usable(now));
-        if let Some(token) = current.as_ref().filter(|t| now < t.refresh_at) {
-            return Ok(token.clone());
-        }
         if grant.refresh_expires_at_ms.is_some_and(|at| at <= now_ms()) {
             return Err(self.revoke(grant, "the refresh token has expired".into()));
         }
@@ -124,6 +145,25 @@ impl UserSource {
                 None => Err(CredentialError::TokenEndpoint(msg)),
             },
         }
+    }
+
+    /// The answer the store gives without a refresh: its token when not yet
+    /// due, or why there is none. `None`: a refresh is due.
+    fn stored_token(&self) -> Option<Result<Token, CredentialError>> {
+        let user = &*self.user;
+        // Another process sharing the store may have refreshed since we last
+        // looked; its refresh token is the live one.
+        self.store.sync_from_disk(user);
+        let Some(grant) = self.store.get(user) else {
+            return Some(Err(CredentialError::GrantMissing(user.to_owned())));
+        };
+        if grant.revoked.is_some() {
+            return Some(Err(CredentialError::GrantRevoked(user.to_owned())));
+        }
+        let now = Instant::now();
+        token_from_grant(&grant, self.margin, now)
+            .filter(|t| t.is_usable(now) && now < t.refresh_at)
+            .map(Ok)
     }
 
     fn revoke(&self, mut grant: Grant, reason: String) -> CredentialError {

@@ -39,14 +39,13 @@ impl PendingLogins {
         let mut map = self.by_state.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         map.retain(|_, (_, at)| now.duration_since(*at) < PENDING_LIFETIME);
-        if map.len() >= MAX_PENDING {
-            if let Some(oldest) = map
+        if map.len() >= MAX_PENDING
+            && let Some(oldest) = map
                 .iter()
                 .min_by_key(|(_, (_, at))| *at)
                 .map(|(k, _)| k.clone())
-            {
-                map.remove(&oldest);
-            }
+        {
+            map.remove(&oldest);
         }
         map.insert(state, (user, now));
     }

@@ -46,12 +46,11 @@ pub fn rewrite_links(
         return;
     }
     let proxy_base = proxy_base();
-    if let Some(loc) = headers.get(LOCATION).and_then(|v| v.to_str().ok()) {
-        if let Some(new) = rewrite_url(loc, upstream_base, &proxy_base) {
-            if let Ok(v) = HeaderValue::try_from(new) {
-                headers.insert(LOCATION, v);
-            }
-        }
+    if let Some(loc) = headers.get(LOCATION).and_then(|v| v.to_str().ok())
+        && let Some(new) = rewrite_url(loc, upstream_base, &proxy_base)
+        && let Ok(v) = HeaderValue::try_from(new)
+    {
+        headers.insert(LOCATION, v);
     }
     let links: Vec<HeaderValue> = headers
         .get_all(LINK)

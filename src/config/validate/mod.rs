@@ -36,10 +36,10 @@ pub(super) fn parse_and_validate(text: &str, base: &Path) -> Result<Config, Vec<
     let mut problems = Problems::default();
     let config = build(raw, base, &mut problems);
     let mut found = problems.0;
-    if found.is_empty() {
-        if let Some(config) = config {
-            return Ok(config);
-        }
+    if found.is_empty()
+        && let Some(config) = config
+    {
+        return Ok(config);
     }
     locate_lines(&mut found, text);
     Err(found)
@@ -117,9 +117,10 @@ fn build(raw: ConfigFile, base: &Path, problems: &mut Problems) -> Option<Config
     }
     if clients.is_empty() && !raw.allow_unauthenticated {
         for (i, addr) in listen.iter().enumerate() {
-            if let ListenAddr::Tcp(sa) = addr {
-                if !sa.ip().is_loopback() {
-                    problems.add(
+            if let ListenAddr::Tcp(sa) = addr
+                && !sa.ip().is_loopback()
+            {
+                problems.add(
                         format!("listen[{i}]"),
                         format!(
                             "{sa} is reachable from other machines but no `clients:` are configured, \
@@ -127,7 +128,6 @@ fn build(raw: ConfigFile, base: &Path, problems: &mut Problems) -> Option<Config
                              or set `allow_unauthenticated: true` to accept that"
                         ),
                     );
-                }
             }
         }
     }
