@@ -308,7 +308,9 @@ async fn replicas_sharing_the_store_refresh_once_between_them() {
         // A second proxy on the same config and store file, as a replica
         // sharing a volume would run.
         let config = atomgit_proxy::config::Config::load(&env.config_path).unwrap();
-        let any_port = [atomgit_proxy::config::ListenAddr::Tcp("127.0.0.1:0".parse().unwrap())];
+        let any_port = [atomgit_proxy::config::ListenAddr::Tcp(
+            "127.0.0.1:0".parse().unwrap(),
+        )];
         let listeners = atomgit_proxy::server::bind(&any_port, config.unix_socket_mode).unwrap();
         let replica = atomgit_proxy::app::start(config, listeners).unwrap();
         let replica_url = format!("http://{}/as/alice/user", replica.addrs[0]);
@@ -328,8 +330,16 @@ async fn replicas_sharing_the_store_refresh_once_between_them() {
         for reply in here.iter().chain(&there) {
             assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
         }
-        assert_eq!(env.fake.refreshes(), 1, "one refresh between the two replicas");
-        assert_eq!(env.fake.refused_refreshes(), 0, "no refresh token was spent twice");
+        assert_eq!(
+            env.fake.refreshes(),
+            1,
+            "one refresh between the two replicas"
+        );
+        assert_eq!(
+            env.fake.refused_refreshes(),
+            0,
+            "no refresh token was spent twice"
+        );
         assert!(env.grant(USER).get("revoked").is_none());
         bounded(35, "replica shutdown", replica.shutdown()).await;
         env.shutdown().await;
