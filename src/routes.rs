@@ -203,9 +203,18 @@ impl RouteTable {
 /// `/orgs/b` by anything that normalises it; such paths are refused.
 pub fn has_dot_segment(path: &str) -> bool {
     path.split('/').any(|segment| {
-        let lower = segment.to_ascii_lowercase();
-        let decoded = lower.replace("%2e", ".");
-        decoded == "." || decoded == ".."
+        // Count dots, each written `.` or `%2e`/`%2E`; anything else means
+        // an ordinary segment. No allocation: this runs on every request.
+        let (mut rest, mut dots) = (segment.as_bytes(), 0);
+        while !rest.is_empty() && dots < 3 {
+            match rest {
+                [b'.', tail @ ..] => rest = tail,
+                [b'%', b'2', b'e' | b'E', tail @ ..] => rest = tail,
+                _ => return false,
+            }
+            dots += 1;
+        }
+        rest.is_empty() && (dots == 1 || dots == 2)
     })
 }
 

@@ -9,16 +9,10 @@ use std::time::Duration;
 
 const INSTALLATIONS: &[(u64, &str)] = &[(14, "yanqianyu")];
 
-/// One route, for installation 14 by id.
-const YANQIANYU_ROUTE: &str = "
-- name: yanqianyu
-  match: { path_prefix: /orgs/yanqianyu }
-  installation: { id: 14 }
-";
 #[tokio::test]
 async fn token_endpoint_failure_is_502_then_recovers() {
     bounded(60, "token endpoint failure", async {
-        let env = TestEnv::start(YANQIANYU_ROUTE, INSTALLATIONS).await;
+        let env = TestEnv::start(common::YANQIANYU_ROUTE, INSTALLATIONS).await;
         env.fake.set_token_endpoint_failure(Some(500));
 
         let failed = env.get("/orgs/yanqianyu/x").await;
@@ -109,7 +103,7 @@ async fn unknown_owners_are_404_and_do_not_flood_the_installation_list() {
 #[tokio::test]
 async fn an_upstream_that_went_away_is_502_upstream_unreachable() {
     bounded(60, "upstream unreachable", async {
-        let env = TestEnv::start(YANQIANYU_ROUTE, INSTALLATIONS).await;
+        let env = TestEnv::start(common::YANQIANYU_ROUTE, INSTALLATIONS).await;
         // A cached token first: with the platform gone, minting would fail
         // before forwarding could.
         let ok = env.get("/orgs/yanqianyu/x").await;
@@ -131,11 +125,7 @@ async fn a_platform_that_is_not_there_fails_the_mint_first() {
         // The fake runs, but the proxy is pointed at a port nobody listens on.
         let port = common::dead_port();
         let env = TestEnv::start_with(EnvOptions {
-            routes: r#"
-                - name: yanqianyu
-                  match: { path_prefix: /orgs/yanqianyu }
-                  installation: { id: 14 }
-            "#,
+            routes: common::YANQIANYU_ROUTE,
             installations: INSTALLATIONS,
             upstream: Some(format!("http://127.0.0.1:{port}")),
             ..EnvOptions::default()
@@ -187,7 +177,7 @@ async fn a_slow_upstream_is_504_upstream_timeout() {
 #[tokio::test]
 async fn no_route_is_404() {
     bounded(60, "no route", async {
-        let env = TestEnv::start(YANQIANYU_ROUTE, INSTALLATIONS).await;
+        let env = TestEnv::start(common::YANQIANYU_ROUTE, INSTALLATIONS).await;
         // With a token cached, so a leak would have something to leak.
         assert_eq!(env.get("/orgs/yanqianyu/x").await.status, StatusCode::OK);
 

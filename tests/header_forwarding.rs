@@ -8,11 +8,7 @@ use atomgit_proxy::fake::{Recorded, TokenOwner};
 use common::{TestEnv, bounded, single_bearer};
 use http::{Method, StatusCode};
 
-const ROUTES: &str = r#"
-- name: yanqianyu
-  match: { path_prefix: /orgs/yanqianyu }
-  installation: { id: 14 }
-"#;
+const ROUTES: &str = common::YANQIANYU_ROUTE;
 
 /// Every header value the fake recorded, as text.
 fn all_header_text(r: &Recorded) -> String {

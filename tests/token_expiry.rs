@@ -14,11 +14,7 @@ async fn the_upstream_never_receives_an_expired_token() {
         // 3 s tokens: the proxy refreshes at half-life and stops injecting a
         // token in its last 10% (300 ms), well above a loopback round trip.
         let env = TestEnv::start_with(EnvOptions {
-            routes: r#"
-                - name: yanqianyu
-                  match: { path_prefix: /orgs/yanqianyu }
-                  installation: { id: 14 }
-            "#,
+            routes: common::YANQIANYU_ROUTE,
             installations: &[(14, "yanqianyu")],
             token_lifetime: Duration::from_secs(3),
             ..EnvOptions::default()

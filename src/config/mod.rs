@@ -132,10 +132,30 @@ pub struct OAuthConfig {
 }
 
 /// A local caller.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ClientConfig {
     pub name: Arc<str>,
-    pub key: Secret,
+    /// SHA-256 of the key, taken once at load: requests compare digests (of
+    /// equal length, in constant time) and never hash the configured keys.
+    pub key_digest: [u8; 32],
+}
+
+impl ClientConfig {
+    pub fn new(name: &str, key: &Secret) -> Self {
+        use sha2::{Digest, Sha256};
+        ClientConfig {
+            name: name.into(),
+            key_digest: Sha256::digest(key.expose().as_bytes()).into(),
+        }
+    }
+}
+
+impl fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientConfig")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
 }
 
 /// One problem found while loading, naming its field.

@@ -25,6 +25,13 @@ use std::path::Path;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+/// The route most tests need: `/orgs/yanqianyu` as installation 14, by id.
+pub const YANQIANYU_ROUTE: &str = "
+- name: yanqianyu
+  match: { path_prefix: /orgs/yanqianyu }
+  installation: { id: 14 }
+";
+
 /// The app id every test config and the fake agree on.
 pub const APP_ID: u64 = 75;
 

@@ -244,10 +244,7 @@ fn clients(raw: &[file::ClientFile], base: &Path, problems: &mut Problems) -> Ve
                     "is shorter than 16 characters; use a long random key",
                 );
             } else {
-                out.push(ClientConfig {
-                    name: c.name.as_str().into(),
-                    key,
-                });
+                out.push(ClientConfig::new(&c.name, &key));
             }
         }
     }
