@@ -134,7 +134,7 @@ impl Route {
 }
 
 /// `Host` header without its port (IPv6 literals keep their brackets).
-fn strip_port(host: &str) -> &str {
+pub fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
         return host.split_inclusive(']').next().unwrap_or(host);
     }

@@ -33,8 +33,18 @@ pub struct ConfigFile {
     pub allow_unauthenticated: bool,
     /// Token lifetime policy.
     pub tokens: Option<TokensFile>,
-    /// Upstream and shutdown timeouts.
+    /// Upstream, connection and shutdown timeouts.
     pub timeouts: Option<TimeoutsFile>,
+    /// Caps on what callers can make the proxy hold: header size,
+    /// connections, concurrent upstream requests.
+    pub limits: Option<LimitsFile>,
+    /// Web origins (`scheme://host[:port]`) whose cross-site requests are
+    /// served; every other request carrying `Origin` is refused.
+    pub allowed_origins: Option<Vec<String>>,
+    /// Extra `Host` names served when no `clients:` are configured (beyond
+    /// loopback, listen addresses and routes' `match.host`): the DNS
+    /// rebinding defence.
+    pub allowed_hosts: Option<Vec<String>>,
     /// Checked in order; first match wins.
     #[serde(default)]
     pub routes: Vec<RouteFile>,
@@ -113,8 +123,32 @@ pub struct TimeoutsFile {
     pub connect: Option<String>,
     /// From sending the request to the upstream's response headers; default `60s`.
     pub response: Option<String>,
-    /// How long shutdown waits for in-flight requests; default `30s`.
+    /// How long shutdown waits for in-flight requests; default `25s`.
     pub shutdown: Option<String>,
+    /// A connection with no request in flight is closed after this; default `60s`.
+    pub idle: Option<String>,
+    /// From accept to a request's complete headers; default `30s`.
+    pub header_read: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsFile {
+    /// Largest request head (request line and headers); default `64KiB`.
+    pub max_header_bytes: Option<ByteSizeFile>,
+    /// Open inbound connections; default 4096. Past it, new connections
+    /// wait in the kernel's backlog.
+    pub max_connections: Option<usize>,
+    /// Requests in flight to the platform; default 512. More wait.
+    pub max_upstream_requests: Option<usize>,
+}
+
+/// A size: a plain number of bytes, or text such as `64KiB` or `1MiB`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum ByteSizeFile {
+    Number(u64),
+    Text(String),
 }
 
 #[derive(Debug, Deserialize)]

@@ -54,8 +54,57 @@ pub struct Config {
     pub refresh_margin: Duration,
     /// How long shutdown waits for in-flight requests.
     pub shutdown_grace: Duration,
+    /// Caps and timeouts on inbound connections and upstream concurrency.
+    pub limits: Limits,
+    /// Which `Origin` and `Host` values are served (browser defences).
+    pub browser: BrowserPolicy,
     /// Compiled routes, in file order.
     pub routes: RouteTable,
+}
+
+/// Caps on what callers can make the proxy hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest request head accepted (431 past it).
+    pub max_header_bytes: usize,
+    /// Open inbound connections; the accept loop waits past it.
+    pub max_connections: usize,
+    /// Requests in flight to the platform at once; more wait.
+    pub max_upstream_requests: usize,
+    /// A connection with no request in flight is closed after this.
+    pub idle_timeout: Duration,
+    /// From accept to a request's complete headers.
+    pub header_read_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_header_bytes: 64 * 1024,
+            max_connections: 4096,
+            max_upstream_requests: 512,
+            idle_timeout: Duration::from_secs(60),
+            header_read_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What a browser may make the proxy do: nothing, unless an origin or host
+/// is listed. Built at load so a request only compares strings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BrowserPolicy {
+    /// `Origin` values served (ASCII-lowercased `scheme://host[:port]`).
+    pub allowed_origins: Vec<String>,
+    /// Whether `Host` is checked at all: only without `clients:` (a caller
+    /// with a key is no web page).
+    pub check_host: bool,
+    /// Host names (lowercased, without port) served besides loopback ones:
+    /// listen addresses, routes' `match.host`, `allowed_hosts:` and the
+    /// OAuth redirect's host.
+    pub allowed_hosts: Vec<String>,
+    /// A listener on `0.0.0.0`/`::` is reached by every address of the
+    /// machine; an IP literal cannot be a rebound DNS name, so any is served.
+    pub any_ip_literal: bool,
 }
 
 /// A listener address.

@@ -3,6 +3,7 @@
 //! Validation never stops at the first error: `check` must list them all, each
 //! naming its field, so an operator fixes a config in one pass.
 
+mod limits;
 mod network;
 mod routes;
 
@@ -105,9 +106,10 @@ fn build(raw: ConfigFile, base: &Path, problems: &mut Problems) -> Option<Config
     let shutdown_grace = duration_or(
         timeouts.and_then(|t| t.shutdown.as_deref()),
         "timeouts.shutdown",
-        Duration::from_secs(30),
+        Duration::from_secs(25),
         problems,
     );
+    let limits = limits::limits(&raw, problems);
     let clients = clients(raw.clients.as_deref().unwrap_or_default(), base, problems);
     if raw.clients.as_ref().is_some_and(Vec::is_empty) {
         problems.add(
@@ -165,6 +167,14 @@ fn build(raw: ConfigFile, base: &Path, problems: &mut Problems) -> Option<Config
             "is required when a route has `user:` (user grants are kept there)",
         );
     }
+    let browser = limits::browser_policy(
+        &raw,
+        &listen,
+        &routes,
+        oauth.as_ref(),
+        clients.is_empty(),
+        problems,
+    );
     Some(Config {
         path: None,
         listen,
@@ -178,6 +188,8 @@ fn build(raw: ConfigFile, base: &Path, problems: &mut Problems) -> Option<Config
         allow_unauthenticated: raw.allow_unauthenticated,
         refresh_margin,
         shutdown_grace,
+        limits,
+        browser,
         routes: RouteTable::new(routes),
     })
 }
