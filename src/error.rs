@@ -25,6 +25,16 @@ pub enum ProxyError {
     UnauthorizedClient,
     #[error("route `{route}` does not admit this client")]
     ForbiddenClient { route: Arc<str> },
+    #[error(
+        "cross-site request refused: it came from a web page (Origin or Sec-Fetch-Site); list the page's origin in allowed_origins to allow it"
+    )]
+    ForbiddenOrigin,
+    #[error(
+        "this Host is not served without a client key (DNS rebinding defence): use localhost, a loopback address, a listen address or a route's match.host, or list it in allowed_hosts"
+    )]
+    ForbiddenHost,
+    #[error("{0} is not allowed through this proxy")]
+    MethodNotAllowed(http::Method),
     #[error("no route matches {method} {path}")]
     NoRoute { method: http::Method, path: String },
     #[error(transparent)]
@@ -42,6 +52,11 @@ impl ProxyError {
             ProxyError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ProxyError::UnauthorizedClient => (StatusCode::UNAUTHORIZED, "unauthorized_client"),
             ProxyError::ForbiddenClient { .. } => (StatusCode::FORBIDDEN, "forbidden_client"),
+            ProxyError::ForbiddenOrigin => (StatusCode::FORBIDDEN, "forbidden_origin"),
+            ProxyError::ForbiddenHost => (StatusCode::FORBIDDEN, "forbidden_host"),
+            ProxyError::MethodNotAllowed(_) => {
+                (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
+            }
             ProxyError::NoRoute { .. } => (StatusCode::NOT_FOUND, "no_route"),
             ProxyError::Credential(e) => match e {
                 CredentialError::InstallationNotFound(_) => {

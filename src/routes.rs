@@ -93,8 +93,13 @@ impl Route {
         }
     }
 
-    fn admits(&self, method: &Method, host: Option<&str>) -> bool {
-        let method_ok = self.methods.as_ref().is_none_or(|m| m.contains(method));
+    /// `overrides` are the methods named by `X-HTTP-Method-Override` and its
+    /// kin: the platform may act on one of them, so each must be admitted too.
+    fn admits(&self, method: &Method, overrides: &[Method], host: Option<&str>) -> bool {
+        let method_ok = self
+            .methods
+            .as_ref()
+            .is_none_or(|m| m.contains(method) && overrides.iter().all(|o| m.contains(o)));
         let host_ok = match (&self.host, host) {
             (None, _) => true,
             (Some(want), Some(got)) => strip_port(got).eq_ignore_ascii_case(want),
@@ -175,13 +180,14 @@ impl RouteTable {
     pub fn select(
         &self,
         method: &Method,
+        overrides: &[Method],
         path: &str,
         host: Option<&str>,
         client: Option<&str>,
     ) -> Result<&Route, Miss> {
         let mut excluded: Option<&Route> = None;
         for route in &self.routes {
-            if route.covers(path) && route.admits(method, host) {
+            if route.covers(path) && route.admits(method, overrides, host) {
                 if route.allows_client(client) {
                     return Ok(route);
                 }
@@ -273,10 +279,20 @@ mod tests {
     fn host_ignores_port_and_case() {
         let mut r = route("a", "/");
         r.host = Some("tools.local".into());
-        assert!(r.admits(&Method::GET, Some("Tools.Local:8080")));
-        assert!(!r.admits(&Method::GET, Some("other.local")));
-        assert!(!r.admits(&Method::GET, None));
+        assert!(r.admits(&Method::GET, &[], Some("Tools.Local:8080")));
+        assert!(!r.admits(&Method::GET, &[], Some("other.local")));
+        assert!(!r.admits(&Method::GET, &[], None));
         assert_eq!(strip_port("[::1]:80"), "[::1]");
+    }
+
+    #[test]
+    fn every_override_must_be_admitted() {
+        let mut r = route("a", "/");
+        r.methods = Some(vec![Method::GET, Method::POST]);
+        assert!(r.admits(&Method::POST, &[Method::GET], None));
+        assert!(!r.admits(&Method::GET, &[Method::DELETE], None));
+        assert!(!r.admits(&Method::GET, &[Method::GET, Method::PUT], None));
+        assert!(route("any", "/").admits(&Method::GET, &[Method::DELETE], None));
     }
 
     #[test]
@@ -286,18 +302,18 @@ mod tests {
         let table = RouteTable::new(vec![ci_only.clone()]);
         assert_eq!(
             table
-                .select(&Method::GET, "/orgs/x", None, Some("other"))
+                .select(&Method::GET, &[], "/orgs/x", None, Some("other"))
                 .unwrap_err(),
             Miss::ForbiddenClient { route: "ci".into() }
         );
         let table = RouteTable::new(vec![ci_only, route("all", "/")]);
         let r = table
-            .select(&Method::GET, "/orgs/x", None, Some("other"))
+            .select(&Method::GET, &[], "/orgs/x", None, Some("other"))
             .unwrap();
         assert_eq!(&*r.name, "all");
         assert_eq!(
             RouteTable::new(vec![route("a", "/x")])
-                .select(&Method::GET, "/y", None, None)
+                .select(&Method::GET, &[], "/y", None, None)
                 .unwrap_err(),
             Miss::NoRoute
         );

@@ -5,10 +5,10 @@
 //! caller, and one for the proxy's own small token calls. Both are built once
 //! per upstream configuration and reused across reloads that leave it alone.
 
+use crate::caller_body::CallerBody;
 use crate::config::UpstreamConfig;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -28,8 +28,8 @@ pub struct Upstream {
     pub host_header: http::HeaderValue,
     /// `{origin}{base_path}`: what `Link`/`Location` rewriting looks for.
     pub base_url: String,
-    /// Forwarding pool: request bodies are the callers' `Incoming` streams.
-    pub forward: Client<Connector, Incoming>,
+    /// Forwarding pool: request bodies are the callers' streams, watched.
+    pub forward: Client<Connector, CallerBody>,
     /// Token-call pool: small, fully known bodies.
     api: Client<Connector, Full<Bytes>>,
 }

@@ -5,7 +5,7 @@
 mod common;
 
 use atomgit_proxy::fake::{Recorded, TokenOwner};
-use common::{TestEnv, bounded, single_bearer};
+use common::{EnvOptions, TestEnv, bounded, single_bearer};
 use http::{Method, StatusCode};
 
 const ROUTES: &str = common::YANQIANYU_ROUTE;
@@ -126,7 +126,14 @@ async fn connection_header_cannot_remove_the_token_and_hop_by_hop_headers_stay_b
 #[tokio::test]
 async fn host_is_the_upstreams_and_the_query_is_forwarded_byte_for_byte() {
     bounded(60, "host and query", async {
-        let env = TestEnv::start(ROUTES, &[(14, "yanqianyu")]).await;
+        // Without clients, a name is served only when the config knows it.
+        let env = TestEnv::start_with(EnvOptions {
+            routes: ROUTES,
+            installations: &[(14, "yanqianyu")],
+            extra_yaml: "allowed_hosts: [caller.example]",
+            ..EnvOptions::default()
+        })
+        .await;
 
         let query = "a=1&b=%2F%20x&a=2&c=&d=%E4%B8%AD&e=a+b";
         let reply = env

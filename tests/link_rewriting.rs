@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{TestEnv, bounded};
+use common::{EnvOptions, TestEnv, bounded};
 use http::{Method, StatusCode};
 
 const ROUTES: &str = r#"
@@ -45,7 +45,15 @@ fn repo_names(reply: &common::Reply) -> Vec<String> {
 #[tokio::test]
 async fn pagination_links_point_back_at_the_proxy_and_can_be_followed() {
     bounded(60, "Link rewriting", async {
-        let env = TestEnv::start(ROUTES, &[(14, "yanqianyu")]).await;
+        // `proxy.internal` is a name callers use below; without clients a
+        // name is served only when the config lists it.
+        let env = TestEnv::start_with(EnvOptions {
+            routes: ROUTES,
+            installations: &[(14, "yanqianyu")],
+            extra_yaml: "allowed_hosts: [proxy.internal]",
+            ..EnvOptions::default()
+        })
+        .await;
 
         let page1 = env.get("/orgs/yanqianyu/repos").await;
         assert_eq!(page1.status, StatusCode::OK, "{}", page1.text());

@@ -202,7 +202,7 @@ async fn get_unix(socket: &Path, path: &str) -> (StatusCode, String) {
         .unwrap();
     tokio::spawn(conn);
     let req = http::Request::get(path)
-        .header("host", "sidecar")
+        .header("host", "localhost")
         .body(Empty::<bytes::Bytes>::new())
         .unwrap();
     let resp = sender.send_request(req).await.unwrap();

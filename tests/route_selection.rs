@@ -5,7 +5,7 @@
 mod common;
 
 use atomgit_proxy::fake::TokenOwner;
-use common::{TestEnv, bounded};
+use common::{EnvOptions, TestEnv, bounded};
 use http::{Method, StatusCode};
 
 const INSTALLATIONS: &[(u64, &str)] = &[(14, "yanqianyu"), (18, "hanshuorg2"), (21, "carol")];
@@ -159,14 +159,18 @@ async fn methods_restrict_a_route_and_later_routes_take_the_rest() {
 #[tokio::test]
 async fn host_matches_exactly_ignoring_the_port() {
     bounded(60, "host", async {
-        let env = TestEnv::start(
-            r#"
+        let env = TestEnv::start_with(EnvOptions {
+            routes: r#"
             - name: tools
               match: { path_prefix: /hosted, host: tools.local }
               installation: { id: 14 }
             "#,
-            INSTALLATIONS,
-        )
+            installations: INSTALLATIONS,
+            // Served names (without clients, only known names are), so
+            // that what is tested here is the route's host match.
+            extra_yaml: "allowed_hosts: [other.local, tools.local.evil, sub.tools.local]",
+            ..EnvOptions::default()
+        })
         .await;
 
         for host in ["tools.local", "tools.local:9999", "Tools.Local:80"] {

@@ -3,8 +3,9 @@
 //! Bodies are never collected: the caller's `Incoming` body becomes the
 //! upstream request body and the upstream's `Incoming` becomes the response.
 
-use super::headers::{rewrite_links, strip_hop_by_hop};
+use super::headers::{rewrite_links, strip_caller_credentials, strip_hop_by_hop};
 use super::{Body, ConnInfo};
+use crate::caller_body::CallerBody;
 use crate::credentials::Token;
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
@@ -46,16 +47,30 @@ impl<'a> CallerOrigin<'a> {
 }
 
 /// The authority the caller addressed: the request target's (HTTP/2, or an
-/// absolute-form HTTP/1 target), else the `Host` header. Only a value that
-/// parses as an authority is kept, so it can be echoed into a URL safely.
-pub fn inbound_host(req: &Request<Incoming>) -> Option<String> {
-    if let Some(a) = req.uri().authority() {
-        return Some(a.as_str().to_owned());
+/// absolute-form HTTP/1 target), else the `Host` header; `None` without
+/// either (HTTP/1.0). It is echoed into rewritten links and checked against
+/// the allowed hosts, so a `Host` that is not one plain authority (several
+/// headers, unparsable, or with `user@` userinfo) is refused, not ignored.
+pub fn inbound_host(req: &Request<Incoming>) -> Result<Option<String>, ProxyError> {
+    let bad = |what: &str| ProxyError::BadRequest(format!("the Host {what}"));
+    let authority = match req.uri().authority() {
+        Some(a) => a.clone(),
+        None => {
+            let mut hosts = req.headers().get_all(HOST).iter();
+            let host = match (hosts.next(), hosts.next()) {
+                (None, _) => return Ok(None),
+                (Some(_), Some(_)) => return Err(bad("header is sent more than once")),
+                (Some(h), None) if h.is_empty() => return Ok(None),
+                (Some(h), None) => h,
+            };
+            http::uri::Authority::try_from(host.as_bytes())
+                .map_err(|_| bad("header is not a host name or address with an optional port"))?
+        }
+    };
+    if authority.as_str().contains('@') {
+        return Err(bad("has user information (`user@`); send only host[:port]"));
     }
-    let host = req.headers().get(HOST)?.to_str().ok()?;
-    host.parse::<http::uri::Authority>()
-        .ok()
-        .map(|a| a.as_str().to_owned())
+    Ok(Some(authority.as_str().to_owned()))
 }
 
 pub async fn send(
@@ -75,7 +90,7 @@ pub async fn send(
     }
     .map_err(|e| ProxyError::BadRequest(format!("cannot build the upstream URI: {e}")))?;
     strip_hop_by_hop(&mut parts.headers);
-    parts.headers.remove(AUTHORIZATION);
+    strip_caller_credentials(&mut parts.headers);
     parts.headers.insert(AUTHORIZATION, token.header().clone());
     parts
         .headers
@@ -84,12 +99,20 @@ pub async fn send(
     // The pool negotiates HTTP/2 by ALPN where the platform offers it; an
     // inbound HTTP/2 request must not force prior-knowledge HTTP/2 upstream.
     parts.version = Version::HTTP_11;
+    let (body, caller_fault) = CallerBody::new(body);
     let req = Request::from_parts(parts, body);
 
     let timeout = snap.config.upstream.response_timeout;
     let started = tokio::time::Instant::now();
     let resp = match tokio::time::timeout(timeout, snap.upstream.forward.request(req)).await {
         Err(_) => return Err(ProxyError::UpstreamTimeout(timeout)),
+        // A body the caller broke also fails the upstream call: not the platform's fault.
+        Ok(Err(e)) if caller_fault.happened() => {
+            return Err(ProxyError::BadRequest(format!(
+                "the request body could not be read: {}",
+                error_chain(&e)
+            )));
+        }
         Ok(Err(e)) => return Err(ProxyError::UpstreamUnreachable(error_chain(&e))),
         Ok(Ok(resp)) => resp,
     };

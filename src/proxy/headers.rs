@@ -1,7 +1,9 @@
-//! Header surgery on the forwarding path: hop-by-hop removal, and pointing
-//! `Link`/`Location` back at the proxy.
+//! Header surgery on the forwarding path: hop-by-hop removal, the caller's
+//! own credentials removed, and pointing `Link`/`Location` back at the proxy.
 
-use http::header::{CONNECTION, HeaderMap, HeaderName, HeaderValue, LINK, LOCATION};
+use http::header::{
+    AUTHORIZATION, CONNECTION, COOKIE, HeaderMap, HeaderName, HeaderValue, LINK, LOCATION,
+};
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1),
 /// plus `proxy-connection`, which old clients still send.
@@ -29,6 +31,20 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
         .collect();
     for name in listed.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+}
+
+/// What the caller holds for the proxy, never for the platform: its client
+/// key (`Authorization`), and cookies, which a browser attaches for the
+/// proxy's address (the login's state cookie among them). `Cookie2` is the
+/// obsolete RFC 2965 spelling some clients still send.
+static CALLER_CREDENTIALS: [HeaderName; 3] =
+    [AUTHORIZATION, COOKIE, HeaderName::from_static("cookie2")];
+
+/// Removes the caller's credentials; the injected token is set after this.
+pub fn strip_caller_credentials(headers: &mut HeaderMap) {
+    for name in &CALLER_CREDENTIALS {
         headers.remove(name);
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod clients;
 mod forward;
+pub mod guard;
 pub mod headers;
 
 use crate::error::ProxyError;
@@ -95,20 +96,31 @@ impl Proxy {
         route_name: &mut Option<Arc<str>>,
     ) -> Result<Response<Body>, ProxyError> {
         let path = req.uri().path();
+        // Before anything else, local endpoints included: a web page must not
+        // reach a credential, nor learn whether a client key is needed.
+        let host = forward::inbound_host(&req)?;
+        let policy = &snap.config.browser;
+        guard::check(req.method(), path, req.headers(), host.as_deref(), policy)?;
         if path == "/_proxy" || path.starts_with("/_proxy/") {
             return crate::local::handle(self, req, snap).await;
         }
         let client = clients::identify(req.headers(), &snap.config.clients)?;
+        let overrides = guard::method_overrides(req.headers())?;
         if crate::routes::has_dot_segment(path) {
             return Err(ProxyError::BadRequest(
                 "the path has a `.` or `..` segment; send the normalised path".into(),
             ));
         }
-        let host = forward::inbound_host(&req);
         let route = snap
             .config
             .routes
-            .select(req.method(), path, host.as_deref(), client.as_deref())
+            .select(
+                req.method(),
+                &overrides,
+                path,
+                host.as_deref(),
+                client.as_deref(),
+            )
             .map_err(|miss| match miss {
                 Miss::NoRoute => ProxyError::NoRoute {
                     method: req.method().clone(),

@@ -43,6 +43,10 @@ pub struct Browser {
     proxy: String,
     /// name → (value, path)
     pub cookies: BTreeMap<String, (String, String)>,
+    /// `Sec-Fetch-Site` of the next request: `none` for a link the person
+    /// opens, `cross-site` once a redirect chain has passed through the
+    /// platform (as a real browser marks the OAuth callback).
+    fetch_site: &'static str,
 }
 
 impl Browser {
@@ -51,6 +55,7 @@ impl Browser {
             client: client(),
             proxy: proxy.to_string(),
             cookies: BTreeMap::new(),
+            fetch_site: "none",
         }
     }
 
@@ -110,7 +115,8 @@ impl Browser {
     /// One request, no redirect following; keeps cookies.
     pub async fn fetch(&mut self, url: &Url) -> (Hop, Reply) {
         let cookie = self.cookie_header(url);
-        let mut headers: Vec<(&str, &str)> = vec![("accept", "text/html")];
+        let mut headers: Vec<(&str, &str)> =
+            vec![("accept", "text/html"), ("sec-fetch-site", self.fetch_site)];
         if let Some(c) = cookie.as_deref() {
             headers.push((COOKIE.as_str(), c));
         }
@@ -132,6 +138,7 @@ impl Browser {
     pub async fn open(&mut self, url: &str) -> Page {
         let mut url = Url::parse(url).unwrap_or_else(|e| panic!("bad URL {url}: {e}"));
         let mut hops = Vec::new();
+        self.fetch_site = "none";
         for _ in 0..=10 {
             let (hop, reply) = self.fetch(&url).await;
             let next = hop
@@ -140,7 +147,12 @@ impl Browser {
                 .filter(|_| reply.status.is_redirection());
             hops.push(hop);
             match next {
-                Some(next) => url = next,
+                Some(next) => {
+                    if !self.is_proxy(&next) {
+                        self.fetch_site = "cross-site";
+                    }
+                    url = next;
+                }
                 None => {
                     return Page {
                         status: reply.status,
