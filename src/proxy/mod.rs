@@ -99,11 +99,9 @@ impl Proxy {
             return crate::local::handle(self, req, snap).await;
         }
         let client = clients::identify(req.headers(), &snap.config.clients)?;
-        if crate::routes::has_dot_segment(path) {
-            return Err(ProxyError::BadRequest(
-                "the path has a `.` or `..` segment; send the normalised path".into(),
-            ));
-        }
+        // The path is the caller's: the message names the rule, never the path.
+        crate::routes::path::check(path)
+            .map_err(|why| ProxyError::BadRequest(format!("{why}; send the normalised path")))?;
         let host = forward::inbound_host(&req);
         let route = snap
             .config
@@ -115,6 +113,9 @@ impl Proxy {
                     path: path.to_owned(),
                 },
                 Miss::ForbiddenClient { route } => ProxyError::ForbiddenClient { route },
+                Miss::AmbiguousPath => ProxyError::BadRequest(
+                    "the path, decoded, would take another route; send the normalised path".into(),
+                ),
             })?;
         *route_name = Some(route.name.clone());
         let forward_path = route.forward_path(path);

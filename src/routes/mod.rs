@@ -2,8 +2,15 @@
 //!
 //! Routes are compiled at config load (prefix normalised, methods parsed, host
 //! lowercased) and matched here in file order; the first match wins.
+//!
+//! # Layout
+//! - this file: routes, the table, selection, the owner of an `auto` route.
+//! - [`path`]: hostile paths, refused before any route is looked at.
+
+pub mod path;
 
 use http::Method;
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
@@ -84,13 +91,14 @@ impl Route {
     /// Whether `path` lies under this route's prefix, on whole segments:
     /// `/orgs/ab` covers `/orgs/ab` and `/orgs/ab/x`, not `/orgs/abc`.
     fn covers(&self, path: &str) -> bool {
-        if self.prefix == "/" {
-            return true;
-        }
-        match path.strip_prefix(self.prefix.as_str()) {
-            Some(rest) => rest.is_empty() || rest.starts_with('/'),
-            None => false,
-        }
+        covers(self.prefix.as_bytes(), path.as_bytes())
+    }
+
+    /// Whether a [`path::reading`] lies under this route's prefix, read the
+    /// same way. A prefix that cannot be read covers nothing, so a path
+    /// matching it raw is refused as ambiguous.
+    fn covers_reading(&self, reading: &[u8]) -> bool {
+        path::reading(&self.prefix).is_ok_and(|prefix| covers(&prefix, reading))
     }
 
     fn admits(&self, method: &Method, host: Option<&str>) -> bool {
@@ -133,6 +141,16 @@ impl Route {
     }
 }
 
+fn covers(prefix: &[u8], path: &[u8]) -> bool {
+    if prefix == b"/" {
+        return true;
+    }
+    match path.strip_prefix(prefix) {
+        Some(rest) => rest.is_empty() || rest.starts_with(b"/"),
+        None => false,
+    }
+}
+
 /// `Host` header without its port (IPv6 literals keep their brackets).
 pub fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
@@ -148,6 +166,9 @@ pub enum Miss {
     NoRoute,
     /// A route matched but excludes this caller (and no later route took it).
     ForbiddenClient { route: Arc<str> },
+    /// The path as written takes one route, but decoded (`%61` as `a`, `%2F`
+    /// as `/`, `;params` cut, `//` as `/`) it takes another or none.
+    AmbiguousPath,
 }
 
 /// The routes of one snapshot.
@@ -172,6 +193,13 @@ impl RouteTable {
     /// First route that matches and admits `client`. A route that matches but
     /// excludes the client is remembered so the caller learns it is forbidden
     /// rather than that nothing exists.
+    ///
+    /// Matching is on the path as written, which is what goes upstream. A
+    /// platform that decodes it first must not read another route's path
+    /// (`/orgs/%61` is `/orgs/a` to it, `/orgs//a` too), so the route is
+    /// also selected for the decoded [`path::reading`], and if the two differ
+    /// the request is refused. Paths without `%`, `\`, `;` or `//` read as
+    /// written and skip this.
     pub fn select(
         &self,
         method: &Method,
@@ -179,9 +207,30 @@ impl RouteTable {
         host: Option<&str>,
         client: Option<&str>,
     ) -> Result<&Route, Miss> {
+        // A miss forwards nothing, whatever the reading.
+        let route = self.first(method, host, client, |r| r.covers(path))?;
+        match path::reading(path) {
+            Ok(Cow::Borrowed(_)) => Ok(route),
+            Ok(Cow::Owned(reading)) => {
+                match self.first(method, host, client, |r| r.covers_reading(&reading)) {
+                    Ok(other) if std::ptr::eq(other, route) => Ok(route),
+                    _ => Err(Miss::AmbiguousPath),
+                }
+            }
+            Err(_) => Err(Miss::AmbiguousPath),
+        }
+    }
+
+    fn first(
+        &self,
+        method: &Method,
+        host: Option<&str>,
+        client: Option<&str>,
+        covers: impl Fn(&Route) -> bool,
+    ) -> Result<&Route, Miss> {
         let mut excluded: Option<&Route> = None;
         for route in &self.routes {
-            if route.covers(path) && route.admits(method, host) {
+            if covers(route) && route.admits(method, host) {
                 if route.allows_client(client) {
                     return Ok(route);
                 }
@@ -197,29 +246,14 @@ impl RouteTable {
     }
 }
 
-/// Whether `path` has a `.` or `..` segment, literally or percent-encoded.
-/// Routes match on the raw path, so `/orgs/a/../../orgs/b` would pass a
-/// route (and its client restriction) for `/orgs/a` and then be read as
-/// `/orgs/b` by anything that normalises it; such paths are refused.
-pub fn has_dot_segment(path: &str) -> bool {
-    path.split('/').any(|segment| {
-        // Count dots, each written `.` or `%2e`/`%2E`; anything else means
-        // an ordinary segment. No allocation: this runs on every request.
-        let (mut rest, mut dots) = (segment.as_bytes(), 0);
-        while !rest.is_empty() && dots < 3 {
-            match rest {
-                [b'.', tail @ ..] => rest = tail,
-                [b'%', b'2', b'e' | b'E', tail @ ..] => rest = tail,
-                _ => return false,
-            }
-            dots += 1;
-        }
-        rest.is_empty() && (dots == 1 || dots == 2)
-    })
-}
-
 /// The owner an `auto` route acts for: `{owner}` in `/repos/{owner}/...`,
-/// `/orgs/{owner}/...` or `/users/{owner}/...`, lowercased.
+/// `/orgs/{owner}/...` or `/users/{owner}/...`, decoded and lowercased.
+///
+/// The owner picks the installation, so it must be the owner every reader
+/// of the path sees. A decoded owner holding a separator, a `;`, a further
+/// escape, a control character or blank, or that is `.` or `..`, could be
+/// read as something else (`a%2F..` is no owner at all to a platform that
+/// decodes), so there is none and the request is refused.
 pub fn owner_from_path(path: &str) -> Option<String> {
     let mut segments = path.trim_start_matches('/').split('/');
     let kind = segments.next()?;
@@ -230,6 +264,12 @@ pub fn owner_from_path(path: &str) -> Option<String> {
     let decoded = percent_encoding::percent_decode_str(owner)
         .decode_utf8()
         .ok()?;
+    let ambiguous = |c: char| {
+        matches!(c, '/' | '\\' | ';' | '%' | '?' | '#') || c.is_control() || c.is_whitespace()
+    };
+    if decoded.contains(ambiguous) || matches!(&*decoded, "." | "..") {
+        return None;
+    }
     Some(decoded.to_lowercase())
 }
 
@@ -304,27 +344,6 @@ mod tests {
     }
 
     #[test]
-    fn dot_segments_are_found_in_any_spelling() {
-        for bad in [
-            "/orgs/a/../b",
-            "/orgs/a/./b",
-            "/..",
-            "/orgs/%2e%2E/b",
-            "/x/.%2e",
-        ] {
-            assert!(has_dot_segment(bad), "{bad}");
-        }
-        for good in [
-            "/orgs/a.b/repos",
-            "/repos/x/...",
-            "/orgs/a/.well-known",
-            "/",
-        ] {
-            assert!(!has_dot_segment(good), "{good}");
-        }
-    }
-
-    #[test]
     fn owner_comes_from_known_path_shapes() {
         assert_eq!(
             owner_from_path("/repos/Yanqianyu/demo").as_deref(),
@@ -334,5 +353,43 @@ mod tests {
         assert_eq!(owner_from_path("/users/u").as_deref(), Some("u"));
         assert_eq!(owner_from_path("/user/repos"), None);
         assert_eq!(owner_from_path("/repos/"), None);
+        assert_eq!(owner_from_path("/repos/%61lice/r").as_deref(), Some("alice"));
+    }
+
+    #[test]
+    fn an_owner_that_reads_as_something_else_is_none() {
+        for path in [
+            "/repos/a%2F../b",
+            "/repos/a%2f..%2fvictim/r",
+            "/orgs/a%5C..",
+            "/orgs/victim%3Bx",
+            "/users/%2e%2e",
+            "/users/%2E",
+            "/repos/%2561lice/r",
+            "/repos/a%00/r",
+            "/repos/a%20b/r",
+            "/repos/%c0%ae%c0%ae/r",
+        ] {
+            assert_eq!(owner_from_path(path), None, "{path}");
+        }
+    }
+
+    #[test]
+    fn a_path_read_into_another_route_is_ambiguous() {
+        let table = RouteTable::new(vec![route("a", "/orgs/a"), route("orgs", "/orgs")]);
+        let pick = |path| table.select(&Method::GET, path, None, None).map(|r| &*r.name);
+        assert_eq!(pick("/orgs/a/x"), Ok("a"));
+        assert_eq!(pick("/orgs/b/x"), Ok("orgs"));
+        assert_eq!(pick("/orgs/b%2Fx"), Ok("orgs"));
+        assert_eq!(pick("/orgs/a/b%2Fx"), Ok("a"));
+        for path in ["/orgs/%61/x", "/orgs//a/x", "/orgs/a%2Fx", "/orgs/a\\x", "/orgs/a;p/x"] {
+            assert_eq!(pick(path), Err(Miss::AmbiguousPath), "{path}");
+        }
+        // Nothing matches as written: nothing is forwarded, so no refusal.
+        let only_a = RouteTable::new(vec![route("a", "/orgs/a")]);
+        assert_eq!(
+            only_a.select(&Method::GET, "/orgs/%61", None, None).unwrap_err(),
+            Miss::NoRoute
+        );
     }
 }
