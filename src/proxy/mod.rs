@@ -106,11 +106,9 @@ impl Proxy {
         }
         let client = clients::identify(req.headers(), &snap.config.clients)?;
         let overrides = guard::method_overrides(req.headers())?;
-        if crate::routes::has_dot_segment(path) {
-            return Err(ProxyError::BadRequest(
-                "the path has a `.` or `..` segment; send the normalised path".into(),
-            ));
-        }
+        // The path is the caller's: the message names the rule, never the path.
+        crate::routes::path::check(path)
+            .map_err(|why| ProxyError::BadRequest(format!("{why}; send the normalised path")))?;
         let route = snap
             .config
             .routes
@@ -127,6 +125,9 @@ impl Proxy {
                     path: path.to_owned(),
                 },
                 Miss::ForbiddenClient { route } => ProxyError::ForbiddenClient { route },
+                Miss::AmbiguousPath => ProxyError::BadRequest(
+                    "the path, decoded, would take another route; send the normalised path".into(),
+                ),
             })?;
         *route_name = Some(route.name.clone());
         let forward_path = route.forward_path(path);

@@ -2,8 +2,19 @@
 //!
 //! Routes are compiled at config load (prefix normalised, methods parsed, host
 //! lowercased) and matched here in file order; the first match wins.
+//!
+//! # Layout
+//! - this file: routes, the table, selection, the owner of an `auto` route.
+//! - [`path`]: hostile paths, refused before any route is looked at.
+//! - `owner`: the owner an `installation: auto` route acts for.
+
+mod owner;
+pub mod path;
+
+pub use owner::owner_from_path;
 
 use http::Method;
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
@@ -84,13 +95,14 @@ impl Route {
     /// Whether `path` lies under this route's prefix, on whole segments:
     /// `/orgs/ab` covers `/orgs/ab` and `/orgs/ab/x`, not `/orgs/abc`.
     fn covers(&self, path: &str) -> bool {
-        if self.prefix == "/" {
-            return true;
-        }
-        match path.strip_prefix(self.prefix.as_str()) {
-            Some(rest) => rest.is_empty() || rest.starts_with('/'),
-            None => false,
-        }
+        covers(self.prefix.as_bytes(), path.as_bytes())
+    }
+
+    /// Whether a [`path::reading`] lies under this route's prefix, read the
+    /// same way. A prefix that cannot be read covers nothing, so a path
+    /// matching it raw is refused as ambiguous.
+    fn covers_reading(&self, reading: &[u8]) -> bool {
+        path::reading(&self.prefix).is_ok_and(|prefix| covers(&prefix, reading))
     }
 
     /// `overrides` are the methods named by `X-HTTP-Method-Override` and its
@@ -138,6 +150,16 @@ impl Route {
     }
 }
 
+fn covers(prefix: &[u8], path: &[u8]) -> bool {
+    if prefix == b"/" {
+        return true;
+    }
+    match path.strip_prefix(prefix) {
+        Some(rest) => rest.is_empty() || rest.starts_with(b"/"),
+        None => false,
+    }
+}
+
 /// `Host` header without its port (IPv6 literals keep their brackets).
 pub fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
@@ -153,6 +175,9 @@ pub enum Miss {
     NoRoute,
     /// A route matched but excludes this caller (and no later route took it).
     ForbiddenClient { route: Arc<str> },
+    /// The path as written takes one route, but decoded (`%61` as `a`, `%2F`
+    /// as `/`, `;params` cut, `//` as `/`) it takes another or none.
+    AmbiguousPath,
 }
 
 /// The routes of one snapshot.
@@ -177,6 +202,13 @@ impl RouteTable {
     /// First route that matches and admits `client`. A route that matches but
     /// excludes the client is remembered so the caller learns it is forbidden
     /// rather than that nothing exists.
+    ///
+    /// Matching is on the path as written, which is what goes upstream. A
+    /// platform that decodes it first must not read another route's path
+    /// (`/orgs/%61` is `/orgs/a` to it, `/orgs//a` too), so the route is
+    /// also selected for the decoded [`path::reading`], and if the two differ
+    /// the request is refused. Paths without `%`, `\`, `;` or `//` read as
+    /// written and skip this.
     pub fn select(
         &self,
         method: &Method,
@@ -185,9 +217,33 @@ impl RouteTable {
         host: Option<&str>,
         client: Option<&str>,
     ) -> Result<&Route, Miss> {
+        // A miss forwards nothing, whatever the reading.
+        let route = self.first(method, overrides, host, client, |r| r.covers(path))?;
+        match path::reading(path) {
+            Ok(Cow::Borrowed(_)) => Ok(route),
+            Ok(Cow::Owned(reading)) => {
+                match self.first(method, overrides, host, client, |r| {
+                    r.covers_reading(&reading)
+                }) {
+                    Ok(other) if std::ptr::eq(other, route) => Ok(route),
+                    _ => Err(Miss::AmbiguousPath),
+                }
+            }
+            Err(_) => Err(Miss::AmbiguousPath),
+        }
+    }
+
+    fn first(
+        &self,
+        method: &Method,
+        overrides: &[Method],
+        host: Option<&str>,
+        client: Option<&str>,
+        covers: impl Fn(&Route) -> bool,
+    ) -> Result<&Route, Miss> {
         let mut excluded: Option<&Route> = None;
         for route in &self.routes {
-            if route.covers(path) && route.admits(method, overrides, host) {
+            if covers(route) && route.admits(method, overrides, host) {
                 if route.allows_client(client) {
                     return Ok(route);
                 }
@@ -201,42 +257,6 @@ impl RouteTable {
             None => Miss::NoRoute,
         })
     }
-}
-
-/// Whether `path` has a `.` or `..` segment, literally or percent-encoded.
-/// Routes match on the raw path, so `/orgs/a/../../orgs/b` would pass a
-/// route (and its client restriction) for `/orgs/a` and then be read as
-/// `/orgs/b` by anything that normalises it; such paths are refused.
-pub fn has_dot_segment(path: &str) -> bool {
-    path.split('/').any(|segment| {
-        // Count dots, each written `.` or `%2e`/`%2E`; anything else means
-        // an ordinary segment. No allocation: this runs on every request.
-        let (mut rest, mut dots) = (segment.as_bytes(), 0);
-        while !rest.is_empty() && dots < 3 {
-            match rest {
-                [b'.', tail @ ..] => rest = tail,
-                [b'%', b'2', b'e' | b'E', tail @ ..] => rest = tail,
-                _ => return false,
-            }
-            dots += 1;
-        }
-        rest.is_empty() && (dots == 1 || dots == 2)
-    })
-}
-
-/// The owner an `auto` route acts for: `{owner}` in `/repos/{owner}/...`,
-/// `/orgs/{owner}/...` or `/users/{owner}/...`, lowercased.
-pub fn owner_from_path(path: &str) -> Option<String> {
-    let mut segments = path.trim_start_matches('/').split('/');
-    let kind = segments.next()?;
-    if !matches!(kind, "repos" | "orgs" | "users") {
-        return None;
-    }
-    let owner = segments.next().filter(|s| !s.is_empty())?;
-    let decoded = percent_encoding::percent_decode_str(owner)
-        .decode_utf8()
-        .ok()?;
-    Some(decoded.to_lowercase())
 }
 
 #[cfg(test)]
@@ -320,35 +340,33 @@ mod tests {
     }
 
     #[test]
-    fn dot_segments_are_found_in_any_spelling() {
-        for bad in [
-            "/orgs/a/../b",
-            "/orgs/a/./b",
-            "/..",
-            "/orgs/%2e%2E/b",
-            "/x/.%2e",
+    fn a_path_read_into_another_route_is_ambiguous() {
+        let table = RouteTable::new(vec![route("a", "/orgs/a"), route("orgs", "/orgs")]);
+        let pick = |path| {
+            table
+                .select(&Method::GET, &[], path, None, None)
+                .map(|r| &*r.name)
+        };
+        assert_eq!(pick("/orgs/a/x"), Ok("a"));
+        assert_eq!(pick("/orgs/b/x"), Ok("orgs"));
+        assert_eq!(pick("/orgs/b%2Fx"), Ok("orgs"));
+        assert_eq!(pick("/orgs/a/b%2Fx"), Ok("a"));
+        for path in [
+            "/orgs/%61/x",
+            "/orgs//a/x",
+            "/orgs/a%2Fx",
+            "/orgs/a\\x",
+            "/orgs/a;p/x",
         ] {
-            assert!(has_dot_segment(bad), "{bad}");
+            assert_eq!(pick(path), Err(Miss::AmbiguousPath), "{path}");
         }
-        for good in [
-            "/orgs/a.b/repos",
-            "/repos/x/...",
-            "/orgs/a/.well-known",
-            "/",
-        ] {
-            assert!(!has_dot_segment(good), "{good}");
-        }
-    }
-
-    #[test]
-    fn owner_comes_from_known_path_shapes() {
+        // Nothing matches as written: nothing is forwarded, so no refusal.
+        let only_a = RouteTable::new(vec![route("a", "/orgs/a")]);
         assert_eq!(
-            owner_from_path("/repos/Yanqianyu/demo").as_deref(),
-            Some("yanqianyu")
+            only_a
+                .select(&Method::GET, &[], "/orgs/%61", None, None)
+                .unwrap_err(),
+            Miss::NoRoute
         );
-        assert_eq!(owner_from_path("/orgs/ORG/repos").as_deref(), Some("org"));
-        assert_eq!(owner_from_path("/users/u").as_deref(), Some("u"));
-        assert_eq!(owner_from_path("/user/repos"), None);
-        assert_eq!(owner_from_path("/repos/"), None);
     }
 }
