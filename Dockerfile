@@ -39,7 +39,7 @@ COPY --from=builder /usr/local/bin/atomgit-proxy /usr/local/bin/atomgit-proxy
 ENV ATOMGIT_PROXY_CONFIG=/etc/atomgit-proxy/config.yaml
 USER 10001:10001
 EXPOSE 8080
-# SIGTERM drains in-flight requests (timeouts.shutdown, default 30s) and exits 0;
+# SIGTERM drains in-flight requests (timeouts.shutdown, default 25s) and exits 0;
 # give `docker stop` at least that long: docker stop -t 35.
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["atomgit-proxy"]

@@ -106,10 +106,8 @@ pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
     )
     .await
     .context("starting the fake AtomGit")?;
-    // Grants live in a fresh folder for this run only.
-    let state_dir = std::env::temp_dir().join(format!("atomgit-proxy-dev-{}", std::process::id()));
-    std::fs::create_dir_all(&state_dir)?;
-    let store = state_dir.join("grants.json");
+    let state_dir = state_dir().context("creating the demo's temporary folder")?;
+    let store = state_dir.path().join("grants.json");
     let yaml = config_yaml(listen, &fake.url(), &private_pem, &store);
     let config = Config::from_yaml(&yaml, Path::new("."), "dev config")
         .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -121,15 +119,31 @@ pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
         format!("is another process on {listen}? try `atomgit-proxy dev --listen 127.0.0.1:8081`")
     })?;
     let running = app::start(config, listeners).map_err(anyhow::Error::msg)?;
-    print_banner(listen, &fake, &link);
+    // The cookie jar the printed curl writes goes in the private folder too,
+    // not at a fixed name in /tmp that another user could plant.
+    let cookies = state_dir.path().join("cookies.txt");
+    print_banner(listen, &fake, &link, &cookies);
     app::signals(running.shared().clone()).await;
     running.shutdown().await;
     fake.shutdown();
-    let _ = std::fs::remove_dir_all(&state_dir);
+    // Dropping it removes the folder, grants and link key with it.
+    drop(state_dir);
     Ok(())
 }
 
-fn print_banner(listen: SocketAddr, fake: &FakeAtomGit, link: &str) {
+/// The demo's grants and link key live in a folder made for this run only:
+/// fresh (a predictable name could be planted in advance by another user,
+/// with a link key of theirs that the demo would adopt), private (0700), and
+/// removed when the returned value is dropped.
+pub fn state_dir() -> std::io::Result<tempfile::TempDir> {
+    use std::os::unix::fs::PermissionsExt;
+    tempfile::Builder::new()
+        .prefix("atomgit-proxy-dev-")
+        .permissions(std::fs::Permissions::from_mode(0o700))
+        .tempdir()
+}
+
+fn print_banner(listen: SocketAddr, fake: &FakeAtomGit, link: &str, cookies: &Path) {
     let p = format!("http://{listen}");
     println!(
         r#"atomgit-proxy dev: a fake AtomGit runs at {fake_url} (app 75, installations yanqianyu=14, hanshuorg2=18);
@@ -146,10 +160,38 @@ the proxy listens on {p} and injects installation tokens. Try:
 User routes act as a person. `alice` has no grant yet:
   curl -s {p}/as/alice/user                        # 503 grant_missing
 Log her in (the fake AtomGit approves at once; the link works once, for 10 minutes):
-  curl -sL -c /tmp/atomgit-proxy-dev.cookies '{link}'
+  curl -sL -c '{cookies}' '{link}'
   curl -s {p}/as/alice/user                        # now answered with alice's atu_ token
 
 Ctrl-C stops."#,
-        fake_url = fake.url()
+        fake_url = fake.url(),
+        cookies = cookies.display(),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn the_state_dir_is_fresh_private_and_removed() {
+        // The folder the demo used to take: planted, it must not be reused.
+        let planted =
+            std::env::temp_dir().join(format!("atomgit-proxy-dev-{}", std::process::id()));
+        std::fs::create_dir_all(&planted).unwrap();
+        let (a, b) = (state_dir().unwrap(), state_dir().unwrap());
+        assert_ne!(a.path(), b.path(), "each run gets its own folder");
+        assert_ne!(a.path(), planted.as_path());
+        assert!(
+            std::fs::read_dir(a.path()).unwrap().next().is_none(),
+            "it is empty"
+        );
+        let mode = std::fs::metadata(a.path()).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        let path = a.path().to_path_buf();
+        drop(a);
+        assert!(!path.exists(), "dropping it removes it");
+        let _ = std::fs::remove_dir(&planted);
+    }
 }

@@ -156,6 +156,10 @@ fn check(path: &std::path::Path) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Warnings do not fail the check: the config works, it is just exposed.
+    for warning in config.file_warnings() {
+        eprintln!("warning: {warning}");
+    }
     let summary = config.summary();
     match Snapshot::build(config, None) {
         Ok(_) => {
@@ -177,6 +181,9 @@ async fn serve(path: PathBuf) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     };
+    for warning in config.file_warnings() {
+        tracing::warn!("{warning}");
+    }
     if config.allow_unauthenticated && config.clients.is_empty() {
         tracing::warn!(
             "allow_unauthenticated is set and no clients are configured: anyone who can reach the listeners can use the app's credentials"

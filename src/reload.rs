@@ -8,6 +8,12 @@
 //! the config is built from is hashed, and only a changed hash reloads. So
 //! bursts of events make one reload, and unrelated files in the folder (the
 //! grant store, say) make none.
+//!
+//! After a failed attempt the files hashed are the ones the *rejected*
+//! config names (a key file that does not exist yet among them), so its fix
+//! is noticed and nothing else is; and attempts are spaced by a backoff that
+//! doubles up to a minute, so a folder that keeps changing cannot make a
+//! storm of failing reloads.
 
 use crate::config::Config;
 use crate::metrics::OutcomeLabels;
@@ -19,9 +25,17 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 /// Quiet time after the last event before the files are compared.
 pub const DEBOUNCE: Duration = Duration::from_millis(250);
+/// The longest a debounce lasts: a file rewritten all the time in a watched
+/// folder (the grant store beside the config) must not hold a reload off.
+pub const DEBOUNCE_MAX: Duration = Duration::from_secs(2);
+/// Wait after a failed attempt before the watcher tries again; it doubles
+/// with each failure, up to [`BACKOFF_MAX`].
+pub const BACKOFF_MIN: Duration = Duration::from_secs(1);
+pub const BACKOFF_MAX: Duration = Duration::from_secs(60);
 
 /// Re-reads the config file and swaps in a new snapshot if, and only if, the
 /// whole of it is valid. On failure the old snapshot keeps serving.
@@ -30,15 +44,22 @@ pub fn reload(shared: &Shared) -> Result<(), String> {
     let Some(path) = current.config.path.clone() else {
         return Err("this config was not loaded from a file; nothing to reload".into());
     };
-    let outcome = Config::load(&path)
-        .map_err(|e| e.to_string())
-        .and_then(|config| Snapshot::build(config, Some(&current)));
+    let outcome = match Config::load(&path) {
+        Err(e) => Err((e.to_string(), e.files)),
+        Ok(config) => {
+            let files = config.files.clone();
+            Snapshot::build(config, Some(&current)).map_err(|e| (e, files))
+        }
+    };
     let label = |outcome: &str| OutcomeLabels {
         outcome: outcome.into(),
     };
     let mut status = shared.reload.lock().unwrap_or_else(|p| p.into_inner());
     match outcome {
         Ok(next) => {
+            for warning in next.config.file_warnings() {
+                tracing::warn!("{warning}");
+            }
             let listen_changed = next.config.listen != current.config.listen;
             let app = next.config.app.fingerprint;
             shared.snapshot.store(Arc::new(next));
@@ -46,6 +67,7 @@ pub fn reload(shared: &Shared) -> Result<(), String> {
             // again; everything else is kept, so a reload mints nothing.
             shared.credentials.retain_app(&app);
             status.last_error = None;
+            status.failed_files = Vec::new();
             shared.metrics.reload_failed.set(0);
             shared.metrics.reloads.get_or_create(&label("ok")).inc();
             if listen_changed {
@@ -56,8 +78,9 @@ pub fn reload(shared: &Shared) -> Result<(), String> {
             tracing::info!(config = %path.display(), "config reloaded");
             Ok(())
         }
-        Err(e) => {
+        Err((e, files)) => {
             status.last_error = Some(e.clone());
+            status.failed_files = files;
             shared.metrics.reload_failed.set(1);
             shared.metrics.reloads.get_or_create(&label("error")).inc();
             tracing::error!(config = %path.display(), "config reload failed; the previous config keeps serving: {e}");
@@ -90,9 +113,13 @@ pub fn watch(shared: Arc<Shared>) -> notify::Result<WatchHandle> {
     let mut state = WatchState {
         watcher,
         folders: BTreeSet::new(),
-        digest: digest(&shared.snapshot.load().config.files),
+        digest: [0; 32],
+        backoff: BACKOFF_MIN,
+        not_before: None,
     };
-    state.sync_folders(&shared.snapshot.load().config.files)?;
+    let files = state.watched_files(&shared);
+    state.digest = digest(&files);
+    state.sync_folders(&files)?;
     let task = tokio::spawn(state.run(shared, rx));
     Ok(WatchHandle { task })
 }
@@ -100,39 +127,62 @@ pub fn watch(shared: Arc<Shared>) -> notify::Result<WatchHandle> {
 struct WatchState {
     watcher: notify::RecommendedWatcher,
     folders: BTreeSet<PathBuf>,
-    /// Hash of the files as last loaded (or last seen failing).
+    /// Hash of the watched files as last loaded (or last seen failing).
     digest: [u8; 32],
+    /// Wait after the next failure.
+    backoff: Duration,
+    /// After a failure: no attempt before this.
+    not_before: Option<Instant>,
 }
 
 impl WatchState {
     async fn run(mut self, shared: Arc<Shared>, mut rx: mpsc::Receiver<()>) {
         while rx.recv().await.is_some() {
-            // Debounce: wait until events stop for a moment.
-            while let Ok(Some(())) = tokio::time::timeout(DEBOUNCE, rx.recv()).await {}
-            let files = shared.snapshot.load().config.files.clone();
+            // Debounce: wait until events stop for a moment (or too long).
+            let give_up = Instant::now() + DEBOUNCE_MAX;
+            while Instant::now() < give_up
+                && let Ok(Some(())) = tokio::time::timeout(DEBOUNCE, rx.recv()).await
+            {}
+            if let Some(at) = self.not_before {
+                tokio::time::sleep_until(at).await;
+                // What came meanwhile is covered by the comparison below.
+                while rx.try_recv().is_ok() {}
+            }
+            let files = self.watched_files(&shared);
             let now = digest(&files);
-            // After a failed reload the files it wanted (a key not there yet)
-            // are not among the hashed ones: retry on any event until it works.
-            let failing = shared
-                .reload
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .last_error
-                .is_some();
-            if now == self.digest && !failing {
+            if now == self.digest {
                 continue;
             }
-            self.digest = now;
             tracing::info!("config files changed: reloading");
-            if reload(&shared).is_ok() {
-                let files = shared.snapshot.load().config.files.clone();
-                // The new config may name other files; hash what it names.
-                self.digest = digest(&files);
-                if let Err(e) = self.sync_folders(&files) {
-                    tracing::warn!("cannot watch the new config's folders: {e}");
-                }
+            let ok = reload(&shared).is_ok();
+            // Hash what the outcome names: the new config's files, or the
+            // rejected one's. (A write landing between the reload's read and
+            // this hash is seen at the next change; the window is the load.)
+            let files = self.watched_files(&shared);
+            self.digest = digest(&files);
+            if let Err(e) = self.sync_folders(&files) {
+                tracing::warn!("cannot watch the config's folders: {e}");
+            }
+            if ok {
+                self.backoff = BACKOFF_MIN;
+                self.not_before = None;
+            } else {
+                self.not_before = Some(Instant::now() + self.backoff);
+                self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
             }
         }
+    }
+
+    /// The files whose content decides a reload: those of the config in
+    /// force, or, while the last attempt failed (here or by SIGHUP), those
+    /// the rejected config names.
+    fn watched_files(&self, shared: &Shared) -> Vec<PathBuf> {
+        let status = shared.reload.lock().unwrap_or_else(|p| p.into_inner());
+        if status.last_error.is_some() && !status.failed_files.is_empty() {
+            return status.failed_files.clone();
+        }
+        drop(status);
+        shared.snapshot.load().config.files.clone()
     }
 
     /// Watches exactly the folders holding `files`.
@@ -141,11 +191,18 @@ impl WatchState {
         for gone in self.folders.difference(&wanted) {
             let _ = self.watcher.unwatch(gone);
         }
+        let mut result = Ok(());
+        let mut watching = wanted.clone();
         for new in wanted.difference(&self.folders) {
-            self.watcher.watch(new, RecursiveMode::NonRecursive)?;
+            // A folder that does not exist (yet) is skipped and tried again
+            // at the next sync; the others are still watched.
+            if let Err(e) = self.watcher.watch(new, RecursiveMode::NonRecursive) {
+                watching.remove(new);
+                result = Err(e);
+            }
         }
-        self.folders = wanted;
-        Ok(())
+        self.folders = watching;
+        result
     }
 }
 

@@ -56,6 +56,9 @@ impl Snapshot {
 pub struct ReloadStatus {
     /// `Some(problems)` when the last attempt failed.
     pub last_error: Option<String>,
+    /// The files the failed attempt's config names (itself first): the
+    /// watcher retries when one of them changes, and not on other events.
+    pub failed_files: Vec<std::path::PathBuf>,
 }
 
 /// State shared by every connection.

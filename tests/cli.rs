@@ -209,3 +209,151 @@ async fn token_prints_a_token_the_platform_issued_for_the_route() {
     })
     .await
 }
+
+/// A client secret that must never be echoed.
+const CLIENT_SECRET: &str = "cs-9f8e7d6c5b4a39281706f5e4d3c2b1a0";
+
+/// The PEM as a YAML block scalar under a key indented by `indent` spaces.
+fn pem_block(indent: usize) -> String {
+    let pad = " ".repeat(indent + 2);
+    let lines: String = common::private_key_pem()
+        .lines()
+        .map(|l| format!("{pad}{l}\n"))
+        .collect();
+    format!("|\n{}", lines.trim_end())
+}
+
+/// Configs where a secret is written as itself instead of `{ value: ... }`,
+/// with the field each must be reported under.
+fn inline_secret_configs() -> Vec<(String, &'static str)> {
+    let api = "https://api.atomgit.com";
+    let pem = serde_json::to_string(common::private_key_pem()).expect("a string");
+    let good = config_yaml(api, "{ file: app.pem }", "", GOOD_ROUTES);
+    vec![
+        (config_yaml(api, &pem, "", GOOD_ROUTES), "app.private_key"),
+        (
+            config_yaml(api, &pem_block(2), "", GOOD_ROUTES),
+            "app.private_key",
+        ),
+        (
+            good.replace(
+                "  private_key:",
+                &format!("  client_secret: \"{CLIENT_SECRET}\"\n  private_key:"),
+            ),
+            "app.client_secret",
+        ),
+        (
+            config_yaml(
+                api,
+                "{ file: app.pem }",
+                &format!("clients:\n  - name: ci\n    key: {CLIENT_SECRET}\n"),
+                GOOD_ROUTES,
+            ),
+            "clients[0].key",
+        ),
+    ]
+}
+
+#[test]
+fn check_names_an_inline_secret_without_quoting_it() {
+    for (yaml, field) in inline_secret_configs() {
+        let (_dir, path) = config_dir(&yaml);
+        let out = run(&["check"], &path);
+        let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+        assert_eq!(out.status.code(), Some(2), "{field}: {stdout}{stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "{field}: expected a mapping like {{ file: PATH }}, {{ env: NAME }} or {{ value: \"...\" }}, found a string"
+            )),
+            "{field} and the expected shape are named: {stderr}"
+        );
+        for output in [&stdout, &stderr] {
+            common::assert_no_secret(output);
+            assert!(
+                !output.contains(CLIENT_SECRET),
+                "the secret leaked: {output}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn serve_refuses_an_inline_secret_without_logging_it() {
+    for (yaml, field) in inline_secret_configs() {
+        let (_dir, path) = config_dir(&yaml);
+        let out = run_async(&["--log-format", "json", "serve"], &path).await;
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{field}: {stderr}");
+        assert!(stderr.contains(field), "{stderr}");
+        common::assert_no_secret(&stderr);
+        assert!(
+            !stderr.contains(CLIENT_SECRET),
+            "the secret leaked: {stderr}"
+        );
+    }
+}
+
+/// Sets `mode` on each of `files`.
+fn chmod(files: &[PathBuf], mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    for f in files {
+        std::fs::set_permissions(f, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    }
+}
+
+#[test]
+fn check_warns_about_secret_files_others_can_read() {
+    let yaml = r#"listen: ["127.0.0.1:0"]
+app:
+  id: 75
+  private_key: { file: app.pem }
+  client_id: abc
+  client_secret: { file: client.secret }
+oauth:
+  redirect_uri: http://127.0.0.1:8080/_proxy/oauth/callback
+store:
+  path: grants.json
+routes:
+  - name: alice
+    match: { path_prefix: /as/alice }
+    user: alice
+"#;
+    let (dir, path) = config_dir(yaml);
+    let d = dir.path();
+    std::fs::write(d.join("client.secret"), CLIENT_SECRET).expect("write");
+    std::fs::write(d.join("grants.json"), r#"{"version": 1}"#).expect("write");
+    std::fs::write(d.join("grants.json.link-key"), "00".repeat(32)).expect("write");
+    let secrets: Vec<PathBuf> = [
+        "app.pem",
+        "client.secret",
+        "grants.json",
+        "grants.json.link-key",
+    ]
+    .iter()
+    .map(|f| d.join(f))
+    .collect();
+
+    chmod(&secrets, 0o644);
+    let out = run(&["check"], &path);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "a warning is no failure: {stderr}");
+    assert!(text(&out.stdout).contains("OK"));
+    for f in &secrets {
+        assert!(
+            stderr.contains(&format!(
+                "warning: permissions 0644 for {} are too open",
+                f.display()
+            )),
+            "{} is not warned about: {stderr}",
+            f.display()
+        );
+    }
+    assert!(stderr.contains("chmod 600"), "{stderr}");
+    assert!(!stderr.contains(CLIENT_SECRET), "{stderr}");
+
+    chmod(&secrets, 0o600);
+    let out = run(&["check"], &path);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("permissions"), "0600 is private: {stderr}");
+}

@@ -312,3 +312,61 @@ async fn a_corrupt_grant_store_stops_the_start_and_is_left_alone() {
         "the store is never overwritten"
     );
 }
+
+fn reloads_failed(metrics: &str) -> u64 {
+    metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("atomgit_proxy_config_reloads_total") && l.contains("outcome=\"error\"")
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_reload_with_an_inline_key_logs_and_shows_no_key_and_open_files_are_warned() {
+    let fake = start_fake(&[(14, "yanqianyu")], Duration::from_secs(3600)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", dead_port());
+    let config = write_config(dir.path(), &fake.url(), &addr, "", ROUTES);
+    let key = dir.path().join("app.pem");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let child = serve(&config);
+    wait_healthy(&addr).await;
+
+    // The typo: the PEM itself where `{ value: ... }` belongs.
+    let pem = serde_json::to_string(private_key_pem()).unwrap();
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("{ file: app.pem }", &pem);
+    std::fs::write(&config, text).unwrap();
+    signal(&child, "HUP");
+    bounded(10, "the failed reload", async {
+        while reloads_failed(&get(&addr, "/_proxy/metrics").await.unwrap().text()) < 1 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let ready = get(&addr, "/_proxy/readyz").await.unwrap();
+    assert_eq!(ready.status, StatusCode::OK, "the old config serves");
+    let body = ready.text();
+    assert!(body.contains("app.private_key"), "{body}");
+    assert_no_secret(&body);
+
+    signal(&child, "TERM");
+    let (status, stderr) = stderr_of(child).await;
+    assert!(status.success(), "{stderr}");
+    assert!(
+        stderr.contains("config reload failed") && stderr.contains("app.private_key"),
+        "{stderr}"
+    );
+    assert_no_secret(&stderr);
+    assert!(
+        stderr.contains(&format!(
+            "permissions 0644 for {} are too open",
+            key.display()
+        )),
+        "the readable key is warned about at start: {stderr}"
+    );
+    fake.shutdown();
+}

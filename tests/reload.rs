@@ -434,3 +434,98 @@ async fn fifty_rapid_reloads_fail_no_request() {
     );
     env.shutdown().await;
 }
+
+/// A client secret that must never be echoed.
+const CLIENT_SECRET: &str = "cs-9f8e7d6c5b4a39281706f5e4d3c2b1a0";
+
+#[tokio::test]
+async fn a_secret_written_inline_is_named_but_never_shown() {
+    let env = FileEnv::plain(ROUTES_A).await;
+    let good = config_text(&env.fake, ROUTES_A);
+    let pem = serde_json::to_string(private_key_pem()).unwrap();
+    let typos = [
+        (good.replace("{ file: app.pem }", &pem), "app.private_key"),
+        (
+            good.replace(
+                "  private_key:",
+                &format!("  client_secret: \"{CLIENT_SECRET}\"\n  private_key:"),
+            ),
+            "app.client_secret",
+        ),
+    ];
+    for (text, field) in typos {
+        std::fs::write(&env.config, text).unwrap();
+        let error = reload::reload(env.running().shared()).unwrap_err();
+        assert!(
+            error.contains(field) && error.contains("found a string"),
+            "{error}"
+        );
+        let ready = env.get("/_proxy/readyz").await;
+        assert_eq!(ready.status, StatusCode::OK, "the old config serves");
+        let body = ready.text();
+        let shown = ready.json()["config"]["last_reload_error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(shown.contains(field), "{body}");
+        assert_no_secret(&body);
+        assert!(!body.contains(CLIENT_SECRET), "the secret leaked: {body}");
+    }
+    env.shutdown().await;
+}
+
+#[tokio::test]
+async fn after_a_failed_reload_only_the_files_it_names_retry_it() {
+    let env = FileEnv::plain(ROUTES_A).await;
+    let text = config_text(&env.fake, ROUTES_AB).replace("app.pem", "rotated.pem");
+    std::fs::write(&env.config, text).unwrap();
+    bounded(10, "the failed reload is counted", async {
+        while env.reloads("error") == 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    // Other files in the folder change (the grant store being rewritten,
+    // an editor's swap file): nothing the failed config names.
+    let other = env.dir.path().join("grants.json");
+    for i in 0..5 {
+        std::fs::write(&other, format!("{{\"version\": 1, \"n\": {i}}}")).unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Long enough for a debounce and the first backoff to have passed.
+    tokio::time::sleep(reload::BACKOFF_MIN + reload::DEBOUNCE * 3).await;
+    assert_eq!(env.reloads("error"), 1, "unrelated files made no attempt");
+    // The file the failed config names appears: that is retried, and works.
+    std::fs::write(env.dir.path().join("rotated.pem"), private_key_pem()).unwrap();
+    env.wait_for_status("/repos/hanshuorg2/x", StatusCode::OK)
+        .await;
+    assert_eq!(env.reloads("error"), 1);
+    assert_eq!(env.reloads("ok"), 1);
+    env.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_config_that_keeps_failing_is_retried_with_backoff() {
+    let env = FileEnv::plain(ROUTES_A).await;
+    // A broken config rewritten every 400 ms (past the debounce each time):
+    // without a backoff every write would be an attempt.
+    for i in 0..8 {
+        std::fs::write(&env.config, format!("routes: [ broken {i}")).unwrap();
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    let attempts = env.reloads("error");
+    // Attempts at most at ~0, 1 s and 3 s: the 3.2 s of writes allow three.
+    assert!(
+        (1..=3).contains(&attempts),
+        "{attempts} attempts in 3.2 s of writes"
+    );
+    // Fixed, it reloads (after the current backoff).
+    std::fs::write(&env.config, config_text(&env.fake, ROUTES_AB)).unwrap();
+    bounded(15, "the fixed config is reloaded", async {
+        while env.reloads("ok") == 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    env.shutdown().await;
+}

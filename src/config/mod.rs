@@ -6,6 +6,7 @@
 //! `Config` is immutable; a reload builds a whole new one (see `reload.rs`).
 
 pub mod file;
+mod perms;
 pub mod secret;
 mod validate;
 
@@ -38,6 +39,9 @@ pub struct Config {
     /// file): the reload watcher watches their folders and compares their
     /// content.
     pub files: Vec<PathBuf>,
+    /// The files secrets are read from (a subset of `files`): checked for
+    /// permissions that let other users read them.
+    pub secret_files: Vec<PathBuf>,
     /// Where requests and token calls go.
     pub upstream: UpstreamConfig,
     /// The app identity; shared so the credential layer can hold it across reloads.
@@ -231,6 +235,10 @@ impl fmt::Display for Problem {
 pub struct ConfigError {
     pub source_name: String,
     pub problems: Vec<Problem>,
+    /// Every file the rejected config names, itself first when it came from
+    /// a file: a failed reload is retried when one of these changes (say,
+    /// the key file it names appears).
+    pub files: Vec<PathBuf>,
 }
 
 impl fmt::Display for ConfigError {
@@ -259,9 +267,14 @@ impl Config {
                 message: format!("cannot read: {e}"),
                 line: None,
             }],
+            files: vec![path.to_path_buf()],
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        let mut config = Self::from_yaml(&text, base, &path.display().to_string())?;
+        let mut config =
+            Self::from_yaml(&text, base, &path.display().to_string()).map_err(|mut e| {
+                e.files.insert(0, path.to_path_buf());
+                e
+            })?;
         config.path = Some(path.to_path_buf());
         config.files.insert(0, path.to_path_buf());
         Ok(config)
@@ -269,9 +282,10 @@ impl Config {
 
     /// Validates config text; relative paths resolve against `base`.
     pub fn from_yaml(text: &str, base: &Path, source_name: &str) -> Result<Config, ConfigError> {
-        validate::parse_and_validate(text, base).map_err(|problems| ConfigError {
+        validate::parse_and_validate(text, base).map_err(|rejected| ConfigError {
             source_name: source_name.to_owned(),
-            problems,
+            problems: rejected.problems,
+            files: rejected.files,
         })
     }
 

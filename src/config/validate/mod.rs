@@ -6,6 +6,7 @@
 mod limits;
 mod network;
 mod routes;
+mod yaml_errors;
 
 use super::file::{self, ConfigFile, SecretFile};
 use super::secret::{self, Secret};
@@ -14,7 +15,7 @@ use crate::routes::{RouteCredential, RouteTable};
 use network::{listen_addrs, oauth, upstream};
 use sha2::{Digest, Sha256};
 use std::collections::HashSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,8 +33,23 @@ impl Problems {
     }
 }
 
-pub(super) fn parse_and_validate(text: &str, base: &Path) -> Result<Config, Vec<Problem>> {
-    let raw: ConfigFile = serde_yaml::from_str(text).map_err(|e| vec![yaml_problem(&e)])?;
+/// Why a text did not validate: every problem, and the files it names (so a
+/// reload that failed for a missing key file is retried when it appears).
+pub(super) struct Rejected {
+    pub problems: Vec<Problem>,
+    pub files: Vec<PathBuf>,
+}
+
+pub(super) fn parse_and_validate(text: &str, base: &Path) -> Result<Config, Rejected> {
+    let raw: ConfigFile = serde_yaml::from_str(text).map_err(|e| {
+        let mut problems = vec![yaml_errors::yaml_problem(&e, text)];
+        locate_lines(&mut problems, text);
+        Rejected {
+            problems,
+            files: Vec::new(),
+        }
+    })?;
+    let files = referenced_files(&raw, base);
     let mut problems = Problems::default();
     let config = build(raw, base, &mut problems);
     let mut found = problems.0;
@@ -43,23 +59,10 @@ pub(super) fn parse_and_validate(text: &str, base: &Path) -> Result<Config, Vec<
         return Ok(config);
     }
     locate_lines(&mut found, text);
-    Err(found)
-}
-
-fn yaml_problem(e: &serde_yaml::Error) -> Problem {
-    // serde_yaml writes "routes[0].match: unknown field ..."; split the path
-    // off so the problem names its field like every other.
-    let msg = e.to_string();
-    let msg = msg.split(" at line ").next().unwrap_or(&msg).to_owned();
-    let (field, message) = match msg.split_once(": ") {
-        Some((f, m)) if !f.contains(' ') => (f.to_owned(), m.to_owned()),
-        _ => ("(yaml)".to_owned(), msg),
-    };
-    Problem {
-        field,
-        message,
-        line: e.location().map(|l| l.line()),
-    }
+    Err(Rejected {
+        problems: found,
+        files,
+    })
 }
 
 /// Best effort: point a problem at the line where its last key is written,
@@ -123,13 +126,11 @@ fn build(raw: ConfigFile, base: &Path, problems: &mut Problems) -> Option<Config
                 && !sa.ip().is_loopback()
             {
                 problems.add(
-                        format!("listen[{i}]"),
-                        format!(
-                            "{sa} is reachable from other machines but no `clients:` are configured, \
-                             so anyone there could use the app's credentials; add `clients:` with keys, \
-                             or set `allow_unauthenticated: true` to accept that"
-                        ),
-                    );
+                    format!("listen[{i}]"),
+                    "is reachable from other machines but no `clients:` are configured, \
+                     so anyone there could use the app's credentials; add `clients:` with keys, \
+                     or set `allow_unauthenticated: true` to accept that",
+                );
             }
         }
     }
@@ -145,7 +146,7 @@ fn build(raw: ConfigFile, base: &Path, problems: &mut Problems) -> Option<Config
                 _ => {
                     problems.add(
                         "unix_socket_mode",
-                        format!("`{digits}` is not an octal file mode like \"0660\""),
+                        "expected an octal file mode like \"0660\"",
                     );
                     0o660
                 }
@@ -153,6 +154,7 @@ fn build(raw: ConfigFile, base: &Path, problems: &mut Problems) -> Option<Config
         }
     };
     let files = referenced_files(&raw, base);
+    let secret_files = secret_files(&raw, base);
     let client_names: HashSet<&str> = clients.iter().map(|c| &*c.name).collect();
     let routes = routes::routes(&raw.routes, &client_names, problems);
     let needs_user = routes
@@ -180,6 +182,7 @@ fn build(raw: ConfigFile, base: &Path, problems: &mut Problems) -> Option<Config
         listen,
         unix_socket_mode,
         files,
+        secret_files,
         upstream: upstream?,
         app: Arc::new(app?),
         oauth,
@@ -195,7 +198,14 @@ fn build(raw: ConfigFile, base: &Path, problems: &mut Problems) -> Option<Config
 }
 
 /// Files named by secret sources and the CA setting, resolved.
-fn referenced_files(raw: &ConfigFile, base: &Path) -> Vec<std::path::PathBuf> {
+fn referenced_files(raw: &ConfigFile, base: &Path) -> Vec<PathBuf> {
+    let mut files = secret_files(raw, base);
+    files.extend(raw.upstream_ca_file.as_ref().map(|p| base.join(p)));
+    files
+}
+
+/// Files secrets are read from, resolved.
+fn secret_files(raw: &ConfigFile, base: &Path) -> Vec<PathBuf> {
     let secrets = std::iter::once(&raw.app.private_key)
         .chain(raw.app.client_secret.as_ref())
         .chain(raw.clients.iter().flatten().map(|c| &c.key));
@@ -204,7 +214,6 @@ fn referenced_files(raw: &ConfigFile, base: &Path) -> Vec<std::path::PathBuf> {
             SecretFile::File(p) => Some(base.join(p)),
             _ => None,
         })
-        .chain(raw.upstream_ca_file.as_ref().map(|p| base.join(p)))
         .collect()
 }
 
@@ -216,11 +225,9 @@ pub(super) fn duration_or(
 ) -> Duration {
     match text {
         None => default,
-        Some(t) => humantime::parse_duration(t).unwrap_or_else(|e| {
-            problems.add(
-                field,
-                format!("`{t}` is not a duration like 30s, 5m or 8h: {e}"),
-            );
+        // humantime's error quotes part of the text: not shown.
+        Some(t) => humantime::parse_duration(t).unwrap_or_else(|_| {
+            problems.add(field, "expected a duration like 30s, 5m or 8h");
             default
         }),
     }
@@ -238,16 +245,18 @@ fn secret(
 }
 
 fn clients(raw: &[file::ClientFile], base: &Path, problems: &mut Problems) -> Vec<ClientConfig> {
-    let mut seen = HashSet::new();
+    let mut seen = std::collections::HashMap::new();
     let mut out = Vec::new();
     for (i, c) in raw.iter().enumerate() {
         if c.name.trim().is_empty() {
             problems.add(format!("clients[{i}].name"), "is empty");
-        } else if !seen.insert(c.name.as_str()) {
+        } else if let Some(first) = seen.get(c.name.as_str()) {
             problems.add(
                 format!("clients[{i}].name"),
-                format!("`{}` is used twice", c.name),
+                format!("is the same as clients[{first}].name"),
             );
+        } else {
+            seen.insert(c.name.as_str(), i);
         }
         if let Some(key) = secret(&c.key, &format!("clients[{i}].key"), base, problems) {
             if key.expose().len() < 16 {
@@ -273,7 +282,7 @@ fn app(
     let id = match &raw.id {
         file::AppId::Number(n) => Some(*n),
         file::AppId::Text(t) => t.trim().parse().ok().or_else(|| {
-            problems.add("app.id", format!("`{t}` is not a numeric app id"));
+            problems.add("app.id", "expected a numeric app id like 75");
             None
         }),
     };
@@ -311,10 +320,11 @@ fn app(
 fn parse_key(pem: &Secret, problems: &mut Problems) -> Option<jsonwebtoken::EncodingKey> {
     let key = match jsonwebtoken::EncodingKey::from_rsa_pem(pem.expose().as_bytes()) {
         Ok(k) => k,
-        Err(e) => {
+        // The PEM parser's errors can quote the armour's label: not shown.
+        Err(_) => {
             problems.add(
                 "app.private_key",
-                format!("not an RSA private key in PEM (PKCS#1 or PKCS#8): {e}"),
+                "expected an RSA private key in PEM (PKCS#1 or PKCS#8)",
             );
             return None;
         }
@@ -322,11 +332,8 @@ fn parse_key(pem: &Secret, problems: &mut Problems) -> Option<jsonwebtoken::Enco
     let header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
     match jsonwebtoken::encode(&header, &serde_json::json!({"probe": true}), &key) {
         Ok(_) => Some(key),
-        Err(e) => {
-            problems.add(
-                "app.private_key",
-                format!("cannot sign an RS256 JWT with this key: {e}"),
-            );
+        Err(_) => {
+            problems.add("app.private_key", "cannot sign an RS256 JWT with this key");
             None
         }
     }

@@ -28,7 +28,7 @@ pub(super) fn listen_addrs(
         }
         Some(list) => list,
     };
-    let mut out = Vec::new();
+    let mut out: Vec<ListenAddr> = Vec::new();
     for (i, text) in raw.iter().enumerate() {
         let parsed = if let Some(path) = text.strip_prefix("unix:") {
             if path.is_empty() {
@@ -38,13 +38,14 @@ pub(super) fn listen_addrs(
             }
         } else {
             text.parse().map(ListenAddr::Tcp).map_err(|_| {
-                format!("`{text}` is not host:port (e.g. 127.0.0.1:8080, [::1]:8080) or unix:/path")
+                "expected host:port (e.g. 127.0.0.1:8080, [::1]:8080) or unix:/path".to_owned()
             })
         };
         match parsed {
-            Ok(addr) if out.contains(&addr) => {
-                problems.add(format!("listen[{i}]"), format!("{text} is listed twice"))
-            }
+            Ok(addr) if out.contains(&addr) => problems.add(
+                format!("listen[{i}]"),
+                "is the same address as an earlier entry",
+            ),
             Ok(addr) => out.push(addr),
             Err(msg) => problems.add(format!("listen[{i}]"), msg),
         }
@@ -98,7 +99,11 @@ pub(super) fn upstream(
     let url = match url::Url::parse(text) {
         Ok(u) => u,
         Err(e) => {
-            problems.add("upstream", format!("`{text}` is not a URL: {e}"));
+            // url's errors are fixed phrases; the text itself is not shown.
+            problems.add(
+                "upstream",
+                format!("expected a URL like https://api.atomgit.com ({e})"),
+            );
             return None;
         }
     };
@@ -109,11 +114,8 @@ pub(super) fn upstream(
             problems.add("upstream", "http:// is allowed only to loopback hosts (tokens would travel in clear text); use https://");
             return None;
         }
-        other => {
-            problems.add(
-                "upstream",
-                format!("scheme `{other}` is not supported; use https://"),
-            );
+        _ => {
+            problems.add("upstream", "expected an https:// URL");
             return None;
         }
     };
@@ -176,7 +178,7 @@ pub(super) fn oauth(
                 None
             }
             Err(e) => {
-                problems.add(field, format!("`{value}` is not a URL: {e}"));
+                problems.add(field, format!("expected an http(s) URL ({e})"));
                 None
             }
         }

@@ -12,24 +12,20 @@ pub(super) fn routes(
     clients: &HashSet<&str>,
     problems: &mut Problems,
 ) -> Vec<Route> {
-    let mut names = HashSet::new();
+    let mut names = std::collections::HashMap::new();
     let mut out = Vec::new();
     for (i, r) in raw.iter().enumerate() {
         let at = |f: &str| format!("routes[{i}].{f}");
         if r.name.trim().is_empty() {
             problems.add(at("name"), "is empty");
-        } else if !names.insert(r.name.as_str()) {
-            problems.add(
-                at("name"),
-                format!("`{}` is used by an earlier route", r.name),
-            );
+        } else if let Some(first) = names.get(r.name.as_str()) {
+            problems.add(at("name"), format!("is the same as routes[{first}].name"));
+        } else {
+            names.insert(r.name.as_str(), i);
         }
         let m = &r.matcher;
         let prefix = if !m.path_prefix.starts_with('/') {
-            problems.add(
-                at("match.path_prefix"),
-                format!("`{}` must start with /", m.path_prefix),
-            );
+            problems.add(at("match.path_prefix"), "must start with /");
             None
         } else if m.path_prefix.starts_with("/_proxy")
             && (m.path_prefix.len() == 7 || m.path_prefix[7..].starts_with('/'))
@@ -58,13 +54,14 @@ pub(super) fn routes(
                 );
             }
             list.iter()
-                .filter_map(|text| {
+                .enumerate()
+                .filter_map(|(k, text)| {
                     match http::Method::from_bytes(text.to_ascii_uppercase().as_bytes()) {
                         Ok(method) => Some(method),
                         Err(_) => {
                             problems.add(
-                                at("match.methods"),
-                                format!("`{text}` is not an HTTP method"),
+                                at(&format!("match.methods[{k}]")),
+                                "expected an HTTP method like GET",
                             );
                             None
                         }
@@ -80,10 +77,14 @@ pub(super) fn routes(
             problems.add(at("match.host"), "must be a bare host name");
         }
         let route_clients = m.clients.as_ref().map(|list| {
-            for c in list.iter().filter(|c| !clients.contains(c.as_str())) {
+            for (k, _) in list
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| !clients.contains(c.as_str()))
+            {
                 problems.add(
-                    at("match.clients"),
-                    format!("`{c}` is not a client named under `clients:`"),
+                    at(&format!("match.clients[{k}]")),
+                    "names no client under `clients:`",
                 );
             }
             list.iter().map(|c| Arc::<str>::from(c.as_str())).collect()
