@@ -43,6 +43,9 @@ pub enum ProxyError {
     UpstreamUnreachable(String),
     #[error("the upstream sent no response headers within {0:?}")]
     UpstreamTimeout(Duration),
+    /// The contract has no code of its own for this: a caller's fault.
+    #[error("the request head is larger than limits.max_header_bytes ({limit} bytes)")]
+    HeadTooLarge { limit: usize },
 }
 
 impl ProxyError {
@@ -78,6 +81,9 @@ impl ProxyError {
             },
             ProxyError::UpstreamUnreachable(_) => (StatusCode::BAD_GATEWAY, "upstream_unreachable"),
             ProxyError::UpstreamTimeout(_) => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
+            ProxyError::HeadTooLarge { .. } => {
+                (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "bad_request")
+            }
         }
     }
 

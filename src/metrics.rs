@@ -32,6 +32,8 @@ pub struct Metrics {
     /// 1 when the last reload attempt failed (the old config is serving).
     pub reload_failed: Gauge,
     pub in_flight: Gauge,
+    /// Accepted connections not yet closed (at most `limits.max_connections`).
+    pub open_connections: Gauge,
 }
 
 impl Default for Metrics {
@@ -42,6 +44,7 @@ impl Default for Metrics {
         let reloads = Family::<OutcomeLabels, Counter>::default();
         let reload_failed = Gauge::default();
         let in_flight = Gauge::default();
+        let open_connections = Gauge::default();
         registry.register(
             "requests",
             "Requests answered, by route, status and proxy error code",
@@ -67,6 +70,11 @@ impl Default for Metrics {
             "Requests being handled",
             in_flight.clone(),
         );
+        registry.register(
+            "open_connections",
+            "Inbound connections open",
+            open_connections.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -74,6 +82,7 @@ impl Default for Metrics {
             reloads,
             reload_failed,
             in_flight,
+            open_connections,
         }
     }
 }

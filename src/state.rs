@@ -7,6 +7,7 @@ use crate::metrics::Metrics;
 use crate::upstream::Upstream;
 use arc_swap::ArcSwap;
 use std::sync::{Arc, Mutex};
+use tokio::sync::Semaphore;
 
 /// A config and the clients built from it. Requests load one snapshot and
 /// keep it to the end, so a reload never changes a request half-way.
@@ -16,6 +17,10 @@ pub struct Snapshot {
     /// The grant store, when user routes exist. Shared with the previous
     /// snapshot while `store.path` stays, so grants in memory survive reloads.
     pub store: Option<Arc<GrantStore>>,
+    /// Slots for requests to the platform (`limits.max_upstream_requests`).
+    /// Kept across reloads unless the limit changes; then requests already
+    /// holding or awaiting a slot finish under the old count.
+    pub upstream_slots: Arc<Semaphore>,
 }
 
 impl Snapshot {
@@ -32,10 +37,25 @@ impl Snapshot {
             (Some(path), Some(prev)) if prev.path() == path => Some(prev.clone()),
             (Some(path), _) => Some(Arc::new(GrantStore::open(path).map_err(|e| e.to_string())?)),
         };
+        let upstream_slots = match previous {
+            Some(prev)
+                if prev.config.limits.max_upstream_requests
+                    == config.limits.max_upstream_requests =>
+            {
+                prev.upstream_slots.clone()
+            }
+            _ => Arc::new(Semaphore::new(
+                config
+                    .limits
+                    .max_upstream_requests
+                    .min(Semaphore::MAX_PERMITS),
+            )),
+        };
         Ok(Snapshot {
             config,
             upstream,
             store,
+            upstream_slots,
         })
     }
 

@@ -22,6 +22,7 @@ use super::state::Shared;
 const REPO_COUNT: u64 = 5;
 
 pub(super) async fn handle(shared: &Shared, req: Request<Incoming>) -> Resp {
+    let _counted = InFlight::enter(shared);
     let owner = match authenticate(shared, req.headers()) {
         Ok(owner) => owner,
         Err((status, msg)) => return respond::message(status, msg),
@@ -84,6 +85,25 @@ pub(super) async fn handle(shared: &Shared, req: Request<Incoming>) -> Resp {
                 }),
             )
         }
+    }
+}
+
+/// Counts an API request as being answered until dropped (also when the
+/// caller hangs up and the handler is dropped half-way).
+struct InFlight<'a>(&'a Shared);
+
+impl<'a> InFlight<'a> {
+    fn enter(shared: &'a Shared) -> Self {
+        let mut inner = shared.lock();
+        inner.api_in_flight += 1;
+        inner.api_max_in_flight = inner.api_max_in_flight.max(inner.api_in_flight);
+        InFlight(shared)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.lock().api_in_flight -= 1;
     }
 }
 

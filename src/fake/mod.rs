@@ -188,6 +188,8 @@ impl FakeAtomGit {
             code_exchanges: 0,
             refreshes: 0,
             refused_refreshes: 0,
+            api_in_flight: 0,
+            api_max_in_flight: 0,
         };
         let oauth = OAuthConfig {
             client_id: opts.oauth.client_id,
@@ -307,6 +309,12 @@ impl FakeAtomGit {
     /// valid until they expire).
     pub fn revoke_user_grants(&self, user: &str) {
         self.shared.lock().refresh.retain(|_, rec| rec.user != user);
+    }
+
+    /// The most API requests the fake was answering at once (until their
+    /// response headers), since it started.
+    pub fn max_concurrent_api_requests(&self) -> usize {
+        self.shared.lock().api_max_in_flight
     }
 
     /// Lifetime of `atu_` tokens issued from now on.

@@ -62,6 +62,9 @@ pub(super) struct Inner {
     pub code_exchanges: usize,
     pub refreshes: usize,
     pub refused_refreshes: usize,
+    /// API requests being answered now, and the most there ever were.
+    pub api_in_flight: usize,
+    pub api_max_in_flight: usize,
 }
 
 impl Inner {

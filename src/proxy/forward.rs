@@ -104,7 +104,16 @@ pub async fn send(
 
     let timeout = snap.config.upstream.response_timeout;
     let started = tokio::time::Instant::now();
-    let resp = match tokio::time::timeout(timeout, snap.upstream.forward.request(req)).await {
+    // At most `limits.max_upstream_requests` at the platform; the rest wait
+    // here, inside the response timeout. A slot is held until the response
+    // headers, not through the body: a caller that stops reading a download
+    // must not keep one for as long as it likes. (Never closed: the
+    // `Result` always holds a permit.)
+    let exchange = async {
+        let _slot = snap.upstream_slots.acquire().await;
+        snap.upstream.forward.request(req).await
+    };
+    let resp = match tokio::time::timeout(timeout, exchange).await {
         Err(_) => return Err(ProxyError::UpstreamTimeout(timeout)),
         // A body the caller broke also fails the upstream call: not the platform's fault.
         Ok(Err(e)) if caller_fault.happened() => {

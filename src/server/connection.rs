@@ -1,0 +1,174 @@
+//! One accepted connection: its service, its watchdog, and how it closes.
+//!
+//! The watchdog closes a connection that has nothing in flight for
+//! `timeouts.idle`, or whose request head is not complete within
+//! `timeouts.header_read` (see `activity.rs` for what is measured). An idle
+//! connection is asked to close gracefully first (HTTP/2 gets a GOAWAY, an
+//! idle HTTP/1 connection closes at once) and dropped if that does not finish
+//! in time: a peer that never answers the GOAWAY's PING cannot keep it. A
+//! late head is dropped at once: a graceful close would go on reading it.
+
+use super::Stream;
+use super::activity::{Activity, Expiry, Held, Timeouts, Watched};
+use crate::error::ProxyError;
+use crate::proxy::{ConnInfo, Proxy};
+use http::{Request, Version};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulConnection;
+use prometheus_client::metrics::gauge::Gauge;
+use std::convert::Infallible;
+use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, watch};
+use tokio::time::Instant;
+
+/// How long a connection the watchdog closes may take to say goodbye
+/// (GOAWAY, PING, final GOAWAY) before the socket is dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// What every connection shares, fixed when the server starts.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Settings {
+    pub timeouts: Timeouts,
+    /// Larger request heads get 431 (see [`head_size`]).
+    pub max_header_bytes: usize,
+    /// How long a connection may drain once the server shuts down.
+    pub shutdown_grace: Duration,
+}
+
+/// The connection's place under `limits.max_connections`, and its count in
+/// the open-connections gauge; both given back when the task ends, however
+/// it ends.
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+    open: Gauge,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.open.dec();
+    }
+}
+
+/// Serves `io` on its own task until it closes.
+pub(super) fn spawn(
+    io: Stream,
+    permit: OwnedSemaphorePermit,
+    builder: &auto::Builder<TokioExecutor>,
+    proxy: &Proxy,
+    info: ConnInfo,
+    settings: Settings,
+    stop: watch::Receiver<bool>,
+) {
+    let open = proxy.shared().metrics.open_connections.clone();
+    open.inc();
+    let slot = Slot {
+        _permit: permit,
+        open,
+    };
+    let activity = Activity::new();
+    let service = {
+        let (proxy, activity) = (proxy.clone(), activity.clone());
+        let limit = settings.max_header_bytes;
+        service_fn(move |req: Request<Incoming>| {
+            // Taken before the service runs: from here until the response
+            // body ends, the connection is not idle.
+            let in_flight = activity.begin(req.version() == Version::HTTP_2);
+            let (proxy, info) = (proxy.clone(), info.clone());
+            async move {
+                let resp = if head_size(&req) > limit {
+                    ProxyError::HeadTooLarge { limit }.into_response(None)
+                } else {
+                    proxy.handle(req, &info).await
+                };
+                Ok::<_, Infallible>(resp.map(|body| Held::new(body, in_flight)))
+            }
+        })
+    };
+    let io = TokioIo::new(Watched::new(io, activity.clone()));
+    let conn = builder.serve_connection(io, service).into_owned();
+    tokio::spawn(async move {
+        watch_over(conn, &activity, settings, stop).await;
+        drop(slot);
+    });
+}
+
+/// Drives `conn` to its end, closing it on a timeout or on shutdown.
+async fn watch_over<C>(
+    conn: C,
+    activity: &Activity,
+    settings: Settings,
+    mut stop: watch::Receiver<bool>,
+) where
+    C: GracefulConnection,
+    C::Error: std::fmt::Display,
+{
+    let mut conn = std::pin::pin!(conn);
+    let mut timer = std::pin::pin!(tokio::time::sleep(settings.timeouts.idle));
+    // Once told to close: when to stop waiting for it.
+    let mut closing: Option<Instant> = None;
+    loop {
+        let deadline = closing.or_else(|| activity.deadline(settings.timeouts).map(|(at, _)| at));
+        if let Some(at) = deadline {
+            timer.as_mut().reset(at);
+        }
+        tokio::select! {
+            ended = conn.as_mut() => {
+                if let Err(e) = ended {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            // A dropped sender (the server is gone) counts as shutdown too.
+            _ = stop.wait_for(|stop| *stop), if closing.is_none() => {
+                conn.as_mut().graceful_shutdown();
+                closing = Some(Instant::now() + settings.shutdown_grace);
+            }
+            () = activity.changed(), if closing.is_none() => {}
+            () = &mut timer, if deadline.is_some() => {
+                if closing.is_some() {
+                    tracing::debug!("connection did not close in time; dropping it");
+                    return;
+                }
+                let now = Instant::now();
+                match activity.deadline(settings.timeouts) {
+                    // Nothing is in flight and the head is late: a graceful
+                    // close would keep reading it, so drop the connection.
+                    Some((at, Expiry::HeaderRead)) if at <= now => {
+                        tracing::debug!("header read timeout: closing connection");
+                        return;
+                    }
+                    Some((at, Expiry::Idle)) if at <= now => {
+                        tracing::debug!("idle timeout: closing connection");
+                        conn.as_mut().graceful_shutdown();
+                        closing = Some(now + CLOSE_GRACE);
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+/// The request head's size as HTTP/1.1 writes it: request line, one
+/// `name: value` line per header, blank line. HTTP/2 requests are measured
+/// the same way (the authority as a `Host` line), so the limit means the
+/// same on both. hyper already refuses larger HTTP/1 heads once they fill
+/// its read buffer, which cannot be smaller than 8 KiB; this check makes the
+/// limit exact below that and on HTTP/2.
+fn head_size(req: &Request<Incoming>) -> usize {
+    let uri = req.uri();
+    let target = uri.path_and_query().map_or(1, |p| p.as_str().len());
+    let authority = uri
+        .authority()
+        .map_or(0, |a| a.as_str().len() + "host: \r\n".len());
+    let line = req.method().as_str().len() + target + " HTTP/1.1\r\n ".len();
+    let headers: usize = req
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + ": \r\n".len())
+        .sum();
+    line + authority + headers + "\r\n".len()
+}
