@@ -1,7 +1,7 @@
 //! What every request shares: the current snapshot and the credential caches.
 
 use crate::config::Config;
-use crate::credentials::grants::GrantStore;
+use crate::credentials::grants::{GrantBinding, GrantStore};
 use crate::credentials::{Context, Credentials};
 use crate::metrics::Metrics;
 use crate::upstream::Upstream;
@@ -16,6 +16,9 @@ pub struct Snapshot {
     /// The grant store, when user routes exist. Shared with the previous
     /// snapshot while `store.path` stays, so grants in memory survive reloads.
     pub store: Option<Arc<GrantStore>>,
+    /// The platform user grants must belong to, to be used under this config
+    /// (built once: the user token cache is keyed by it).
+    pub grant_binding: Arc<GrantBinding>,
 }
 
 impl Snapshot {
@@ -32,10 +35,12 @@ impl Snapshot {
             (Some(path), Some(prev)) if prev.path() == path => Some(prev.clone()),
             (Some(path), _) => Some(Arc::new(GrantStore::open(path).map_err(|e| e.to_string())?)),
         };
+        let grant_binding = Arc::new(GrantBinding::of(&config.app, &config.upstream));
         Ok(Snapshot {
             config,
             upstream,
             store,
+            grant_binding,
         })
     }
 
@@ -47,6 +52,7 @@ impl Snapshot {
             refresh_margin: self.config.refresh_margin,
             oauth: self.config.oauth.as_ref(),
             store: self.store.as_ref(),
+            grant_binding: &self.grant_binding,
         }
     }
 }
