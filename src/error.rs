@@ -69,7 +69,7 @@ impl ProxyError {
                 CredentialError::TokenEndpoint(_) => {
                     (StatusCode::BAD_GATEWAY, "token_endpoint_failed")
                 }
-                CredentialError::GrantMissing(_) => {
+                CredentialError::GrantMissing(_) | CredentialError::GrantForOtherPlatform(_) => {
                     (StatusCode::SERVICE_UNAVAILABLE, "grant_missing")
                 }
                 CredentialError::GrantRevoked(_) => {
@@ -89,21 +89,25 @@ impl ProxyError {
 
     /// Logs what an operator should see. Messages never hold a token or key:
     /// they are built from our own words, status codes and config names.
+    /// They may quote the caller (a path, an account decoded from one), so
+    /// they are written escaped.
     fn log(&self, route: Option<&str>) {
         let (status, code) = self.status_and_code();
         let route = route.unwrap_or("-");
         match self {
             ProxyError::Credential(CredentialError::Internal(_)) => {
-                tracing::error!(%code, route, status = status.as_u16(), "{self}")
+                tracing::error!(%code, route, status = status.as_u16(), "{}", Escaped(&self.to_string()))
             }
             ProxyError::Credential(
                 CredentialError::TokenEndpoint(_) | CredentialError::GrantRevoked(_),
             )
             | ProxyError::UpstreamUnreachable(_)
             | ProxyError::UpstreamTimeout(_) => {
-                tracing::warn!(%code, route, status = status.as_u16(), "{self}")
+                tracing::warn!(%code, route, status = status.as_u16(), "{}", Escaped(&self.to_string()))
             }
-            _ => tracing::debug!(%code, route, status = status.as_u16(), "{self}"),
+            _ => {
+                tracing::debug!(%code, route, status = status.as_u16(), "{}", Escaped(&self.to_string()))
+            }
         }
     }
 
@@ -112,6 +116,25 @@ impl ProxyError {
         self.log(route);
         let (status, code) = self.status_and_code();
         json_error(status, code, &self.to_string())
+    }
+}
+
+/// Text for a log line with control characters (a decoded `%0A`, an escape
+/// sequence) and line separators written as escapes, so a value from a
+/// caller cannot start a forged line. Everything else is written as is.
+pub struct Escaped<'a>(pub &'a str);
+
+impl std::fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::fmt::Write;
+        for c in self.0.chars() {
+            if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') {
+                write!(f, "{}", c.escape_default())?;
+            } else {
+                f.write_char(c)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -131,4 +154,19 @@ pub fn json_error(status: StatusCode, code: &'static str, message: &str) -> Resp
         HeaderValue::from_static("no-store"),
     );
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_text_cannot_break_lines() {
+        let text = Escaped("no route for /repos/ev\nil INFO forged\r\u{1b}[31m\u{2028}x, 名前")
+            .to_string();
+        assert_eq!(
+            text,
+            "no route for /repos/ev\\nil INFO forged\\r\\u{1b}[31m\\u{2028}x, 名前"
+        );
+    }
 }

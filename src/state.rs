@@ -1,7 +1,7 @@
 //! What every request shares: the current snapshot and the credential caches.
 
 use crate::config::Config;
-use crate::credentials::grants::GrantStore;
+use crate::credentials::grants::{GrantBinding, GrantStore};
 use crate::credentials::{Context, Credentials};
 use crate::metrics::Metrics;
 use crate::upstream::Upstream;
@@ -21,6 +21,9 @@ pub struct Snapshot {
     /// Kept across reloads unless the limit changes; then requests already
     /// holding or awaiting a slot finish under the old count.
     pub upstream_slots: Arc<Semaphore>,
+    /// The platform user grants must belong to, to be used under this config
+    /// (built once: the user token cache is keyed by it).
+    pub grant_binding: Arc<GrantBinding>,
 }
 
 impl Snapshot {
@@ -51,11 +54,13 @@ impl Snapshot {
                     .min(Semaphore::MAX_PERMITS),
             )),
         };
+        let grant_binding = Arc::new(GrantBinding::of(&config.app, &config.upstream));
         Ok(Snapshot {
             config,
             upstream,
             store,
             upstream_slots,
+            grant_binding,
         })
     }
 
@@ -67,6 +72,7 @@ impl Snapshot {
             refresh_margin: self.config.refresh_margin,
             oauth: self.config.oauth.as_ref(),
             store: self.store.as_ref(),
+            grant_binding: &self.grant_binding,
         }
     }
 }

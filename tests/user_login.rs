@@ -68,8 +68,23 @@ async fn a_user_route_before_any_login_answers_grant_missing() {
             "the message says what to do: {message}"
         );
         assert!(env.fake.api_requests().is_empty(), "nothing went upstream");
+        // A user without a grant must not pull the replica out of service:
+        // plain readyz is 200 and names the credential that cannot work;
+        // the strict form is 503 until the login.
         let ready = env.get("/_proxy/readyz").await;
-        assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(ready.status, StatusCode::OK, "{}", ready.text());
+        let json = ready.json();
+        assert_eq!(json["ready"], true, "{json}");
+        assert_eq!(json["credentials_ready"], false, "{json}");
+        let entry = &json["credentials"][0];
+        assert_eq!(entry["credential"], "user alice", "{json}");
+        assert_eq!(entry["routes"][0], "alice", "{json}");
+        assert_eq!(entry["error"], "grant_missing", "{json}");
+        let strict = env.get("/_proxy/readyz?strict=1").await;
+        assert_eq!(strict.status, StatusCode::SERVICE_UNAVAILABLE);
+        env.log_in().await;
+        let strict = env.get("/_proxy/readyz?strict=1").await;
+        assert_eq!(strict.status, StatusCode::OK, "{}", strict.text());
         env.shutdown().await;
     })
     .await;
@@ -163,6 +178,56 @@ async fn a_link_works_once() {
         assert_eq!(page.hops.len(), 1, "the platform is never visited");
         assert_eq!(env.fake.code_exchanges(), 0);
         assert_eq!(env.stored_grant(USER), None);
+        env.shutdown().await;
+    })
+    .await;
+}
+
+/// HEAD `url` (with the browser's state cookie, if any); returns the answer.
+async fn head(url: &str, cookie: Option<String>) -> http::Response<hyper::body::Incoming> {
+    let mut req = http::Request::head(url);
+    if let Some(state) = cookie {
+        req = req.header(http::header::COOKIE, format!("{STATE_COOKIE}={state}"));
+    }
+    let req = req
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .expect("a HEAD request");
+    support_users::client()
+        .request(req)
+        .await
+        .unwrap_or_else(|e| panic!("HEAD {url}: {e}"))
+}
+
+#[tokio::test]
+async fn head_requests_use_up_neither_the_link_nor_the_login() {
+    bounded(60, "HEAD on the login pair", async {
+        let env = UserEnv::start(fake_oauth(8 * HOUR)).await;
+        // Link scanners and mail clients probe links with HEAD, maybe twice.
+        let link = env.login_link(USER);
+        for _ in 0..2 {
+            let resp = head(&link, None).await;
+            assert_eq!(resp.status(), StatusCode::OK);
+            assert!(resp.headers().get(http::header::SET_COOKIE).is_none());
+            assert!(resp.headers().get(http::header::LOCATION).is_none());
+        }
+        assert!(
+            env.fake.requests().is_empty(),
+            "nothing reached the platform"
+        );
+        // The person's GET still works.
+        env.browser().open(&link).await;
+        assert_eq!(env.fake.code_exchanges(), 1);
+        assert!(env.stored_grant(USER).is_some());
+
+        // The callback too: a HEAD neither takes the pending login nor
+        // spends the code.
+        let (mut browser, callback) = stop_before_callback(&env).await;
+        let resp = head(callback.as_str(), browser.cookie(STATE_COOKIE)).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(env.fake.code_exchanges(), 1, "the code was not spent");
+        let page = browser.open(callback.as_str()).await;
+        assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+        assert_eq!(env.fake.code_exchanges(), 2);
         env.shutdown().await;
     })
     .await;

@@ -6,8 +6,11 @@
 //! read or parsed stops the start and is never overwritten: it may hold the
 //! only copy of a refresh token. A failed write keeps the old file and the
 //! new grant in memory, and is reported.
+//!
+//! Each grant records the platform it was obtained for ([`GrantBinding`]):
+//! a user token is only ever sent to that upstream, for that OAuth client.
 
-use crate::config::Secret;
+use crate::config::{AppConfig, Secret, UpstreamConfig};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -33,6 +36,35 @@ pub struct Grant {
     /// Epoch milliseconds of the last change: the newer copy wins when the
     /// file and memory disagree (another process refreshed).
     pub updated_at_ms: u64,
+    /// The platform this grant was obtained for. `None` in stores written
+    /// before grants were bound: such a grant is adopted by the config that
+    /// first uses it (see `credentials::user`), since such a store only ever
+    /// served one config.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bound_to: Option<GrantBinding>,
+}
+
+/// What a user grant belongs to: the upstream its token is sent to and the
+/// OAuth client that obtained it. Not the app's key: rotating the JWT key
+/// leaves the OAuth client, and so every user grant, valid.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Hash)]
+pub struct GrantBinding {
+    /// `{origin}{base_path}` of the upstream.
+    pub upstream: String,
+    pub app_id: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+}
+
+impl GrantBinding {
+    /// The binding of grants obtained under this app and upstream.
+    pub fn of(app: &AppConfig, upstream: &UpstreamConfig) -> GrantBinding {
+        GrantBinding {
+            upstream: upstream.base_url(),
+            app_id: app.id,
+            client_id: app.client_id.clone(),
+        }
+    }
 }
 
 impl std::fmt::Debug for Grant {
@@ -40,6 +72,7 @@ impl std::fmt::Debug for Grant {
         f.debug_struct("Grant")
             .field("access_expires_at_ms", &self.access_expires_at_ms)
             .field("revoked", &self.revoked)
+            .field("bound_to", &self.bound_to)
             .finish_non_exhaustive()
     }
 }
@@ -294,7 +327,33 @@ mod tests {
             refresh_expires_at_ms: None,
             revoked: None,
             updated_at_ms: now_ms(),
+            bound_to: None,
         }
+    }
+
+    #[test]
+    fn a_store_written_before_bindings_still_reads_and_bindings_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("grants.json");
+        std::fs::write(
+            &path,
+            br#"{"version": 1, "grants": {"alice": {"access_token": "atu_1",
+                "access_expires_at_ms": 1, "refresh_token": "r", "refresh_expires_at_ms": null,
+                "updated_at_ms": 1}}}"#,
+        )
+        .unwrap();
+        let store = GrantStore::open(&path).unwrap();
+        assert_eq!(store.get("alice").unwrap().bound_to, None);
+        let binding = GrantBinding {
+            upstream: "https://api.atomgit.com".into(),
+            app_id: 75,
+            client_id: Some("c1".into()),
+        };
+        let mut g = grant("atu_2");
+        g.bound_to = Some(binding.clone());
+        store.put("alice", g).unwrap();
+        let again = GrantStore::open(&path).unwrap();
+        assert_eq!(again.get("alice").unwrap().bound_to, Some(binding));
     }
 
     #[test]

@@ -19,7 +19,7 @@ use crate::upstream::{CallError, Upstream};
 use app_jwt::AppJwt;
 use cache::TokenCache;
 use dashmap::DashMap;
-use grants::GrantStore;
+use grants::{GrantBinding, GrantStore};
 use installations::Directory;
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,6 +39,12 @@ pub enum CredentialError {
     TokenEndpoint(String),
     #[error("no grant for user `{0}`: run `atomgit-proxy login {0}`")]
     GrantMissing(String),
+    /// The stored grant was obtained for another upstream or OAuth client
+    /// (the config changed since): answered as `grant_missing`.
+    #[error(
+        "the grant of user `{0}` was obtained for another upstream or app than this config's: run `atomgit-proxy login {0}` to log in again"
+    )]
+    GrantForOtherPlatform(String),
     #[error(
         "the grant of user `{0}` was refused by the platform: run `atomgit-proxy login {0}` again"
     )]
@@ -60,9 +66,13 @@ pub enum CacheKey {
         app: [u8; 32],
         id: u64,
     },
-    /// A user's token belongs to the person, not the app key: it survives
-    /// any reload that keeps the user.
-    User(Arc<str>),
+    /// A user's token belongs to the person and the platform the grant was
+    /// obtained for, not the app key: it survives any reload that keeps both,
+    /// and one from another upstream is never found after a reload.
+    User {
+        user: Arc<str>,
+        platform: Arc<GrantBinding>,
+    },
 }
 
 /// Every credential's cached state.
@@ -83,6 +93,8 @@ pub struct Context<'a> {
     pub refresh_margin: Duration,
     pub oauth: Option<&'a OAuthConfig>,
     pub store: Option<&'a Arc<GrantStore>>,
+    /// The platform user grants must belong to.
+    pub grant_binding: &'a Arc<GrantBinding>,
 }
 
 impl Credentials {
@@ -120,17 +132,21 @@ impl Credentials {
             app: ctx.app.clone(),
             oauth: oauth.clone(),
             user: user.clone(),
+            binding: ctx.grant_binding.clone(),
             margin: ctx.refresh_margin,
         };
-        self.tokens
-            .get(&CacheKey::User(user.clone()), move || source.token())
-            .await
+        let key = CacheKey::User {
+            user: user.clone(),
+            platform: ctx.grant_binding.clone(),
+        };
+        self.tokens.get(&key, move || source.token()).await
     }
 
-    /// Forgets a user's cached token and failure, after a new login stored a
-    /// new grant.
+    /// Forgets a user's cached tokens and failures, after a new login stored
+    /// a new grant.
     pub fn forget_user(&self, user: &str) {
-        self.tokens.forget(&CacheKey::User(user.into()));
+        self.tokens
+            .retain(|k| !matches!(k, CacheKey::User { user: u, .. } if &**u == user));
     }
 
     /// Resolves a selector to an installation id.
@@ -211,7 +227,7 @@ impl Credentials {
     pub fn retain_app(&self, current: &[u8; 32]) {
         self.tokens.retain(|k| match k {
             CacheKey::Installation { app, .. } => app == current,
-            CacheKey::User(_) => true,
+            CacheKey::User { .. } => true,
         });
         self.jwts.retain(|k, _| k == current);
         self.directories.retain(|k, _| k == current);

@@ -4,8 +4,11 @@
 //! absolute epoch *milliseconds*, not a duration. The classic OAuth meaning
 //! (seconds from now) must still work, so the magnitude decides (see
 //! [`expiry_ms`]). The answer may be JSON or form-encoded.
+//!
+//! Every grant made here is stamped with the platform it came from (the
+//! upstream and OAuth client of the call), so it is never used elsewhere.
 
-use super::grants::{Grant, now_ms};
+use super::grants::{Grant, GrantBinding, now_ms};
 use crate::config::{AppConfig, OAuthConfig};
 use crate::upstream::Upstream;
 use bytes::Bytes;
@@ -55,7 +58,7 @@ pub async fn exchange_code(
         "grant_type": "authorization_code",
         "redirect_uri": oauth.redirect_uri.as_str(),
     });
-    call(upstream, oauth, body, None).await
+    call(upstream, app, oauth, body, None).await
 }
 
 /// Refreshes a grant. A refresh token the answer leaves out stays the same.
@@ -71,11 +74,12 @@ pub async fn refresh(
         "grant_type": "refresh_token",
         "refresh_token": grant.refresh_token,
     });
-    call(upstream, oauth, body, Some(grant)).await
+    call(upstream, app, oauth, body, Some(grant)).await
 }
 
 async fn call(
     upstream: &Upstream,
+    app: &AppConfig,
     oauth: &OAuthConfig,
     body: Value,
     previous: Option<&Grant>,
@@ -119,7 +123,7 @@ async fn call(
             OAuthError::Refused { status, detail }
         });
     }
-    grant_from(&fields, previous)
+    grant_from(&fields, previous, GrantBinding::of(app, &upstream.config))
 }
 
 /// The answer's fields, from JSON or a form-encoded body.
@@ -148,6 +152,7 @@ fn parse_fields(headers: &http::HeaderMap, body: &[u8]) -> HashMap<String, Strin
 fn grant_from(
     fields: &HashMap<String, String>,
     previous: Option<&Grant>,
+    bound_to: GrantBinding,
 ) -> Result<Grant, OAuthError> {
     let now = now_ms();
     let number = |name: &str| -> Result<Option<u64>, OAuthError> {
@@ -195,6 +200,7 @@ fn grant_from(
         refresh_expires_at_ms,
         revoked: None,
         updated_at_ms: now,
+        bound_to: Some(bound_to),
     })
 }
 
@@ -203,6 +209,14 @@ mod tests {
     use super::*;
 
     const NOW: u64 = 1_684_137_356_606; // 2023-05-15 07:55:56 UTC
+
+    fn binding() -> GrantBinding {
+        GrantBinding {
+            upstream: "https://api.atomgit.com".into(),
+            app_id: 75,
+            client_id: Some("c1".into()),
+        }
+    }
 
     #[test]
     fn expires_in_reads_by_magnitude() {
@@ -224,7 +238,8 @@ mod tests {
             "application/json".parse().unwrap(),
         );
         let f = parse_fields(&json, br#"{"access_token":"atu_1","expires_in":1684166156606,"refresh_token":"refresh_1","refresh_token_expires_in":1700034956606}"#);
-        let g = grant_from(&f, None).unwrap();
+        let g = grant_from(&f, None, binding()).unwrap();
+        assert_eq!(g.bound_to, Some(binding()));
         assert_eq!(
             (g.access_token.as_str(), g.access_expires_at_ms),
             ("atu_1", 1_684_166_156_606)
@@ -239,7 +254,7 @@ mod tests {
             refresh_token: "refresh_old".into(),
             ..g
         };
-        let g = grant_from(&f, Some(&prev)).unwrap();
+        let g = grant_from(&f, Some(&prev), binding()).unwrap();
         assert_eq!(g.refresh_token, "refresh_old");
         let lifetime = g.access_expires_at_ms - g.updated_at_ms;
         assert_eq!(lifetime, 28_800_000);
@@ -247,6 +262,6 @@ mod tests {
 
     #[test]
     fn an_answer_without_a_token_is_an_error() {
-        assert!(grant_from(&HashMap::new(), None).is_err());
+        assert!(grant_from(&HashMap::new(), None, binding()).is_err());
     }
 }

@@ -6,8 +6,14 @@
 //! out. A refused refresh token marks the grant revoked: the user's routes
 //! then fail fast with `grant_revoked` until the person logs in again; there
 //! is no retry loop against a token that can never work again.
+//!
+//! A grant is used only under the platform it was obtained for (upstream and
+//! OAuth client, see `GrantBinding`): after a reload that changed either, its
+//! token is neither sent nor refreshed (the refresh would go to the new
+//! token endpoint), and the user's routes answer `grant_missing` until the
+//! person logs in again.
 
-use super::grants::{Grant, GrantStore, now_ms};
+use super::grants::{Grant, GrantBinding, GrantStore, now_ms};
 use super::oauth::{self, OAuthError};
 use super::{CredentialError, Token};
 use crate::config::{AppConfig, OAuthConfig};
@@ -31,7 +37,26 @@ pub struct UserSource {
     pub app: Arc<AppConfig>,
     pub oauth: OAuthConfig,
     pub user: Arc<str>,
+    /// The platform the grant must belong to (the snapshot's).
+    pub binding: Arc<GrantBinding>,
     pub margin: Duration,
+}
+
+/// Where a stored grant stands with respect to the platform of a config.
+#[derive(Debug, PartialEq, Eq)]
+enum Belongs {
+    Here,
+    Elsewhere,
+    /// Written before grants recorded their platform.
+    Unrecorded,
+}
+
+fn belongs(grant: &Grant, current: &GrantBinding) -> Belongs {
+    match &grant.bound_to {
+        Some(b) if b == current => Belongs::Here,
+        Some(_) => Belongs::Elsewhere,
+        None => Belongs::Unrecorded,
+    }
 }
 
 /// The token a stored grant holds, timed on the tokio clock as of `now`.
@@ -106,9 +131,7 @@ impl UserSource {
         if let Some(done) = self.stored_token() {
             return done;
         }
-        let Some(grant) = self.store.get(user) else {
-            return Err(CredentialError::GrantMissing(user.to_owned()));
-        };
+        let grant = self.usable_grant()?;
         let now = Instant::now();
         let current = token_from_grant(&grant, self.margin, now).filter(|t| t.is_usable(now));
         if grant.refresh_expires_at_ms.is_some_and(|at| at <= now_ms()) {
@@ -154,16 +177,44 @@ impl UserSource {
         // Another process sharing the store may have refreshed since we last
         // looked; its refresh token is the live one.
         self.store.sync_from_disk(user);
-        let Some(grant) = self.store.get(user) else {
-            return Some(Err(CredentialError::GrantMissing(user.to_owned())));
+        let grant = match self.usable_grant() {
+            Ok(grant) => grant,
+            Err(e) => return Some(Err(e)),
         };
-        if grant.revoked.is_some() {
-            return Some(Err(CredentialError::GrantRevoked(user.to_owned())));
-        }
         let now = Instant::now();
         token_from_grant(&grant, self.margin, now)
             .filter(|t| t.is_usable(now) && now < t.refresh_at)
             .map(Ok)
+    }
+
+    /// The user's stored grant, if it is alive and belongs to this platform.
+    fn usable_grant(&self) -> Result<Grant, CredentialError> {
+        let user = &*self.user;
+        let Some(mut grant) = self.store.get(user) else {
+            return Err(CredentialError::GrantMissing(user.to_owned()));
+        };
+        if grant.revoked.is_some() {
+            return Err(CredentialError::GrantRevoked(user.to_owned()));
+        }
+        match belongs(&grant, &self.binding) {
+            Belongs::Here => Ok(grant),
+            Belongs::Elsewhere => Err(CredentialError::GrantForOtherPlatform(user.to_owned())),
+            Belongs::Unrecorded => {
+                // Migration: a store from before grants were bound only ever
+                // served one config, so the config using it now adopts it.
+                // `updated_at_ms` stays: it times the token.
+                grant.bound_to = Some((*self.binding).clone());
+                tracing::info!(
+                    user,
+                    upstream = self.binding.upstream.as_str(),
+                    "user grant from an older store: bound to this upstream and app from now on"
+                );
+                if let Err(e) = self.store.put(user, grant.clone()) {
+                    tracing::error!(user, "{e}; the grant's binding is kept in memory only");
+                }
+                Ok(grant)
+            }
+        }
     }
 
     fn revoke(&self, mut grant: Grant, reason: String) -> CredentialError {
@@ -195,6 +246,41 @@ mod tests {
             refresh_expires_at_ms: None,
             revoked: None,
             updated_at_ms: issued_ms,
+            bound_to: None,
+        }
+    }
+
+    #[test]
+    fn a_grant_is_used_only_under_the_platform_it_was_obtained_for() {
+        let here = GrantBinding {
+            upstream: "https://api.atomgit.com".into(),
+            app_id: 75,
+            client_id: Some("c1".into()),
+        };
+        let mut g = grant(NOW_MS, 1000);
+        assert_eq!(belongs(&g, &here), Belongs::Unrecorded);
+        g.bound_to = Some(here.clone());
+        assert_eq!(belongs(&g, &here), Belongs::Here);
+        let elsewhere = [
+            GrantBinding {
+                upstream: "http://127.0.0.1:9".into(),
+                ..here.clone()
+            },
+            GrantBinding {
+                app_id: 76,
+                ..here.clone()
+            },
+            GrantBinding {
+                client_id: Some("c2".into()),
+                ..here.clone()
+            },
+            GrantBinding {
+                client_id: None,
+                ..here.clone()
+            },
+        ];
+        for other in elsewhere {
+            assert_eq!(belongs(&g, &other), Belongs::Elsewhere, "{other:?}");
         }
     }
 

@@ -8,6 +8,15 @@
 //! platform echoes to match both the cookie and a pending login, exchanges
 //! the code, and stores the grant. Every failure shows a page and stores
 //! nothing.
+//!
+//! `HEAD` changes nothing: link scanners and mail clients probe links with
+//! it, and a probe must not use up a one-time link or start a login.
+//!
+//! Anyone can send these endpoints anything, so a caller's mistake (a bad,
+//! expired or reused link, a stray callback) logs at debug, and values that
+//! come from the request are logged as `&str` fields, which the text log
+//! writes quoted and escaped (a `%0A` in a user name cannot forge a line).
+//! Warn and error are for what the operator must fix.
 
 use crate::credentials::grants::now_ms;
 use crate::credentials::login_link;
@@ -15,7 +24,7 @@ use crate::credentials::oauth::{OAuthError, exchange_code};
 use crate::proxy::{Body, Proxy};
 use crate::state::Snapshot;
 use bytes::Bytes;
-use http::{HeaderValue, Response, StatusCode};
+use http::{HeaderValue, Method, Response, StatusCode};
 use http_body_util::{Either, Full};
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -76,7 +85,7 @@ pub async fn login(req: http::request::Parts, snap: &Snapshot, proxy: &Proxy) ->
     let (Some(user), Some(exp), Some(nonce), Some(sig)) =
         (q.get("user"), q.get("exp"), q.get("nonce"), q.get("sig"))
     else {
-        tracing::warn!("login: incomplete link");
+        tracing::debug!("login: incomplete link");
         return page(
             StatusCode::BAD_REQUEST,
             "Incomplete login link",
@@ -96,7 +105,7 @@ pub async fn login(req: http::request::Parts, snap: &Snapshot, proxy: &Proxy) ->
     };
     let exp_s: u64 = exp.parse().unwrap_or(0);
     if !login_link::verify(&key, user, exp_s, nonce, sig) {
-        tracing::warn!(user = %user, "login: link with a bad signature");
+        tracing::debug!(user = user.as_str(), "login: link with a bad signature");
         return page(
             StatusCode::FORBIDDEN,
             "Invalid login link",
@@ -104,7 +113,7 @@ pub async fn login(req: http::request::Parts, snap: &Snapshot, proxy: &Proxy) ->
         );
     }
     if exp_s <= now_ms() / 1000 {
-        tracing::warn!(user = %user, "login: expired link");
+        tracing::debug!(user = user.as_str(), "login: expired link");
         return page(
             StatusCode::GONE,
             "Login link expired",
@@ -114,10 +123,18 @@ pub async fn login(req: http::request::Parts, snap: &Snapshot, proxy: &Proxy) ->
             ),
         );
     }
+    if req.method == Method::HEAD {
+        // A probe: answered without using the link up or starting a login.
+        return page(
+            StatusCode::OK,
+            "Login link",
+            "Open this link in a browser to log in.",
+        );
+    }
     match store.use_link(nonce, exp_s) {
         Ok(true) => {}
         Ok(false) => {
-            tracing::warn!(user = %user, "login: link used again");
+            tracing::debug!(user = user.as_str(), "login: link used again");
             return page(
                 StatusCode::GONE,
                 "Login link already used",
@@ -156,7 +173,10 @@ pub async fn login(req: http::request::Parts, snap: &Snapshot, proxy: &Proxy) ->
     let cookie = format!(
         "{COOKIE}={state}; Path=/_proxy/oauth/; Max-Age=600; HttpOnly; SameSite=Lax{secure}"
     );
-    tracing::info!(user = %user, "login: sending the browser to the platform");
+    tracing::info!(
+        user = user.as_str(),
+        "login: sending the browser to the platform"
+    );
     let mut resp = page(StatusCode::FOUND, "Redirecting", "Continuing to AtomGit…");
     if let (Ok(location), Ok(cookie)) = (
         HeaderValue::try_from(target.as_str()),
@@ -176,6 +196,14 @@ pub async fn callback(req: http::request::Parts, snap: &Snapshot, proxy: &Proxy)
             "This proxy has no user routes.",
         );
     };
+    if req.method == Method::HEAD {
+        // Taking the pending login and spending the code is for the browser.
+        return page(
+            StatusCode::OK,
+            "Login callback",
+            "Nothing was done: open this page with GET.",
+        );
+    }
     let q = query(&req);
     let cookie_state = req
         .headers
@@ -187,7 +215,10 @@ pub async fn callback(req: http::request::Parts, snap: &Snapshot, proxy: &Proxy)
         .find(|(name, _)| *name == COOKIE)
         .map(|(_, value)| value.to_owned());
     if let Some(error) = q.get("error") {
-        tracing::warn!(error = %error, "login: the platform reported an error");
+        tracing::debug!(
+            error = error.as_str(),
+            "login: the callback reports an error from the platform"
+        );
         return page(
             StatusCode::BAD_REQUEST,
             "Login not completed",
@@ -198,7 +229,7 @@ pub async fn callback(req: http::request::Parts, snap: &Snapshot, proxy: &Proxy)
         );
     }
     let (Some(state), Some(code)) = (q.get("state"), q.get("code")) else {
-        tracing::warn!("login: callback without state or code");
+        tracing::debug!("login: callback without state or code");
         return page(
             StatusCode::BAD_REQUEST,
             "Login not completed",
@@ -206,7 +237,7 @@ pub async fn callback(req: http::request::Parts, snap: &Snapshot, proxy: &Proxy)
         );
     };
     if cookie_state.as_deref() != Some(state.as_str()) {
-        tracing::warn!("login: callback state does not match the browser's cookie");
+        tracing::debug!("login: callback state does not match the browser's cookie");
         return page(
             StatusCode::BAD_REQUEST,
             "Login not completed",
@@ -214,7 +245,7 @@ pub async fn callback(req: http::request::Parts, snap: &Snapshot, proxy: &Proxy)
         );
     }
     let Some(user) = proxy.shared().logins.take(state) else {
-        tracing::warn!("login: unknown, used or expired state");
+        tracing::debug!("login: unknown, used or expired state");
         return page(
             StatusCode::BAD_REQUEST,
             "Login not completed",
@@ -224,7 +255,12 @@ pub async fn callback(req: http::request::Parts, snap: &Snapshot, proxy: &Proxy)
     let grant = match exchange_code(&snap.upstream, &snap.config.app, oauth, code).await {
         Ok(g) => g,
         Err(OAuthError::Refused { status, detail }) => {
-            tracing::warn!(user = %user, status, "login: the platform refused the code: {detail}");
+            tracing::warn!(
+                user = user.as_str(),
+                status,
+                detail = detail.as_str(),
+                "login: the platform refused the code"
+            );
             return page(
                 StatusCode::BAD_REQUEST,
                 "Login not completed",
@@ -232,7 +268,11 @@ pub async fn callback(req: http::request::Parts, snap: &Snapshot, proxy: &Proxy)
             );
         }
         Err(OAuthError::Failed(msg)) => {
-            tracing::warn!(user = %user, "login: code exchange failed: {msg}");
+            tracing::warn!(
+                user = user.as_str(),
+                error = msg.as_str(),
+                "login: code exchange failed"
+            );
             return page(
                 StatusCode::BAD_GATEWAY,
                 "Login not completed",
@@ -247,10 +287,13 @@ pub async fn callback(req: http::request::Parts, snap: &Snapshot, proxy: &Proxy)
         esc(&user)
     );
     if let Err(e) = durable {
-        tracing::error!(user = %user, "login: {e}; the grant is kept in memory only");
+        tracing::error!(
+            user = user.as_str(),
+            "login: {e}; the grant is kept in memory only"
+        );
         body.push_str("<p class=warn>The proxy could not save the grant to disk; it will be lost on restart. See the proxy's log.</p>");
     }
-    tracing::info!(user = %user, "login: grant stored");
+    tracing::info!(user = user.as_str(), "login: grant stored");
     let mut resp = page(StatusCode::OK, &format!("Logged in as {user}"), &body);
     let clear = format!("{COOKIE}=; Path=/_proxy/oauth/; Max-Age=0; HttpOnly; SameSite=Lax");
     if let Ok(v) = HeaderValue::try_from(clear) {

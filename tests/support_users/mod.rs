@@ -114,20 +114,7 @@ pub struct UserEnv {
 
 impl UserEnv {
     pub async fn start(oauth: FakeOAuth) -> UserEnv {
-        let fake_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind the fake on 127.0.0.1:0");
-        let fake = FakeAtomGit::start(
-            fake_listener,
-            FakeOptions {
-                app_id: APP_ID,
-                app_public_key_pem: app_key().1.clone(),
-                oauth,
-                ..FakeOptions::default()
-            },
-        )
-        .await
-        .expect("start the fake AtomGit");
+        let fake = start_fake(oauth).await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind the proxy on 127.0.0.1:0");
@@ -282,12 +269,40 @@ impl UserEnv {
         self.client = client();
     }
 
+    /// Rewrites the config file with `fake` as upstream and authorize page
+    /// (everything else the same) and reloads it.
+    pub fn reload_with_upstream(&self, fake: &FakeAtomGit) {
+        std::fs::write(&self.config_path, config_yaml(self.addr, fake))
+            .expect("rewrite the config");
+        let running = self.running.as_ref().expect("the proxy runs");
+        atomgit_proxy::reload::reload(running.shared())
+            .unwrap_or_else(|e| panic!("the reload failed: {e}"));
+    }
+
     pub async fn shutdown(mut self) {
         if let Some(running) = self.running.take() {
             running.shutdown().await;
         }
         self.fake.shutdown();
     }
+}
+
+/// A fake AtomGit on `127.0.0.1:0` that trusts [`app_key`] and knows alice.
+pub async fn start_fake(oauth: FakeOAuth) -> FakeAtomGit {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the fake on 127.0.0.1:0");
+    FakeAtomGit::start(
+        listener,
+        FakeOptions {
+            app_id: APP_ID,
+            app_public_key_pem: app_key().1.clone(),
+            oauth,
+            ..FakeOptions::default()
+        },
+    )
+    .await
+    .expect("start the fake AtomGit")
 }
 
 /// The config: the proxy on `addr`, the fake as upstream and authorize page,

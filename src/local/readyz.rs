@@ -1,0 +1,202 @@
+//! `GET /_proxy/readyz`: whether this replica should get traffic.
+//!
+//! Plain readyz answers 200 while the config is loaded and the listeners
+//! serve, whatever one credential's state: a user without a grant, or the
+//! platform being down, is the same on every replica, and taking them all
+//! out of service would turn one route's trouble into a full outage. The
+//! body still lists each credential's state. `?strict=1` is the old meaning
+//! for deploy gates: 503 unless every credential can produce a token.
+//!
+//! The credential checks go through the token caches, so a cached token
+//! answers at once and a failure backs off instead of being retried per
+//! probe. Each check runs in its own task and the probe waits at most
+//! [`CHECK_WAIT`]: a hanging platform cannot hang the probe, and a check that
+//! outlives it finishes anyway, for the next probe to read.
+//!
+//! With `clients:` set, who asks matters: the detail (route, account and user
+//! names, errors, the last reload error) is shown only to a caller presenting
+//! a valid key. Others get `{"ready": ...}` with the same status (never 401,
+//! so a probe without a key keeps working).
+
+use crate::error::ProxyError;
+use crate::proxy::{Body, Proxy};
+use crate::routes::{InstallationSelector, RouteCredential};
+use crate::state::Snapshot;
+use http::{Response, StatusCode};
+use serde::Serialize;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long a probe waits for credential checks before answering with what
+/// it knows (probes commonly time out after 1 to 5 s).
+pub const CHECK_WAIT: Duration = Duration::from_secs(2);
+
+#[derive(Serialize)]
+struct Readiness {
+    /// Plain: config loaded and serving. Strict: every credential ready.
+    ready: bool,
+    /// Shown only to callers allowed to see the deployment's detail.
+    #[serde(flatten)]
+    detail: Option<Detail>,
+}
+
+#[derive(Serialize)]
+struct Detail {
+    /// Every credential can produce a token (what strict `ready` means).
+    credentials_ready: bool,
+    config: ConfigReadiness,
+    credentials: Vec<CredentialReadiness>,
+}
+
+#[derive(Serialize)]
+struct ConfigReadiness {
+    loaded: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_reload_error: Option<String>,
+}
+
+#[derive(Serialize)]
+pub struct CredentialReadiness {
+    pub credential: String,
+    pub routes: Vec<String>,
+    pub ready: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The check did not finish within the wait; it goes on in the
+    /// background and a later probe reads its outcome.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub pending: bool,
+}
+
+/// Checks every distinct credential the routes use, waiting at most `wait`.
+/// Cached tokens answer at once; a missing one is minted, which is what
+/// readiness should prove.
+pub async fn check_credentials(
+    proxy: &Proxy,
+    snap: &Arc<Snapshot>,
+    wait: Duration,
+) -> Vec<CredentialReadiness> {
+    let mut seen: Vec<(RouteCredential, Vec<String>)> = Vec::new();
+    for route in snap.config.routes.iter() {
+        match seen.iter_mut().find(|(c, _)| *c == route.credential) {
+            Some((_, routes)) => routes.push(route.name.to_string()),
+            None => seen.push((route.credential.clone(), vec![route.name.to_string()])),
+        }
+    }
+    let deadline = tokio::time::Instant::now() + wait;
+    let checks = seen.into_iter().map(|(credential, routes)| {
+        // Its own task, so a check cut off by the deadline still records its
+        // outcome (a listing, unlike a mint, runs in the caller's task).
+        let task = tokio::spawn(check(proxy.clone(), snap.clone(), credential.clone()));
+        async move {
+            let (ready, error, reason, pending) =
+                match tokio::time::timeout_at(deadline, task).await {
+                    Ok(Ok(Ok(()))) => (true, None, None, false),
+                    Ok(Ok(Err(e))) => {
+                        let reason = e.to_string();
+                        let (_, code) = ProxyError::Credential(e).status_and_code();
+                        (false, Some(code), Some(reason), false)
+                    }
+                    Ok(Err(join)) => (
+                        false,
+                        Some("internal_error"),
+                        Some(format!("the check failed: {join}")),
+                        false,
+                    ),
+                    Err(_) => (
+                        false,
+                        None,
+                        Some(format!(
+                            "still being checked after {}s; a later probe shows the outcome",
+                            wait.as_secs()
+                        )),
+                        true,
+                    ),
+                };
+            CredentialReadiness {
+                credential: credential.to_string(),
+                routes,
+                ready,
+                error,
+                reason,
+                pending,
+            }
+        }
+    });
+    futures_util::future::join_all(checks).await
+}
+
+async fn check(
+    proxy: Proxy,
+    snap: Arc<Snapshot>,
+    credential: RouteCredential,
+) -> Result<(), crate::credentials::CredentialError> {
+    let creds = &proxy.shared().credentials;
+    let ctx = snap.context();
+    match &credential {
+        RouteCredential::Installation(InstallationSelector::Auto) => {
+            creds.check_listing(&ctx).await
+        }
+        other => creds.token(&ctx, other, "/").await.map(|_| ()),
+    }
+}
+
+pub async fn readyz(
+    proxy: &Proxy,
+    snap: &Arc<Snapshot>,
+    req: &http::request::Parts,
+) -> Response<Body> {
+    let strict = url::form_urlencoded::parse(req.uri.query().unwrap_or_default().as_bytes())
+        .any(|(k, v)| k == "strict" && matches!(&*v, "" | "1" | "true"));
+    let clients = &snap.config.clients;
+    // Without `clients:` anyone who reaches the proxy may use it, so nothing
+    // here is more than they can learn anyway.
+    let detail_allowed =
+        clients.is_empty() || crate::proxy::clients::identify(&req.headers, clients).is_ok();
+    if !strict && !detail_allowed {
+        // Nothing to show and nothing that changes the answer: no check.
+        return json(
+            StatusCode::OK,
+            &Readiness {
+                ready: true,
+                detail: None,
+            },
+        );
+    }
+    let credentials = check_credentials(proxy, snap, CHECK_WAIT).await;
+    let credentials_ready = credentials.iter().all(|c| c.ready);
+    // A failed reload leaves the previous config serving, so it is reported
+    // but does not take the replica out of rotation.
+    let last_reload_error = proxy
+        .shared()
+        .reload
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .last_error
+        .clone();
+    let ready = !strict || credentials_ready;
+    let body = Readiness {
+        ready,
+        detail: detail_allowed.then_some(Detail {
+            credentials_ready,
+            config: ConfigReadiness {
+                loaded: true,
+                last_reload_error,
+            },
+            credentials,
+        }),
+    };
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    json(status, &body)
+}
+
+fn json(status: StatusCode, body: &Readiness) -> Response<Body> {
+    let json = serde_json::to_string_pretty(body).unwrap_or_default();
+    super::text(status, "application/json", json)
+}
