@@ -154,7 +154,7 @@ the proxy listens on {p} and injects installation tokens. Try:
   curl -s {p}/repos/hanshuorg2/demo                # route `repos`: installation picked from the path
   curl -s {p}/as/hanshu/orgs/hanshuorg2/repos      # route `hanshu`: installation id 18, prefix stripped
   curl -s {p}/orgs/nobody/repos                    # 404 installation_not_found
-  curl -s {p}/_proxy/readyz                        # every credential ready?
+  curl -s {p}/_proxy/readyz                        # ready? with each credential's state
   curl -s {p}/_proxy/metrics
 
 User routes act as a person. `alice` has no grant yet:

@@ -272,7 +272,17 @@ fn read_file(path: &Path) -> Result<Option<StoreFile>, StoreError> {
         path: path.to_path_buf(),
         detail,
     };
-    let file: StoreFile = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+    // serde_json's message can quote a value it choked on, and this file
+    // holds refresh tokens: say where and what kind of fault, never the text.
+    let file: StoreFile = serde_json::from_slice(&bytes).map_err(|e| {
+        let kind = match e.classify() {
+            serde_json::error::Category::Io => "unreadable",
+            serde_json::error::Category::Syntax => "not valid JSON",
+            serde_json::error::Category::Data => "JSON of the wrong shape",
+            serde_json::error::Category::Eof => "cut short",
+        };
+        corrupt(format!("{kind} at line {} column {}", e.line(), e.column()))
+    })?;
     if file.version != FORMAT_VERSION {
         return Err(corrupt(format!(
             "format version {} (this build reads version {FORMAT_VERSION})",
@@ -380,6 +390,19 @@ mod tests {
         assert_eq!(std::fs::read(&path).unwrap(), b"{ not json");
         std::fs::write(&path, br#"{"version": 9, "grants": {}}"#).unwrap();
         assert!(GrantStore::open(&path).is_err());
+        // A value of the wrong type is named by place, never quoted: it may
+        // be a refresh token.
+        std::fs::write(
+            &path,
+            br#"{"version": 1, "grants": {"alice": {"access_expires_at_ms": "secret_refresh_value"}}}"#,
+        )
+        .unwrap();
+        let err = GrantStore::open(&path).err().unwrap().to_string();
+        assert!(err.contains("line 1"), "{err}");
+        assert!(
+            !err.contains("secret_refresh_value") && !err.contains("alice"),
+            "{err}"
+        );
     }
 
     /// Makes `dir` read-only for this process, even as root (where mode bits

@@ -38,6 +38,13 @@ pub(super) fn routes(
         } else if m.path_prefix.contains(['?', '#']) {
             problems.add(at("match.path_prefix"), "must be a path, without ? or #");
             None
+        } else if crate::routes::path::check(&m.path_prefix).is_err() {
+            // Such a prefix could never match a request the proxy accepts.
+            problems.add(
+                at("match.path_prefix"),
+                "must be a plain path: no `.` or `..` segment, in any encoding, and no NUL",
+            );
+            None
         } else {
             let trimmed = m.path_prefix.trim_end_matches('/');
             Some(if trimmed.is_empty() {
