@@ -8,7 +8,6 @@ use super::{Body, ConnInfo};
 use crate::credentials::Token;
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
-use crate::routes::Route;
 use crate::state::Snapshot;
 use crate::upstream::error_chain;
 use http::header::{AUTHORIZATION, HOST};
@@ -17,63 +16,63 @@ use http_body_util::Either;
 use hyper::body::Incoming;
 
 /// Where the caller reached the proxy, for rewriting links back to it. Only
-/// turned into a URL when a response carries a link to rewrite.
+/// turned into a URL when a response carries a link to rewrite; until then it
+/// holds reference-counted copies of what the request carried, no new string.
 pub struct CallerOrigin<'a> {
-    /// `host[:port]` as the caller sent it, validated as a URI authority.
-    host: Option<String>,
+    /// `host[:port]` as the caller addressed it, validated as a URI authority.
+    host: Option<http::uri::Authority>,
     local: Option<std::net::SocketAddr>,
     /// The stripped route prefix, put back so rewritten links take the same route.
     prefix: &'a str,
 }
 
 impl<'a> CallerOrigin<'a> {
-    pub fn new(host: Option<String>, conn: &ConnInfo, prefix: &'a str) -> Self {
+    pub fn new<B>(req: &Request<B>, conn: &ConnInfo, prefix: &'a str) -> Self {
         CallerOrigin {
-            host,
+            host: inbound_authority(req),
             local: conn.local,
             prefix,
         }
     }
 
     fn base(&self) -> String {
-        let host = match (&self.host, self.local) {
-            (Some(h), _) => h.clone(),
-            (None, Some(addr)) => addr.to_string(),
-            (None, None) => "localhost".to_owned(),
-        };
-        format!("http://{host}{}", self.prefix)
+        match (&self.host, self.local) {
+            (Some(h), _) => format!("http://{h}{}", self.prefix),
+            (None, Some(addr)) => format!("http://{addr}{}", self.prefix),
+            (None, None) => format!("http://localhost{}", self.prefix),
+        }
     }
 }
 
 /// The authority the caller addressed: the request target's (HTTP/2, or an
 /// absolute-form HTTP/1 target), else the `Host` header. Only a value that
 /// parses as an authority is kept, so it can be echoed into a URL safely.
-pub fn inbound_host(req: &Request<Incoming>) -> Option<String> {
+fn inbound_authority<B>(req: &Request<B>) -> Option<http::uri::Authority> {
     if let Some(a) = req.uri().authority() {
-        return Some(a.as_str().to_owned());
+        return Some(a.clone());
     }
-    let host = req.headers().get(HOST)?.to_str().ok()?;
-    host.parse::<http::uri::Authority>()
-        .ok()
-        .map(|a| a.as_str().to_owned())
+    let host = req.headers().get(HOST)?;
+    http::uri::Authority::try_from(host.as_bytes()).ok()
+}
+
+/// The host the caller addressed, borrowed from the request, for matching
+/// routes on `match.host`.
+pub fn inbound_host<B>(req: &Request<B>) -> Option<&str> {
+    match req.uri().authority() {
+        Some(a) => Some(a.as_str()),
+        None => req.headers().get(HOST)?.to_str().ok(),
+    }
 }
 
 pub async fn send(
     req: Request<Incoming>,
+    uri: http::Uri,
     snap: &Snapshot,
-    route: &Route,
     token: &Token,
     origin: CallerOrigin<'_>,
     metrics: &Metrics,
 ) -> Result<Response<Body>, ProxyError> {
     let (mut parts, body) = req.into_parts();
-    let forward_path = route.forward_path(parts.uri.path());
-    let uri = match parts.uri.query() {
-        // The query goes on byte for byte.
-        Some(q) => snap.upstream.uri(&format!("{forward_path}?{q}")),
-        None => snap.upstream.uri(forward_path),
-    }
-    .map_err(|e| ProxyError::BadRequest(format!("cannot build the upstream URI: {e}")))?;
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(AUTHORIZATION);
     parts.headers.insert(AUTHORIZATION, token.header().clone());
