@@ -138,6 +138,11 @@ impl std::fmt::Display for Escaped<'_> {
     }
 }
 
+/// The code of an error the proxy answered itself, carried in the response's
+/// extensions so metrics read it typed instead of parsing the header back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ErrorCode(pub &'static str);
+
 /// A JSON error response in the contract's shape.
 pub fn json_error(status: StatusCode, code: &'static str, message: &str) -> Response<Body> {
     let body = serde_json::json!({ "error": code, "message": message }).to_string();
@@ -153,6 +158,7 @@ pub fn json_error(status: StatusCode, code: &'static str, message: &str) -> Resp
         http::header::CACHE_CONTROL,
         HeaderValue::from_static("no-store"),
     );
+    resp.extensions_mut().insert(ErrorCode(code));
     resp
 }
 

@@ -11,6 +11,13 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// mimalloc instead of glibc's malloc: the forwarding path allocates small,
+/// short-lived buffers on two threads at once, which glibc serves from
+/// contended arenas; the side-by-side benchmark (perf/run.sh) measured the
+/// difference, see the README's Performance section.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "atomgit-proxy",

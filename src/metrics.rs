@@ -1,20 +1,41 @@
 //! Prometheus metrics, served at `/_proxy/metrics`.
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+/// Labels of one request. Built on every request, so nothing here
+/// allocates: the route name is the route's own `Arc<str>` and the error
+/// code a `&'static str` from the typed error.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     /// Route name, or `-` when none matched. Bounded by the config.
-    pub route: String,
+    pub route: RouteLabel,
     /// Status code.
     pub status: u16,
     /// The proxy's own error code, or empty when the upstream answered.
-    pub error: String,
+    pub error: &'static str,
+}
+
+/// A route name as a label value: a reference-counted `str`, so a label set
+/// is made without copying the name.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct RouteLabel(pub std::sync::Arc<str>);
+
+impl EncodeLabelValue for RouteLabel {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write;
+        encoder.write_str(&self.0)
+    }
+}
+
+/// The label of requests no route took.
+pub fn no_route_label() -> RouteLabel {
+    static NONE: std::sync::OnceLock<std::sync::Arc<str>> = std::sync::OnceLock::new();
+    RouteLabel(NONE.get_or_init(|| "-".into()).clone())
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -93,5 +114,71 @@ impl Metrics {
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+/// One request's bookkeeping: the in-flight gauge, the request counter and
+/// the debug access log. Done on `Drop`, because a caller that hangs up
+/// drops the request's future at whatever `.await` it was in, and the gauge
+/// must still come down and the request still be counted (as 499, nginx's
+/// "client closed request").
+pub struct Observed<'a> {
+    metrics: &'a Metrics,
+    started: tokio::time::Instant,
+    /// Method and path for the access log, kept only when it will be
+    /// written: the path only, as a query may carry secrets.
+    access: Option<(http::Method, String)>,
+    /// The route taken, once one is.
+    pub route: Option<std::sync::Arc<str>>,
+    /// Status and proxy error code, once the response is made.
+    outcome: Option<(u16, &'static str)>,
+}
+
+impl<'a> Observed<'a> {
+    pub fn start(metrics: &'a Metrics, method: &http::Method, path: &str) -> Self {
+        metrics.in_flight.inc();
+        Observed {
+            metrics,
+            started: tokio::time::Instant::now(),
+            access: tracing::enabled!(tracing::Level::DEBUG)
+                .then(|| (method.clone(), path.to_owned())),
+            route: None,
+            outcome: None,
+        }
+    }
+
+    /// Records the response about to be sent.
+    pub fn finish<B>(&mut self, resp: &http::Response<B>) {
+        let error = resp
+            .extensions()
+            .get::<crate::error::ErrorCode>()
+            .map_or("", |c| c.0);
+        self.outcome = Some((resp.status().as_u16(), error));
+    }
+}
+
+impl Drop for Observed<'_> {
+    fn drop(&mut self) {
+        self.metrics.in_flight.dec();
+        let (status, error) = self.outcome.unwrap_or((499, ""));
+        let route = self.route.clone().map_or_else(no_route_label, RouteLabel);
+        self.metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                route,
+                status,
+                error,
+            })
+            .inc();
+        if let Some((method, path)) = &self.access {
+            tracing::debug!(
+                %method,
+                path = ?path,
+                route = self.route.as_deref().unwrap_or("-"),
+                status,
+                elapsed_ms = self.started.elapsed().as_millis() as u64,
+                "request"
+            );
+        }
     }
 }

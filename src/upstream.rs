@@ -96,6 +96,36 @@ impl Upstream {
         })
     }
 
+    /// The upstream URI of a forwarded request whose path, after any prefix
+    /// stripping, is `forward_path`. The query goes on byte for byte. In the
+    /// common case (nothing stripped, no base path) the caller's path and
+    /// query are reused as they are: a reference-count bump, no copy.
+    pub fn forward_uri(
+        &self,
+        inbound: &http::Uri,
+        forward_path: &str,
+    ) -> Result<http::Uri, http::Error> {
+        let unchanged = self.config.base_path.is_empty() && forward_path == inbound.path();
+        let pq = match (unchanged, inbound.path_and_query(), inbound.query()) {
+            (true, Some(pq), _) => pq.clone(),
+            (_, _, Some(q)) => http::uri::PathAndQuery::try_from(format!(
+                "{}{forward_path}?{q}",
+                self.config.base_path
+            ))?,
+            (_, _, None) => http::uri::PathAndQuery::try_from(format!(
+                "{}{forward_path}",
+                self.config.base_path
+            ))?,
+        };
+        Ok(http::Uri::from_parts({
+            let mut parts = http::uri::Parts::default();
+            parts.scheme = Some(self.config.scheme.clone());
+            parts.authority = Some(self.config.authority.clone());
+            parts.path_and_query = Some(pq);
+            parts
+        })?)
+    }
+
     /// An absolute URI on the upstream for `path_and_query` (which starts with `/`).
     pub fn uri(&self, path_and_query: &str) -> Result<http::Uri, http::Error> {
         let pq = if self.config.base_path.is_empty() {

@@ -109,6 +109,19 @@ impl<K: Eq + Hash + Clone> TokenCache<K> {
         self.slots.entry(key.clone()).or_default().clone()
     }
 
+    /// The hit path: a token that is usable and not yet due for a refresh,
+    /// with no allocation and no write lock. `None` sends the caller to
+    /// [`TokenCache::get`], which refreshes, mints or reports a failure.
+    pub fn fresh(&self, key: &K) -> Option<Token> {
+        let slot = self.slots.get(key)?;
+        let st = slot.state();
+        let now = Instant::now();
+        st.token
+            .as_ref()
+            .filter(|t| t.is_usable(now) && now < t.refresh_at)
+            .cloned()
+    }
+
     /// A usable token for `key`, minting with `mint` when there is none.
     pub async fn get<F, Fut>(&self, key: &K, mint: F) -> Result<Token, CredentialError>
     where
@@ -178,14 +191,24 @@ fn spawn_refresh<Fut>(slot: Arc<Slot>, fut: Fut)
 where
     Fut: Future<Output = Result<Token, CredentialError>> + Send + 'static,
 {
+    /// Clears `refreshing` however the refresh task ends, so a panic (or
+    /// the runtime cancelling the task at shutdown) cannot leave the slot
+    /// believing a refresh is under way forever.
+    struct Refreshing(Arc<Slot>);
+    impl Drop for Refreshing {
+        fn drop(&mut self) {
+            self.0.state().refreshing = false;
+        }
+    }
     tokio::spawn(async move {
+        let refreshing = Refreshing(slot);
+        let slot = &refreshing.0;
         let _guard = slot.mint.clone().lock_owned().await;
         let result = fut.await;
         if let Err(e) = &result {
             tracing::warn!(error = %e, "token refresh failed; the current token stays in use until it expires");
         }
         slot.record(&result);
-        slot.state().refreshing = false;
     });
 }
 

@@ -69,10 +69,12 @@ impl Directory {
     }
 
     /// The installation id of `account` (lowercase).
+    /// `list` is called only when the platform must be asked, so a hit
+    /// builds nothing.
     pub async fn lookup(
         self: &Arc<Self>,
         account: &str,
-        list: Lister,
+        list: impl FnOnce() -> Lister,
     ) -> Result<u64, CredentialError> {
         let now = Instant::now();
         {
@@ -83,7 +85,7 @@ impl Directory {
                     .is_none_or(|t| now.duration_since(t) >= MAX_AGE);
                 if stale && !st.background {
                     st.background = true;
-                    let dir = self.clone();
+                    let (dir, list) = (self.clone(), list());
                     tokio::spawn(async move {
                         dir.refresh_now(&list).await.ok();
                         dir.state().background = false;
@@ -108,7 +110,7 @@ impl Directory {
                     .unwrap_or_else(|| CredentialError::InstallationNotFound(account.to_owned())));
             }
         }
-        self.fill(&list).await?;
+        self.fill(&list()).await?;
         self.state()
             .accounts
             .get(account)

@@ -120,6 +120,13 @@ impl Credentials {
         ctx: &Context<'_>,
         user: &Arc<str>,
     ) -> Result<Token, CredentialError> {
+        let key = CacheKey::User {
+            user: user.clone(),
+            platform: ctx.grant_binding.clone(),
+        };
+        if let Some(token) = self.tokens.fresh(&key) {
+            return Ok(token);
+        }
         let (Some(store), Some(oauth)) = (ctx.store, ctx.oauth) else {
             // Validation requires both for user routes.
             return Err(CredentialError::Internal(
@@ -134,10 +141,6 @@ impl Credentials {
             user: user.clone(),
             binding: ctx.grant_binding.clone(),
             margin: ctx.refresh_margin,
-        };
-        let key = CacheKey::User {
-            user: user.clone(),
-            platform: ctx.grant_binding.clone(),
         };
         self.tokens.get(&key, move || source.token()).await
     }
@@ -156,15 +159,17 @@ impl Credentials {
         selector: &InstallationSelector,
         forward_path: &str,
     ) -> Result<u64, CredentialError> {
+        let owner;
         let account = match selector {
             InstallationSelector::Id(id) => return Ok(*id),
-            InstallationSelector::Account(account) => account.clone(),
+            InstallationSelector::Account(account) => account.as_str(),
             InstallationSelector::Auto => {
-                owner_from_path(forward_path).ok_or(CredentialError::NoOwnerInPath)?
+                owner = owner_from_path(forward_path).ok_or(CredentialError::NoOwnerInPath)?;
+                &*owner
             }
         };
         let dir = self.directory(ctx);
-        dir.lookup(&account, self.lister(ctx)).await
+        dir.lookup(account, || self.lister(ctx)).await
     }
 
     /// Whether the app can list its installations (readiness of `auto` routes).
@@ -173,6 +178,10 @@ impl Credentials {
     }
 
     fn directory(&self, ctx: &Context<'_>) -> Arc<Directory> {
+        // A read lock on the hit path; the write lock only the first time.
+        if let Some(dir) = self.directories.get(&ctx.app.fingerprint) {
+            return dir.clone();
+        }
         self.directories
             .entry(ctx.app.fingerprint)
             .or_default()
@@ -202,6 +211,9 @@ impl Credentials {
             app: ctx.app.fingerprint,
             id,
         };
+        if let Some(token) = self.tokens.fresh(&key) {
+            return Ok(token);
+        }
         let (jwts, app, upstream, margin) = (
             self.jwt(ctx.app),
             ctx.app.clone(),
@@ -219,6 +231,9 @@ impl Credentials {
     }
 
     fn jwt(&self, app: &AppConfig) -> Arc<AppJwt> {
+        if let Some(jwt) = self.jwts.get(&app.fingerprint) {
+            return jwt.clone();
+        }
         self.jwts.entry(app.fingerprint).or_default().clone()
     }
 

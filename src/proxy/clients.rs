@@ -9,6 +9,7 @@ use crate::error::ProxyError;
 use base64::Engine;
 use http::HeaderMap;
 use sha2::{Digest, Sha256};
+use std::borrow::Cow;
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
@@ -37,12 +38,13 @@ pub fn identify(
     found.map(Some).ok_or(ProxyError::UnauthorizedClient)
 }
 
-/// The key in an `Authorization` value, in any of the accepted forms.
-fn presented_key(value: &str) -> Option<String> {
+/// The key in an `Authorization` value, in any of the accepted forms:
+/// borrowed from the header, except a Basic password, which must be decoded.
+fn presented_key(value: &str) -> Option<Cow<'_, str>> {
     let (scheme, rest) = value.trim().split_once(' ')?;
     let rest = rest.trim();
     if scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("token") {
-        return (!rest.is_empty()).then(|| rest.to_owned());
+        return (!rest.is_empty()).then_some(Cow::Borrowed(rest));
     }
     if scheme.eq_ignore_ascii_case("basic") {
         let decoded = base64::engine::general_purpose::STANDARD
@@ -50,7 +52,7 @@ fn presented_key(value: &str) -> Option<String> {
             .ok()?;
         let text = String::from_utf8(decoded).ok()?;
         let (_, password) = text.split_once(':')?;
-        return (!password.is_empty()).then(|| password.to_owned());
+        return (!password.is_empty()).then(|| Cow::Owned(password.to_owned()));
     }
     None
 }

@@ -9,26 +9,27 @@ use crate::caller_body::CallerBody;
 use crate::credentials::Token;
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
-use crate::routes::Route;
 use crate::state::Snapshot;
 use crate::upstream::error_chain;
 use http::header::{AUTHORIZATION, HOST};
+use http::uri::Authority;
 use http::{Request, Response, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
 
 /// Where the caller reached the proxy, for rewriting links back to it. Only
-/// turned into a URL when a response carries a link to rewrite.
+/// turned into a URL when a response carries a link to rewrite; until then it
+/// holds reference-counted copies of what the request carried, no new string.
 pub struct CallerOrigin<'a> {
-    /// `host[:port]` as the caller sent it, validated as a URI authority.
-    host: Option<String>,
+    /// `host[:port]` as the caller addressed it, validated as a URI authority.
+    host: Option<Authority>,
     local: Option<std::net::SocketAddr>,
     /// The stripped route prefix, put back so rewritten links take the same route.
     prefix: &'a str,
 }
 
 impl<'a> CallerOrigin<'a> {
-    pub fn new(host: Option<String>, conn: &ConnInfo, prefix: &'a str) -> Self {
+    pub fn new(host: Option<Authority>, conn: &ConnInfo, prefix: &'a str) -> Self {
         CallerOrigin {
             host,
             local: conn.local,
@@ -37,12 +38,11 @@ impl<'a> CallerOrigin<'a> {
     }
 
     fn base(&self) -> String {
-        let host = match (&self.host, self.local) {
-            (Some(h), _) => h.clone(),
-            (None, Some(addr)) => addr.to_string(),
-            (None, None) => "localhost".to_owned(),
-        };
-        format!("http://{host}{}", self.prefix)
+        match (&self.host, self.local) {
+            (Some(h), _) => format!("http://{h}{}", self.prefix),
+            (None, Some(addr)) => format!("http://{addr}{}", self.prefix),
+            (None, None) => format!("http://localhost{}", self.prefix),
+        }
     }
 }
 
@@ -51,7 +51,7 @@ impl<'a> CallerOrigin<'a> {
 /// either (HTTP/1.0). It is echoed into rewritten links and checked against
 /// the allowed hosts, so a `Host` that is not one plain authority (several
 /// headers, unparsable, or with `user@` userinfo) is refused, not ignored.
-pub fn inbound_host(req: &Request<Incoming>) -> Result<Option<String>, ProxyError> {
+pub fn inbound_host<B>(req: &Request<B>) -> Result<Option<Authority>, ProxyError> {
     let bad = |what: &str| ProxyError::BadRequest(format!("the Host {what}"));
     let authority = match req.uri().authority() {
         Some(a) => a.clone(),
@@ -70,25 +70,18 @@ pub fn inbound_host(req: &Request<Incoming>) -> Result<Option<String>, ProxyErro
     if authority.as_str().contains('@') {
         return Err(bad("has user information (`user@`); send only host[:port]"));
     }
-    Ok(Some(authority.as_str().to_owned()))
+    Ok(Some(authority))
 }
 
 pub async fn send(
     req: Request<Incoming>,
+    uri: http::Uri,
     snap: &Snapshot,
-    route: &Route,
     token: &Token,
     origin: CallerOrigin<'_>,
     metrics: &Metrics,
 ) -> Result<Response<Body>, ProxyError> {
     let (mut parts, body) = req.into_parts();
-    let forward_path = route.forward_path(parts.uri.path());
-    let uri = match parts.uri.query() {
-        // The query goes on byte for byte.
-        Some(q) => snap.upstream.uri(&format!("{forward_path}?{q}")),
-        None => snap.upstream.uri(forward_path),
-    }
-    .map_err(|e| ProxyError::BadRequest(format!("cannot build the upstream URI: {e}")))?;
     strip_hop_by_hop(&mut parts.headers);
     strip_caller_credentials(&mut parts.headers);
     parts.headers.insert(AUTHORIZATION, token.header().clone());

@@ -12,6 +12,7 @@ use crate::error::ProxyError;
 use crate::routes::Miss;
 use crate::state::{Shared, Snapshot};
 use bytes::Bytes;
+use http::uri::Authority;
 use http::{Request, Response};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
@@ -48,43 +49,16 @@ impl Proxy {
         // One snapshot for the whole request: a reload mid-request does not
         // change the route, credential or upstream it uses.
         let snapshot = self.shared.snapshot.load_full();
-        let metrics = &self.shared.metrics;
-        metrics.in_flight.inc();
-        let started = tokio::time::Instant::now();
-        // For the access log, kept only when it will be written: the path
-        // only, as a query may carry secrets.
-        let access = tracing::enabled!(tracing::Level::DEBUG)
-            .then(|| (req.method().clone(), req.uri().path().to_owned()));
-        let mut route: Option<Arc<str>> = None;
-        let resp = match self.try_handle(req, conn, &snapshot, &mut route).await {
+        let mut observed =
+            crate::metrics::Observed::start(&self.shared.metrics, req.method(), req.uri().path());
+        let resp = match self
+            .try_handle(req, conn, &snapshot, &mut observed.route)
+            .await
+        {
             Ok(resp) => resp,
-            Err(e) => e.into_response(route.as_deref()),
+            Err(e) => e.into_response(observed.route.as_deref()),
         };
-        metrics.in_flight.dec();
-        if let Some((method, path)) = access {
-            tracing::debug!(
-                %method,
-                path,
-                route = route.as_deref().unwrap_or("-"),
-                status = resp.status().as_u16(),
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                "request"
-            );
-        }
-        let error = resp
-            .headers()
-            .get(crate::error::ERROR_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
-        metrics
-            .requests
-            .get_or_create(&crate::metrics::RequestLabels {
-                route: route.as_deref().unwrap_or("-").to_owned(),
-                status: resp.status().as_u16(),
-                error,
-            })
-            .inc();
+        observed.finish(&resp);
         resp
     }
 
@@ -100,7 +74,8 @@ impl Proxy {
         // reach a credential, nor learn whether a client key is needed.
         let host = forward::inbound_host(&req)?;
         let policy = &snap.config.browser;
-        guard::check(req.method(), path, req.headers(), host.as_deref(), policy)?;
+        let host_str = host.as_ref().map(Authority::as_str);
+        guard::check(req.method(), path, req.headers(), host_str, policy)?;
         if path == "/_proxy" || path.starts_with("/_proxy/") {
             return crate::local::handle(self, req, snap).await;
         }
@@ -112,13 +87,7 @@ impl Proxy {
         let route = snap
             .config
             .routes
-            .select(
-                req.method(),
-                &overrides,
-                path,
-                host.as_deref(),
-                client.as_deref(),
-            )
+            .select(req.method(), &overrides, path, host_str, client.as_deref())
             .map_err(|miss| match miss {
                 Miss::NoRoute => ProxyError::NoRoute {
                     method: req.method().clone(),
@@ -136,7 +105,11 @@ impl Proxy {
             .credentials
             .token(&snap.context(), &route.credential, forward_path)
             .await?;
-        let origin = forward::CallerOrigin::new(host, conn, route.reverse_prefix());
-        forward::send(req, snap, route, &token, origin, &self.shared.metrics).await
+        let uri = snap
+            .upstream
+            .forward_uri(req.uri(), forward_path)
+            .map_err(|e| ProxyError::BadRequest(format!("cannot build the upstream URI: {e}")))?;
+        let origin = forward::CallerOrigin::new(host.clone(), conn, route.reverse_prefix());
+        forward::send(req, uri, snap, &token, origin, &self.shared.metrics).await
     }
 }
