@@ -76,7 +76,7 @@ pub async fn signals(shared: Arc<Shared>) {
             _ = int.recv() => { tracing::info!("SIGINT received"); return; }
             _ = hup.recv() => {
                 tracing::info!("SIGHUP received: reloading config");
-                let _ = crate::reload::reload(&shared);
+                let _ = crate::reload::reload_off_runtime(shared.clone()).await;
             }
         }
     }

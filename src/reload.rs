@@ -14,6 +14,11 @@
 //! is noticed and nothing else is; and attempts are spaced by a backoff that
 //! doubles up to a minute, so a folder that keeps changing cannot make a
 //! storm of failing reloads.
+//!
+//! A reload blocks: it reads files, probes the app key with an RSA
+//! signature, and may build a new TLS client. The watcher and SIGHUP run it
+//! on tokio's blocking pool ([`reload_off_runtime`]), never on a worker that
+//! is serving requests.
 
 use crate::config::Config;
 use crate::metrics::OutcomeLabels;
@@ -37,8 +42,17 @@ pub const DEBOUNCE_MAX: Duration = Duration::from_secs(2);
 pub const BACKOFF_MIN: Duration = Duration::from_secs(1);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(60);
 
+/// [`reload`] on tokio's blocking pool. It runs to its end even if the
+/// caller stops waiting, so a snapshot is swapped in whole or not at all.
+pub async fn reload_off_runtime(shared: Arc<Shared>) -> Result<(), String> {
+    tokio::task::spawn_blocking(move || reload(&shared))
+        .await
+        .unwrap_or_else(|e| Err(format!("the reload failed: {e}")))
+}
+
 /// Re-reads the config file and swaps in a new snapshot if, and only if, the
-/// whole of it is valid. On failure the old snapshot keeps serving.
+/// whole of it is valid. On failure the old snapshot keeps serving. Blocks
+/// (file reads, RSA, TLS): from async code, use [`reload_off_runtime`].
 pub fn reload(shared: &Shared) -> Result<(), String> {
     let current = shared.snapshot.load_full();
     let Some(path) = current.config.path.clone() else {
@@ -148,28 +162,48 @@ impl WatchState {
                 // What came meanwhile is covered by the comparison below.
                 while rx.try_recv().is_ok() {}
             }
-            let files = self.watched_files(&shared);
-            let now = digest(&files);
-            if now == self.digest {
-                continue;
-            }
-            tracing::info!("config files changed: reloading");
-            let ok = reload(&shared).is_ok();
-            // Hash what the outcome names: the new config's files, or the
-            // rejected one's. (A write landing between the reload's read and
-            // this hash is seen at the next change; the window is the load.)
-            let files = self.watched_files(&shared);
-            self.digest = digest(&files);
-            if let Err(e) = self.sync_folders(&files) {
-                tracing::warn!("cannot watch the config's folders: {e}");
-            }
-            if ok {
-                self.backoff = BACKOFF_MIN;
-                self.not_before = None;
-            } else {
-                self.not_before = Some(Instant::now() + self.backoff);
-                self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
-            }
+            // Hashing the files and reloading read files and sign: off the
+            // runtime, taking the watcher's state along and back.
+            let task_shared = shared.clone();
+            let checked = tokio::task::spawn_blocking(move || {
+                self.check(&task_shared);
+                self
+            })
+            .await;
+            self = match checked {
+                Ok(state) => state,
+                Err(e) => {
+                    tracing::error!("config watcher stopped: {e}");
+                    return;
+                }
+            };
+        }
+    }
+
+    /// Reloads if the watched files' content changed, then watches what the
+    /// outcome names and sets the backoff.
+    fn check(&mut self, shared: &Shared) {
+        let files = self.watched_files(shared);
+        let now = digest(&files);
+        if now == self.digest {
+            return;
+        }
+        tracing::info!("config files changed: reloading");
+        let ok = reload(shared).is_ok();
+        // Hash what the outcome names: the new config's files, or the
+        // rejected one's. (A write landing between the reload's read and
+        // this hash is seen at the next change; the window is the load.)
+        let files = self.watched_files(shared);
+        self.digest = digest(&files);
+        if let Err(e) = self.sync_folders(&files) {
+            tracing::warn!("cannot watch the config's folders: {e}");
+        }
+        if ok {
+            self.backoff = BACKOFF_MIN;
+            self.not_before = None;
+        } else {
+            self.not_before = Some(Instant::now() + self.backoff);
+            self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
         }
     }
 

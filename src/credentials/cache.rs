@@ -8,8 +8,13 @@
 //! - no usable token: the caller waits on the slot's mint lock, and whoever
 //!   gets it first mints; the rest find its token when they get the lock.
 //!
-//! Failures back off: while a failure is recent, callers get it back instead
-//! of hammering the platform, and a still-usable token keeps being served.
+//! Failures back off, one policy for every credential: after a failed mint
+//! the next attempt waits 1 s, then 2 s, 4 s, ... up to 60 s, and a success
+//! clears the record. While a failure is recent, callers without a usable
+//! token get it back instead of hammering the platform, and a still-usable
+//! token keeps being served: the cache's own, or the one a mint reports it
+//! fell back on ([`MintError::still_usable`], e.g. a user's stored token
+//! after a restart whose refresh failed).
 //! Mints run in their own task, so a caller that hangs up mid-mint does not
 //! waste the mint for the callers queued behind it.
 
@@ -23,6 +28,31 @@ use tokio::time::Instant;
 
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// Why a mint produced no new token, and what can still be served meanwhile.
+///
+/// A refresh that fails while the current token is still usable reports
+/// both: the cache records the failure (so the next attempt waits for the
+/// backoff) and serves the token until it stops being usable. Any
+/// `CredentialError` converts with `?`, with nothing to fall back on.
+#[derive(Debug)]
+pub struct MintError {
+    pub error: CredentialError,
+    /// The token that was current when the mint started, if there is one.
+    pub still_usable: Option<Token>,
+}
+
+impl From<CredentialError> for MintError {
+    fn from(error: CredentialError) -> Self {
+        MintError {
+            error,
+            still_usable: None,
+        }
+    }
+}
+
+/// What a mint returns.
+pub type Minted = Result<Token, MintError>;
 
 /// Tokens keyed by what identifies a credential.
 pub struct TokenCache<K> {
@@ -51,22 +81,36 @@ struct Failure {
     backoff: Duration,
 }
 
+impl SlotState {
+    /// A recent failure: no new attempt before its `retry_at`.
+    fn backing_off(&self, now: Instant) -> bool {
+        self.failure.as_ref().is_some_and(|f| now < f.retry_at)
+    }
+}
+
 impl Slot {
     fn state(&self) -> MutexGuard<'_, SlotState> {
         // A panic while holding this lock leaves plain data behind; keep going.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Records a mint's outcome. A failure never discards a still-usable token.
-    fn record(&self, result: &Result<Token, CredentialError>) {
+    /// Records a mint's outcome and returns what its callers get: the new
+    /// token, or after a failure the usable token kept (the cache's own or
+    /// the mint's fallback, whichever lasts longer), else the error. A
+    /// failure never discards a still-usable token.
+    fn record(&self, result: Minted) -> Result<Token, CredentialError> {
         let mut st = self.state();
         let now = Instant::now();
         match result {
             Ok(token) => {
                 st.token = Some(token.clone());
                 st.failure = None;
+                Ok(token)
             }
-            Err(error) => {
+            Err(MintError {
+                error,
+                still_usable,
+            }) => {
                 let backoff = st
                     .failure
                     .as_ref()
@@ -76,6 +120,25 @@ impl Slot {
                     retry_at: now + backoff,
                     backoff,
                 });
+                if let Some(fallback) = still_usable.filter(|t| t.is_usable(now))
+                    && st
+                        .token
+                        .as_ref()
+                        .is_none_or(|t| t.usable_until < fallback.usable_until)
+                {
+                    st.token = Some(fallback);
+                }
+                match st.token.as_ref().filter(|t| t.is_usable(now)) {
+                    Some(token) => {
+                        tracing::warn!(
+                            error = %error,
+                            retry_in_s = backoff.as_secs(),
+                            "token refresh failed; the current token stays in use until it expires"
+                        );
+                        Ok(token.clone())
+                    }
+                    None => Err(error),
+                }
             }
         }
     }
@@ -109,24 +172,24 @@ impl<K: Eq + Hash + Clone> TokenCache<K> {
         self.slots.entry(key.clone()).or_default().clone()
     }
 
-    /// The hit path: a token that is usable and not yet due for a refresh,
-    /// with no allocation and no write lock. `None` sends the caller to
+    /// The hit path: a usable token that needs no refresh started now (not
+    /// yet due, or due while a refresh runs or a failure backs off), with no
+    /// allocation and no write lock. `None` sends the caller to
     /// [`TokenCache::get`], which refreshes, mints or reports a failure.
     pub fn fresh(&self, key: &K) -> Option<Token> {
         let slot = self.slots.get(key)?;
         let st = slot.state();
         let now = Instant::now();
-        st.token
-            .as_ref()
-            .filter(|t| t.is_usable(now) && now < t.refresh_at)
-            .cloned()
+        let token = st.token.as_ref().filter(|t| t.is_usable(now))?;
+        let wait = now < token.refresh_at || st.refreshing || st.backing_off(now);
+        wait.then(|| token.clone())
     }
 
     /// A usable token for `key`, minting with `mint` when there is none.
     pub async fn get<F, Fut>(&self, key: &K, mint: F) -> Result<Token, CredentialError>
     where
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<Token, CredentialError>> + Send + 'static,
+        Fut: Future<Output = Minted> + Send + 'static,
     {
         let slot = self.slot(key);
         let now = Instant::now();
@@ -134,11 +197,13 @@ impl<K: Eq + Hash + Clone> TokenCache<K> {
             let mut st = slot.state();
             if let Some(token) = st.token.as_ref().filter(|t| t.is_usable(now)) {
                 let token = token.clone();
-                let backing_off = st.failure.as_ref().is_some_and(|f| now < f.retry_at);
-                if now >= token.refresh_at && !st.refreshing && !backing_off {
+                if now >= token.refresh_at && !st.refreshing && !st.backing_off(now) {
                     st.refreshing = true;
                     drop(st);
-                    spawn_refresh(slot, mint());
+                    // The guard first: it clears the flag even if `mint`
+                    // panics before the refresh task exists.
+                    let refreshing = Refreshing(slot);
+                    spawn_refresh(refreshing, mint());
                 }
                 return Ok(token);
             }
@@ -155,9 +220,7 @@ impl<K: Eq + Hash + Clone> TokenCache<K> {
         let task_slot = slot.clone();
         let task = tokio::spawn(async move {
             let _guard = guard;
-            let result = fut.await;
-            task_slot.record(&result);
-            result
+            task_slot.record(fut.await)
         });
         task.await
             .unwrap_or_else(|e| Err(CredentialError::Internal(format!("mint task failed: {e}"))))
@@ -187,28 +250,26 @@ impl<K: Eq + Hash + Clone> TokenCache<K> {
     }
 }
 
-fn spawn_refresh<Fut>(slot: Arc<Slot>, fut: Fut)
-where
-    Fut: Future<Output = Result<Token, CredentialError>> + Send + 'static,
-{
-    /// Clears `refreshing` however the refresh task ends, so a panic (or
-    /// the runtime cancelling the task at shutdown) cannot leave the slot
-    /// believing a refresh is under way forever.
-    struct Refreshing(Arc<Slot>);
-    impl Drop for Refreshing {
-        fn drop(&mut self) {
-            self.0.state().refreshing = false;
-        }
+/// Clears `refreshing` however a background refresh ends, so a panic (or
+/// the runtime cancelling the task at shutdown) cannot leave the slot
+/// believing a refresh is under way forever.
+struct Refreshing(Arc<Slot>);
+
+impl Drop for Refreshing {
+    fn drop(&mut self) {
+        self.0.state().refreshing = false;
     }
+}
+
+fn spawn_refresh<Fut>(refreshing: Refreshing, fut: Fut)
+where
+    Fut: Future<Output = Minted> + Send + 'static,
+{
     tokio::spawn(async move {
-        let refreshing = Refreshing(slot);
         let slot = &refreshing.0;
         let _guard = slot.mint.clone().lock_owned().await;
-        let result = fut.await;
-        if let Err(e) = &result {
-            tracing::warn!(error = %e, "token refresh failed; the current token stays in use until it expires");
-        }
-        slot.record(&result);
+        // A failure is logged by `record` when a token stays in use.
+        let _ = slot.record(fut.await);
     });
 }
 
@@ -223,15 +284,14 @@ mod tests {
     fn minter(
         count: &Arc<AtomicUsize>,
         fail: bool,
-    ) -> impl FnOnce() -> std::pin::Pin<Box<dyn Future<Output = Result<Token, CredentialError>> + Send>>
-    {
+    ) -> impl FnOnce() -> std::pin::Pin<Box<dyn Future<Output = Minted> + Send>> {
         let count = count.clone();
         move || {
             Box::pin(async move {
                 let n = count.fetch_add(1, Ordering::SeqCst) + 1;
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 if fail {
-                    return Err(CredentialError::TokenEndpoint("boom".into()));
+                    return Err(CredentialError::TokenEndpoint("boom".into()).into());
                 }
                 Ok(Token::new(&format!("ats_{n}"), Instant::now(), HOUR, MARGIN).unwrap())
             })
@@ -345,5 +405,138 @@ mod tests {
             cache.get(&1, minter(&count, false)).await.unwrap().value(),
             "ats_3"
         );
+    }
+
+    /// A token endpoint for the backoff tests: records when each mint
+    /// starts, fails until made healthy, and reports `fallback` as still
+    /// usable when it fails (as a user's stored grant does).
+    #[derive(Clone)]
+    struct Platform {
+        starts: Arc<Mutex<Vec<Instant>>>,
+        healthy: Arc<std::sync::atomic::AtomicBool>,
+        fallback: Option<Token>,
+    }
+
+    impl Platform {
+        fn new(healthy: bool, fallback: Option<Token>) -> Self {
+            Platform {
+                starts: Arc::default(),
+                healthy: Arc::new(healthy.into()),
+                fallback,
+            }
+        }
+
+        fn set_healthy(&self, healthy: bool) {
+            self.healthy.store(healthy, Ordering::SeqCst);
+        }
+
+        fn starts(&self) -> Vec<Instant> {
+            self.starts.lock().unwrap().clone()
+        }
+
+        fn mint(&self) -> impl FnOnce() -> std::pin::Pin<Box<dyn Future<Output = Minted> + Send>> {
+            let p = self.clone();
+            move || {
+                Box::pin(async move {
+                    let n = {
+                        let mut starts = p.starts.lock().unwrap();
+                        starts.push(Instant::now());
+                        starts.len()
+                    };
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    if p.healthy.load(Ordering::SeqCst) {
+                        return Ok(
+                            Token::new(&format!("ats_{n}"), Instant::now(), HOUR, MARGIN).unwrap(),
+                        );
+                    }
+                    Err(MintError {
+                        error: CredentialError::TokenEndpoint("boom".into()),
+                        still_usable: p.fallback.clone(),
+                    })
+                })
+            }
+        }
+    }
+
+    /// Asks for the token every 100 ms for `span`; every answer must be
+    /// the token `expected`.
+    async fn ask_for(cache: &TokenCache<u64>, platform: &Platform, span: Duration, expected: &str) {
+        let end = Instant::now() + span;
+        while Instant::now() < end {
+            let token = cache.get(&1, platform.mint()).await;
+            assert_eq!(
+                token.map(|t| t.value().to_owned()).ok().as_deref(),
+                Some(expected)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Refresh attempts are spaced 1 s, 2 s, 4 s, 8 s apart: the backoff,
+    /// plus the 50 ms a mint takes and the 100 ms between requests.
+    fn assert_backoff(starts: &[Instant]) {
+        assert_eq!(starts.len(), 5, "five attempts in 16 s");
+        for (i, pair) in starts.windows(2).enumerate() {
+            let gap = pair[1] - pair[0];
+            let backoff = FIRST_BACKOFF * 2u32.pow(i as u32);
+            assert!(
+                gap >= backoff && gap <= backoff + Duration::from_millis(200),
+                "attempt {} came {gap:?} after the one before, not {backoff:?}",
+                i + 1
+            );
+        }
+    }
+
+    fn failure_recorded(cache: &TokenCache<u64>) -> bool {
+        cache.slots.get(&1).unwrap().state().failure.is_some()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failing_refreshes_serve_the_cached_token_and_back_off_doubling() {
+        let cache = TokenCache::<u64>::default();
+        let platform = Platform::new(true, None);
+        ask_for(&cache, &platform, Duration::from_millis(1), "ats_1").await;
+        platform.set_healthy(false);
+        tokio::time::advance(HOUR - MARGIN).await;
+        ask_for(&cache, &platform, Duration::from_secs(16), "ats_1").await;
+        assert_backoff(&platform.starts()[1..]);
+        assert!(failure_recorded(&cache));
+        // Healthy again: the next attempt, after the 16 s backoff, succeeds
+        // and clears the failure.
+        platform.set_healthy(true);
+        tokio::time::advance(Duration::from_secs(16)).await;
+        ask_for(&cache, &platform, Duration::from_millis(1), "ats_1").await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        ask_for(&cache, &platform, Duration::from_millis(1), "ats_7").await;
+        assert!(!failure_recorded(&cache));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cold_mint_that_fails_serves_its_usable_fallback_and_backs_off() {
+        // A stored token that is due but still usable, as a user's grant is
+        // when the proxy restarts late in its life.
+        let stored = Token::new("atu_stored", Instant::now(), HOUR, MARGIN).unwrap();
+        tokio::time::advance(HOUR - MARGIN).await;
+        let cache = TokenCache::<u64>::default();
+        let platform = Platform::new(false, Some(stored));
+        ask_for(&cache, &platform, Duration::from_secs(16), "atu_stored").await;
+        assert_backoff(&platform.starts());
+        assert!(failure_recorded(&cache));
+        platform.set_healthy(true);
+        tokio::time::advance(Duration::from_secs(16)).await;
+        ask_for(&cache, &platform, Duration::from_millis(1), "atu_stored").await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        ask_for(&cache, &platform, Duration::from_millis(1), "ats_6").await;
+        assert!(!failure_recorded(&cache));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fallback_past_its_usable_time_is_not_served() {
+        let stored = Token::new("atu_stored", Instant::now(), HOUR, MARGIN).unwrap();
+        tokio::time::advance(HOUR).await;
+        let cache = TokenCache::<u64>::default();
+        let platform = Platform::new(false, Some(stored));
+        let err = cache.get(&1, platform.mint()).await.unwrap_err();
+        assert!(matches!(err, CredentialError::TokenEndpoint(_)), "{err:?}");
     }
 }

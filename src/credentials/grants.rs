@@ -9,6 +9,11 @@
 //!
 //! Each grant records the platform it was obtained for ([`GrantBinding`]):
 //! a user token is only ever sent to that upstream, for that OAuth client.
+//!
+//! File I/O runs on tokio's blocking pool (the async methods), never on a
+//! runtime worker: an fsync can take as long as the disk likes. The file is
+//! read again only when it changed since this process last read or wrote it
+//! ([`FileStamp`]), so the checks before each refresh are one `stat`.
 
 use crate::config::{AppConfig, Secret, UpstreamConfig};
 use serde::{Deserialize, Serialize};
@@ -16,7 +21,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Bumped on an incompatible change; a newer file is refused, not rewritten.
@@ -123,6 +128,37 @@ pub struct GrantStore {
     /// rotated refresh token, maybe the only live one). Retried before the
     /// next refresh, so it reaches the disk as soon as the disk takes it.
     dirty: std::sync::atomic::AtomicBool,
+    /// The file as this process last read or wrote it.
+    seen: Mutex<Option<FileStamp>>,
+}
+
+/// Which file version is on disk, as `stat` tells it. Every writer replaces
+/// the file by renaming a new one over it, so a change shows as a new inode;
+/// size and times catch an edit in place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl FileStamp {
+    fn of(meta: &std::fs::Metadata) -> FileStamp {
+        use std::os::unix::fs::MetadataExt;
+        FileStamp {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            len: meta.size(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+        }
+    }
+
+    fn read(path: &Path) -> Option<FileStamp> {
+        std::fs::metadata(path).ok().map(|m| FileStamp::of(&m))
+    }
 }
 
 pub fn now_ms() -> u64 {
@@ -134,6 +170,8 @@ pub fn now_ms() -> u64 {
 impl GrantStore {
     /// Loads the store; a missing file is an empty store (created on first write).
     pub fn open(path: &Path) -> Result<GrantStore, StoreError> {
+        // Taken before the read: a write landing after it is read next time.
+        let seen = FileStamp::read(path);
         let data = read_file(path)?.unwrap_or_else(|| StoreFile {
             version: FORMAT_VERSION,
             ..StoreFile::default()
@@ -143,6 +181,7 @@ impl GrantStore {
             data: Mutex::new(data),
             write: Mutex::new(()),
             dirty: std::sync::atomic::AtomicBool::new(false),
+            seen: Mutex::new(seen),
         })
     }
 
@@ -162,36 +201,52 @@ impl GrantStore {
         self.data().grants.keys().cloned().collect()
     }
 
-    /// Adopts the file's copy of `user`'s grant if it is newer than ours:
-    /// another process (`atomgit-proxy token`, a replica sharing the volume)
-    /// may have refreshed it, and our refresh token may be dead since.
-    pub fn sync_from_disk(&self, user: &str) {
+    /// Adopts the file's copy of each grant that is newer than ours: another
+    /// process (`atomgit-proxy token`, a replica sharing the volume) may have
+    /// refreshed it, and our refresh token may be dead since. Reads the file
+    /// only if it changed since we last read or wrote it.
+    pub async fn sync_from_disk(self: &Arc<Self>) {
+        let _ = self.off_runtime(GrantStore::sync_blocking).await;
+    }
+
+    fn sync_blocking(&self) {
+        let now = FileStamp::read(&self.path);
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if now.is_some() && now == *seen {
+            return;
+        }
         let Ok(Some(disk)) = read_file(&self.path) else {
             return;
         };
-        let Some(theirs) = disk.grants.get(user) else {
-            return;
-        };
+        *seen = now;
+        drop(seen);
         let mut data = self.data();
-        let newer = data
-            .grants
-            .get(user)
-            .is_none_or(|ours| theirs.updated_at_ms > ours.updated_at_ms);
-        if newer {
-            data.grants.insert(user.to_owned(), theirs.clone());
+        for (user, theirs) in disk.grants {
+            let newer = data
+                .grants
+                .get(&user)
+                .is_none_or(|ours| theirs.updated_at_ms > ours.updated_at_ms);
+            if newer {
+                data.grants.insert(user, theirs);
+            }
         }
     }
 
     /// Stores `grant` for `user` in memory, then writes the file. On a write
     /// error the in-memory grant stays (it is the freshest there is) and the
-    /// error is returned for the caller to report.
-    pub fn put(&self, user: &str, grant: Grant) -> Result<(), StoreError> {
+    /// error is returned for the caller to report. The write finishes even
+    /// if the caller stops waiting for it.
+    pub async fn put(self: &Arc<Self>, user: &str, grant: Grant) -> Result<(), StoreError> {
         self.data().grants.insert(user.to_owned(), grant);
-        self.persist()
+        self.persist().await
     }
 
     /// Records a login link nonce as used. False if it already was.
-    pub fn use_link(&self, nonce: &str, expires_at_s: u64) -> Result<bool, StoreError> {
+    pub async fn use_link(
+        self: &Arc<Self>,
+        nonce: &str,
+        expires_at_s: u64,
+    ) -> Result<bool, StoreError> {
         {
             let mut data = self.data();
             let now_s = now_ms() / 1000;
@@ -201,13 +256,19 @@ impl GrantStore {
             }
             data.used_links.insert(nonce.to_owned(), expires_at_s);
         }
-        self.persist().map(|()| true)
+        self.persist().await.map(|()| true)
     }
 
     /// An exclusive lock on `{store}.lock`, held while a refresh runs so that
     /// processes sharing the store refresh one at a time (advisory `flock`;
     /// released when the returned file is dropped).
+    ///
+    /// Taken with non-blocking attempts a short sleep apart rather than a
+    /// blocking `flock`: a blocked call would hold a blocking-pool thread
+    /// for as long as another process keeps the lock, even after the caller
+    /// gave up waiting, while this stops when its future is dropped.
     pub async fn lock_for_refresh(&self) -> std::io::Result<std::fs::File> {
+        const RETRY: std::time::Duration = std::time::Duration::from_millis(20);
         let mut name = self
             .path
             .file_name()
@@ -215,30 +276,47 @@ impl GrantStore {
             .unwrap_or_default();
         name.push(".lock");
         let path = self.path.with_file_name(name);
-        tokio::task::spawn_blocking(move || {
-            let file = std::fs::OpenOptions::new()
+        let file = tokio::task::spawn_blocking(move || {
+            std::fs::OpenOptions::new()
                 .write(true)
                 .create(true)
                 .truncate(false)
                 .mode(0o600)
-                .open(&path)?;
-            file.lock()?;
-            Ok(file)
+                .open(&path)
         })
         .await
-        .map_err(std::io::Error::other)?
+        .map_err(std::io::Error::other)??;
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(file),
+                Err(std::fs::TryLockError::WouldBlock) => tokio::time::sleep(RETRY).await,
+                Err(std::fs::TryLockError::Error(e)) => return Err(e),
+            }
+        }
     }
 
     /// Writes the file again if the last write failed.
-    pub fn persist_if_dirty(&self) -> Result<(), StoreError> {
+    pub async fn persist_if_dirty(self: &Arc<Self>) -> Result<(), StoreError> {
         if self.dirty.load(std::sync::atomic::Ordering::SeqCst) {
-            self.persist()?;
+            self.persist().await?;
             tracing::info!(store = %self.path.display(), "grant store written again after an earlier failure");
         }
         Ok(())
     }
 
-    fn persist(&self) -> Result<(), StoreError> {
+    /// Writes memory to the file, on the blocking pool.
+    async fn persist(self: &Arc<Self>) -> Result<(), StoreError> {
+        self.off_runtime(GrantStore::persist_blocking)
+            .await
+            .unwrap_or_else(|e| {
+                Err(StoreError::Write {
+                    path: self.path.clone(),
+                    source: std::io::Error::other(e),
+                })
+            })
+    }
+
+    fn persist_blocking(&self) -> Result<(), StoreError> {
         let _writer = self.write.lock().unwrap_or_else(|p| p.into_inner());
         let bytes = {
             let data = self.data();
@@ -247,13 +325,30 @@ impl GrantStore {
                 source: std::io::Error::other(e),
             })?
         };
-        let result = write_atomically(&self.path, &bytes).map_err(|source| StoreError::Write {
-            path: self.path.clone(),
-            source,
-        });
+        let result = match write_file(&self.path, &bytes) {
+            Ok(written) => {
+                // What we wrote holds everything we know: no need to read it back.
+                *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(written);
+                Ok(())
+            }
+            Err(source) => Err(StoreError::Write {
+                path: self.path.clone(),
+                source,
+            }),
+        };
         self.dirty
             .store(result.is_err(), std::sync::atomic::Ordering::SeqCst);
         result
+    }
+
+    /// Runs `f` on tokio's blocking pool. The task runs to its end even if
+    /// the caller stops waiting, so a write is never cut off half-way.
+    async fn off_runtime<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&GrantStore) -> T + Send + 'static,
+    ) -> Result<T, tokio::task::JoinError> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || f(&store)).await
     }
 }
 
@@ -294,6 +389,11 @@ fn read_file(path: &Path) -> Result<Option<StoreFile>, StoreError> {
 
 /// Temporary file beside the target, fsync, rename over it, fsync the folder.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_file(path, bytes).map(|_| ())
+}
+
+/// [`write_atomically`], returning the stamp of the file written.
+fn write_file(path: &Path, bytes: &[u8]) -> std::io::Result<FileStamp> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -316,7 +416,12 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         file.write_all(bytes)?;
         file.sync_all()?;
         std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
+        // Stamped through the open file, after the rename (which changes
+        // its ctime): a file another process renamed over ours meanwhile
+        // does not match, and is read.
+        let stamp = FileStamp::of(&file.metadata()?);
+        std::fs::File::open(dir)?.sync_all()?;
+        Ok(stamp)
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
@@ -341,8 +446,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_store_written_before_bindings_still_reads_and_bindings_round_trip() {
+    #[tokio::test]
+    async fn a_store_written_before_bindings_still_reads_and_bindings_round_trip() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("grants.json");
         std::fs::write(
@@ -352,7 +457,7 @@ mod tests {
                 "updated_at_ms": 1}}}"#,
         )
         .unwrap();
-        let store = GrantStore::open(&path).unwrap();
+        let store = Arc::new(GrantStore::open(&path).unwrap());
         assert_eq!(store.get("alice").unwrap().bound_to, None);
         let binding = GrantBinding {
             upstream: "https://api.atomgit.com".into(),
@@ -361,17 +466,17 @@ mod tests {
         };
         let mut g = grant("atu_2");
         g.bound_to = Some(binding.clone());
-        store.put("alice", g).unwrap();
+        store.put("alice", g).await.unwrap();
         let again = GrantStore::open(&path).unwrap();
         assert_eq!(again.get("alice").unwrap().bound_to, Some(binding));
     }
 
-    #[test]
-    fn grants_survive_a_reopen_with_mode_0600() {
+    #[tokio::test]
+    async fn grants_survive_a_reopen_with_mode_0600() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("grants.json");
-        let store = GrantStore::open(&path).unwrap();
-        store.put("alice", grant("atu_1")).unwrap();
+        let store = Arc::new(GrantStore::open(&path).unwrap());
+        store.put("alice", grant("atu_1")).await.unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         let again = GrantStore::open(&path).unwrap();
@@ -443,16 +548,16 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_failed_write_keeps_the_file_and_the_grant_in_memory() {
+    #[tokio::test]
+    async fn a_failed_write_keeps_the_file_and_the_grant_in_memory() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("grants.json");
-        let store = GrantStore::open(&path).unwrap();
-        store.put("alice", grant("atu_1")).unwrap();
+        let store = Arc::new(GrantStore::open(&path).unwrap());
+        store.put("alice", grant("atu_1")).await.unwrap();
         let before = std::fs::read(&path).unwrap();
         {
             let _ro = ReadOnly::new(dir.path());
-            let err = store.put("alice", grant("atu_2")).unwrap_err();
+            let err = store.put("alice", grant("atu_2")).await.unwrap_err();
             assert!(matches!(err, StoreError::Write { .. }), "{err}");
             assert!(err.to_string().contains("previous file is intact"));
         }
@@ -461,7 +566,7 @@ mod tests {
         let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(leftovers.len(), 1, "no temporary file is left behind");
         // Once the folder is writable again, the retry saves the newer grant.
-        store.persist_if_dirty().unwrap();
+        store.persist_if_dirty().await.unwrap();
         assert_eq!(
             GrantStore::open(&path)
                 .unwrap()
@@ -472,14 +577,53 @@ mod tests {
         );
     }
 
-    #[test]
-    fn links_work_once() {
+    #[tokio::test]
+    async fn links_work_once() {
         let dir = tempfile::tempdir().unwrap();
-        let store = GrantStore::open(&dir.path().join("g.json")).unwrap();
+        let store = Arc::new(GrantStore::open(&dir.path().join("g.json")).unwrap());
         let exp = now_ms() / 1000 + 600;
-        assert!(store.use_link("n1", exp).unwrap());
-        assert!(!store.use_link("n1", exp).unwrap());
-        let reopened = GrantStore::open(&dir.path().join("g.json")).unwrap();
-        assert!(!reopened.use_link("n1", exp).unwrap());
+        assert!(store.use_link("n1", exp).await.unwrap());
+        assert!(!store.use_link("n1", exp).await.unwrap());
+        let reopened = Arc::new(GrantStore::open(&dir.path().join("g.json")).unwrap());
+        assert!(!reopened.use_link("n1", exp).await.unwrap());
+    }
+
+    /// Two processes sharing the file, as replicas or `atomgit-proxy token`
+    /// do: each one's writes are seen by the other's next sync, for every
+    /// user, though an unchanged file is not read again.
+    #[tokio::test]
+    async fn a_sync_adopts_what_another_process_wrote_since() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("grants.json");
+        let here = Arc::new(GrantStore::open(&path).unwrap());
+        here.put("alice", grant("atu_1")).await.unwrap();
+        let there = Arc::new(GrantStore::open(&path).unwrap());
+        let mut newer = grant("atu_2");
+        newer.updated_at_ms += 1;
+        there.put("alice", newer).await.unwrap();
+        there.put("bob", grant("atu_b")).await.unwrap();
+        here.sync_from_disk().await;
+        assert_eq!(here.get("alice").unwrap().access_token, "atu_2");
+        assert_eq!(here.get("bob").unwrap().access_token, "atu_b");
+        // An older copy on disk never replaces a newer one in memory.
+        let mut newest = grant("atu_3");
+        newest.updated_at_ms += 2;
+        here.put("alice", newest).await.unwrap();
+        there.sync_from_disk().await;
+        assert_eq!(there.get("alice").unwrap().access_token, "atu_3");
+        let mut stale = grant("atu_old");
+        stale.updated_at_ms = 1;
+        write_atomically(
+            &path,
+            &serde_json::to_vec(&StoreFile {
+                version: FORMAT_VERSION,
+                grants: BTreeMap::from([("alice".to_owned(), stale)]),
+                used_links: BTreeMap::new(),
+            })
+            .unwrap(),
+        )
+        .unwrap();
+        here.sync_from_disk().await;
+        assert_eq!(here.get("alice").unwrap().access_token, "atu_3");
     }
 }

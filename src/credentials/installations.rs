@@ -51,7 +51,20 @@ struct DirState {
     last_attempt: Option<Instant>,
     /// Why the last listing failed, answered to misses inside the floor.
     last_error: Option<CredentialError>,
+    /// A background refresh is under way; do not start another. Cleared by
+    /// [`Background`] however that task ends.
     background: bool,
+}
+
+/// Clears `background` when the background refresh task ends, also by a
+/// panic or by the runtime cancelling it at shutdown: a flag left set would
+/// stop the directory from ever refreshing in the background again.
+struct Background(Arc<Directory>);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        self.0.state().background = false;
+    }
 }
 
 /// Lists the app's installations.
@@ -85,10 +98,12 @@ impl Directory {
                     .is_none_or(|t| now.duration_since(t) >= MAX_AGE);
                 if stale && !st.background {
                     st.background = true;
-                    let (dir, list) = (self.clone(), list());
+                    drop(st);
+                    let background = Background(self.clone());
+                    let list = list();
                     tokio::spawn(async move {
-                        dir.refresh_now(&list).await.ok();
-                        dir.state().background = false;
+                        background.0.refresh_now(&list).await.ok();
+                        drop(background);
                     });
                 }
                 return Ok(id);
@@ -148,9 +163,13 @@ impl Directory {
     }
 
     async fn fill(&self, list: &Lister) -> Result<(), CredentialError> {
-        self.state().last_attempt = Some(Instant::now());
+        // Recorded with the result, not before the call: a caller hanging up
+        // mid-listing cancels it, and an attempt that never finished must not
+        // make the misses after it wait out the floor with a stale answer.
+        let started = Instant::now();
         let result = list().await;
         let mut st = self.state();
+        st.last_attempt = Some(started);
         match result {
             Ok(accounts) => {
                 st.accounts = accounts;
@@ -259,4 +278,70 @@ fn request(
         .header(http::header::USER_AGENT, crate::USER_AGENT)
         .body(Full::new(Bytes::new()))
         .map_err(|e| CredentialError::Internal(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A listing of `alice` and `bob` that counts its calls, takes 1 s, and
+    /// panics (as a bug would) while `panics` is set.
+    fn lister(calls: &Arc<AtomicUsize>, panics: bool) -> Lister {
+        let calls = calls.clone();
+        Arc::new(move || {
+            let calls = calls.clone();
+            Box::pin(async move {
+                calls.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                assert!(!panics, "listing failed by a bug");
+                Ok(HashMap::from([("alice".into(), 1), ("bob".into(), 2)]))
+            })
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_background_refresh_that_panics_does_not_stop_later_ones() {
+        let dir = Arc::new(Directory::default());
+        let calls = Arc::new(AtomicUsize::new(0));
+        assert_eq!(
+            dir.lookup("alice", || lister(&calls, false)).await.ok(),
+            Some(1)
+        );
+        tokio::time::advance(MAX_AGE).await;
+        // Stale: answered at once, refreshed in the background, which panics.
+        assert_eq!(
+            dir.lookup("alice", || lister(&calls, true)).await.ok(),
+            Some(1)
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        // Still stale: the next use starts a new background refresh.
+        assert_eq!(
+            dir.lookup("alice", || lister(&calls, false)).await.ok(),
+            Some(1)
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lookup_dropped_mid_listing_does_not_hold_off_the_next() {
+        let dir = Arc::new(Directory::default());
+        let calls = Arc::new(AtomicUsize::new(0));
+        // The caller hangs up half-way through the listing.
+        let hung_up = tokio::time::timeout(
+            Duration::from_millis(500),
+            dir.lookup("bob", || lister(&calls, false)),
+        )
+        .await;
+        assert!(hung_up.is_err());
+        // The next miss asks the platform instead of answering "not
+        // installed" from an attempt that never finished.
+        assert_eq!(
+            dir.lookup("bob", || lister(&calls, false)).await.ok(),
+            Some(2)
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
 }

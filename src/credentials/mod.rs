@@ -225,7 +225,7 @@ impl Credentials {
                 let jwt = jwts.get(&app).map_err(|e| {
                     CredentialError::Internal(format!("cannot sign the app JWT: {e}"))
                 })?;
-                installations::mint(upstream, jwt, id, margin).await
+                Ok(installations::mint(upstream, jwt, id, margin).await?)
             })
             .await
     }

@@ -7,12 +7,18 @@
 //! then fail fast with `grant_revoked` until the person logs in again; there
 //! is no retry loop against a token that can never work again.
 //!
+//! A refresh that fails for another reason (network, 5xx) reports the
+//! current token along with the error if it is still usable: the cache
+//! records the failure with its backoff and serves that token meanwhile,
+//! exactly as for installation tokens (see `cache.rs`).
+//!
 //! A grant is used only under the platform it was obtained for (upstream and
 //! OAuth client, see `GrantBinding`): after a reload that changed either, its
 //! token is neither sent nor refreshed (the refresh would go to the new
 //! token endpoint), and the user's routes answer `grant_missing` until the
 //! person logs in again.
 
+use super::cache::{MintError, Minted};
 use super::grants::{Grant, GrantBinding, GrantStore, now_ms};
 use super::oauth::{self, OAuthError};
 use super::{CredentialError, Token};
@@ -21,10 +27,6 @@ use crate::upstream::Upstream;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
-
-/// After a transient refresh failure with a still-usable token, try again this
-/// much later (the token keeps being served meanwhile).
-const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(30);
 
 /// How long a refresh waits for another process's refresh of the same store.
 /// A refresh is one bounded HTTP call, so this is generous.
@@ -97,87 +99,94 @@ fn token_at(grant: &Grant, margin: Duration, now: Instant, now_ms: u64) -> Optio
 }
 
 impl UserSource {
-    pub async fn token(self) -> Result<Token, CredentialError> {
+    pub async fn token(self) -> Minted {
         let user = &*self.user;
         // A grant that an earlier failed write left only in memory goes to
         // disk first, so a restart cannot fall back to a dead refresh token.
-        if let Err(e) = self.store.persist_if_dirty() {
+        if let Err(e) = self.store.persist_if_dirty().await {
             tracing::warn!(user, "{e}; grants newer than the file stay in memory only");
         }
-        if let Some(done) = self.stored_token() {
-            return done;
+        if let Some(done) = self.stored_token().await {
+            return Ok(done?);
         }
         // A refresh is due. Replicas sharing the store must not spend the
         // same refresh token twice (with rotation, the second is refused and
         // the grant would die), so refreshes of one store take turns across
         // processes, and each looks at the file again once it has the lock.
-        let _lock = match tokio::time::timeout(REFRESH_LOCK_WAIT, self.store.lock_for_refresh())
-            .await
-        {
-            Ok(Ok(lock)) => Some(lock),
-            Ok(Err(e)) => {
-                tracing::warn!(
-                    user,
-                    "cannot take the grant store's refresh lock ({e}); refreshing without it"
-                );
-                None
-            }
-            Err(_) => {
-                return Err(CredentialError::TokenEndpoint(
-                    "another process has held the grant store's refresh lock for too long".into(),
-                ));
-            }
-        };
-        if let Some(done) = self.stored_token() {
-            return done;
+        let _lock =
+            match tokio::time::timeout(REFRESH_LOCK_WAIT, self.store.lock_for_refresh()).await {
+                Ok(Ok(lock)) => Some(lock),
+                Ok(Err(e)) => {
+                    tracing::warn!(
+                        user,
+                        "cannot take the grant store's refresh lock ({e}); refreshing without it"
+                    );
+                    None
+                }
+                Err(_) => {
+                    return Err(MintError {
+                        error: CredentialError::TokenEndpoint(
+                            "another process has held the grant store's refresh lock for too long"
+                                .into(),
+                        ),
+                        still_usable: self.still_usable(),
+                    });
+                }
+            };
+        if let Some(done) = self.stored_token().await {
+            return Ok(done?);
         }
-        let grant = self.usable_grant()?;
+        let grant = self.usable_grant().await?;
         let now = Instant::now();
         let current = token_from_grant(&grant, self.margin, now).filter(|t| t.is_usable(now));
         if grant.refresh_expires_at_ms.is_some_and(|at| at <= now_ms()) {
-            return Err(self.revoke(grant, "the refresh token has expired".into()));
+            return Err(self
+                .revoke(grant, "the refresh token has expired".into())
+                .await
+                .into());
         }
         match oauth::refresh(&self.upstream, &self.app, &self.oauth, &grant).await {
             Ok(fresh) => {
                 // Durable first: a rotated refresh token that only lived in
                 // memory would be lost with the process.
-                if let Err(e) = self.store.put(user, fresh.clone()) {
+                if let Err(e) = self.store.put(user, fresh.clone()).await {
                     tracing::error!(user, "{e}; the refreshed grant is kept in memory only");
                 }
                 tracing::info!(user, "refreshed user token");
-                token_from_grant(&fresh, self.margin, Instant::now()).ok_or_else(|| {
-                    CredentialError::TokenEndpoint(
-                        "the refreshed token has already expired (check this machine's clock)"
-                            .into(),
-                    )
+                Ok(
+                    token_from_grant(&fresh, self.margin, Instant::now()).ok_or_else(|| {
+                        CredentialError::TokenEndpoint(
+                            "the refreshed token has already expired (check this machine's clock)"
+                                .into(),
+                        )
+                    })?,
+                )
+            }
+            Err(OAuthError::Refused { status, detail }) => Err(self
+                .revoke(
+                    grant,
+                    format!("the platform refused the refresh token ({status}: {detail})"),
+                )
+                .await
+                .into()),
+            Err(OAuthError::Failed(msg)) => {
+                tracing::warn!(user, "user token refresh failed: {msg}");
+                // The cache backs off and serves `current` while it lasts.
+                Err(MintError {
+                    error: CredentialError::TokenEndpoint(msg),
+                    still_usable: current,
                 })
             }
-            Err(OAuthError::Refused { status, detail }) => Err(self.revoke(
-                grant,
-                format!("the platform refused the refresh token ({status}: {detail})"),
-            )),
-            Err(OAuthError::Failed(msg)) => match current {
-                Some(mut token) => {
-                    tracing::warn!(
-                        user,
-                        "token refresh failed, the current token stays in use: {msg}"
-                    );
-                    token.refresh_at = Instant::now() + RETRY_AFTER_FAILURE;
-                    Ok(token)
-                }
-                None => Err(CredentialError::TokenEndpoint(msg)),
-            },
         }
     }
 
     /// The answer the store gives without a refresh: its token when not yet
     /// due, or why there is none. `None`: a refresh is due.
-    fn stored_token(&self) -> Option<Result<Token, CredentialError>> {
-        let user = &*self.user;
+    async fn stored_token(&self) -> Option<Result<Token, CredentialError>> {
         // Another process sharing the store may have refreshed since we last
         // looked; its refresh token is the live one.
-        self.store.sync_from_disk(user);
-        let grant = match self.usable_grant() {
+        self.store.sync_from_disk().await;
+        let grant = match self.usable_grant().await {
             Ok(grant) => grant,
             Err(e) => return Some(Err(e)),
         };
@@ -187,8 +196,16 @@ impl UserSource {
             .map(Ok)
     }
 
+    /// The stored grant's token if it is still usable (though due), for the
+    /// cache to serve while a refresh cannot be made.
+    fn still_usable(&self) -> Option<Token> {
+        let grant = self.store.get(&self.user)?;
+        let now = Instant::now();
+        token_from_grant(&grant, self.margin, now).filter(|t| t.is_usable(now))
+    }
+
     /// The user's stored grant, if it is alive and belongs to this platform.
-    fn usable_grant(&self) -> Result<Grant, CredentialError> {
+    async fn usable_grant(&self) -> Result<Grant, CredentialError> {
         let user = &*self.user;
         let Some(mut grant) = self.store.get(user) else {
             return Err(CredentialError::GrantMissing(user.to_owned()));
@@ -209,7 +226,7 @@ impl UserSource {
                     upstream = self.binding.upstream.as_str(),
                     "user grant from an older store: bound to this upstream and app from now on"
                 );
-                if let Err(e) = self.store.put(user, grant.clone()) {
+                if let Err(e) = self.store.put(user, grant.clone()).await {
                     tracing::error!(user, "{e}; the grant's binding is kept in memory only");
                 }
                 Ok(grant)
@@ -217,7 +234,7 @@ impl UserSource {
         }
     }
 
-    fn revoke(&self, mut grant: Grant, reason: String) -> CredentialError {
+    async fn revoke(&self, mut grant: Grant, reason: String) -> CredentialError {
         let user = &*self.user;
         tracing::warn!(
             user,
@@ -225,7 +242,7 @@ impl UserSource {
         );
         grant.revoked = Some(reason);
         grant.updated_at_ms = now_ms();
-        if let Err(e) = self.store.put(user, grant) {
+        if let Err(e) = self.store.put(user, grant).await {
             tracing::error!(user, "{e}");
         }
         CredentialError::GrantRevoked(user.to_owned())

@@ -92,7 +92,12 @@ pub async fn login(req: http::request::Parts, snap: &Snapshot, proxy: &Proxy) ->
             "Copy the whole link that <code>atomgit-proxy login</code> printed.",
         );
     };
-    let key = match login_link::load_or_create_key(store.path()) {
+    // File I/O (and an fsync when the key is created): off the runtime.
+    let key_of = store.path().to_path_buf();
+    let key = tokio::task::spawn_blocking(move || login_link::load_or_create_key(&key_of))
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+    let key = match key {
         Ok(k) => k,
         Err(e) => {
             tracing::error!("login: cannot read the link key: {e}");
@@ -131,7 +136,7 @@ pub async fn login(req: http::request::Parts, snap: &Snapshot, proxy: &Proxy) ->
             "Open this link in a browser to log in.",
         );
     }
-    match store.use_link(nonce, exp_s) {
+    match store.use_link(nonce, exp_s).await {
         Ok(true) => {}
         Ok(false) => {
             tracing::debug!(user = user.as_str(), "login: link used again");
@@ -280,7 +285,7 @@ pub async fn callback(req: http::request::Parts, snap: &Snapshot, proxy: &Proxy)
             );
         }
     };
-    let durable = store.put(&user, grant);
+    let durable = store.put(&user, grant).await;
     proxy.shared().credentials.forget_user(&user);
     let mut body = format!(
         "atomgit-proxy now acts as <strong>{}</strong> on its user routes. You can close this page.",
