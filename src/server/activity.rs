@@ -7,6 +7,12 @@
 //! response body is finished or dropped), the socket wrapper notes when the
 //! first byte of a new HTTP/1 request head arrives, and the connection's
 //! watchdog (`connection.rs`) asks [`Activity::deadline`] when to close.
+//!
+//! Nothing here wakes the watchdog: a request only touches a few atomics. A
+//! deadline that appears later (a request ends, a head starts) is always at
+//! least the shorter of the two timeouts from when it appears, so the
+//! watchdog looks again at most that often and never misses one; a timer
+//! reset per request would take the runtime's timer lock each time.
 
 use http_body::{Body, Frame, SizeHint};
 use std::pin::Pin;
@@ -15,7 +21,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// "Not set" for the millisecond offsets below.
@@ -54,8 +59,6 @@ pub struct Activity {
     idle_since: AtomicU64,
     /// When the first byte of the HTTP/1 request head being read arrived.
     head_since: AtomicU64,
-    /// Wakes the watchdog when a deadline may have moved earlier.
-    changed: Notify,
 }
 
 impl Activity {
@@ -67,7 +70,6 @@ impl Activity {
             h2: AtomicBool::new(false),
             idle_since: AtomicU64::new(0),
             head_since: AtomicU64::new(UNSET),
-            changed: Notify::new(),
         })
     }
 
@@ -101,12 +103,6 @@ impl Activity {
             return;
         }
         self.head_since.store(self.now_ms(), Ordering::Relaxed);
-        self.changed.notify_one();
-    }
-
-    /// Resolves when a deadline may have changed.
-    pub async fn changed(&self) {
-        self.changed.notified().await
     }
 
     /// When the connection must close and why, or `None` while a request
@@ -145,9 +141,7 @@ impl Drop for InFlight {
         let a = &self.0;
         // Written before the count drops, so whoever sees zero sees this.
         a.idle_since.store(a.now_ms(), Ordering::Relaxed);
-        if a.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            a.changed.notify_one();
-        }
+        a.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -106,14 +106,14 @@ async fn watch_over<C>(
     C::Error: std::fmt::Display,
 {
     let mut conn = std::pin::pin!(conn);
-    let mut timer = std::pin::pin!(tokio::time::sleep(settings.timeouts.idle));
+    let first = activity
+        .deadline(settings.timeouts)
+        .map_or(Instant::now() + settings.timeouts.header_read, |(at, _)| at);
+    let timer = tokio::time::sleep_until(first);
+    let mut timer = std::pin::pin!(timer);
     // Once told to close: when to stop waiting for it.
-    let mut closing: Option<Instant> = None;
+    let mut closing = false;
     loop {
-        let deadline = closing.or_else(|| activity.deadline(settings.timeouts).map(|(at, _)| at));
-        if let Some(at) = deadline {
-            timer.as_mut().reset(at);
-        }
         tokio::select! {
             ended = conn.as_mut() => {
                 if let Err(e) = ended {
@@ -122,31 +122,40 @@ async fn watch_over<C>(
                 return;
             }
             // A dropped sender (the server is gone) counts as shutdown too.
-            _ = stop.wait_for(|stop| *stop), if closing.is_none() => {
+            _ = stop.wait_for(|stop| *stop), if !closing => {
                 conn.as_mut().graceful_shutdown();
-                closing = Some(Instant::now() + settings.shutdown_grace);
+                closing = true;
+                timer.as_mut().reset(Instant::now() + settings.shutdown_grace);
             }
-            () = activity.changed(), if closing.is_none() => {}
-            () = &mut timer, if deadline.is_some() => {
-                if closing.is_some() {
+            () = &mut timer => {
+                if closing {
                     tracing::debug!("connection did not close in time; dropping it");
                     return;
                 }
+                // The timer fires at the deadline last computed, or early
+                // (see activity.rs): look again. Any deadline still to come
+                // is at least the shorter timeout away (a request in flight
+                // ends now at the earliest; a head starts now at the
+                // earliest), so looking again that far on never misses one.
                 let now = Instant::now();
-                match activity.deadline(settings.timeouts) {
+                let soonest = now + settings.timeouts.idle.min(settings.timeouts.header_read);
+                let next = match activity.deadline(settings.timeouts) {
+                    None => soonest,
+                    Some((at, _)) if at > now => at.min(soonest),
                     // Nothing is in flight and the head is late: a graceful
                     // close would keep reading it, so drop the connection.
-                    Some((at, Expiry::HeaderRead)) if at <= now => {
+                    Some((_, Expiry::HeaderRead)) => {
                         tracing::debug!("header read timeout: closing connection");
                         return;
                     }
-                    Some((at, Expiry::Idle)) if at <= now => {
+                    Some((_, Expiry::Idle)) => {
                         tracing::debug!("idle timeout: closing connection");
                         conn.as_mut().graceful_shutdown();
-                        closing = Some(now + CLOSE_GRACE);
+                        closing = true;
+                        now + CLOSE_GRACE
                     }
-                    _ => {}
-                }
+                };
+                timer.as_mut().reset(next);
             }
         }
     }
