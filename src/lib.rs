@@ -11,7 +11,7 @@
 //! - [`routes`]: compiled routes and matching.
 //! - [`credentials`]: the app JWT, installation discovery and tokens, the
 //!   single-flight token cache.
-//! - [`upstream`]: pooled HTTP clients to the platform; [`caller_body`]: the
+//! - [`upstream`]: pooled HTTP clients to the platform; [`body`]: the
 //!   caller's body on its way there, watched for the caller's own faults.
 //! - [`local`]: the `/_proxy/` endpoints (health, readiness, metrics).
 //! - [`error`]: every error the proxy answers itself, mapped in one place.
@@ -22,7 +22,7 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
-pub mod caller_body;
+pub mod body;
 pub mod config;
 pub mod credentials;
 pub mod dev;

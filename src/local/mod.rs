@@ -5,8 +5,9 @@ mod readyz;
 
 pub use readyz::{CHECK_WAIT, CredentialReadiness, check_credentials};
 
+use crate::body::Body;
 use crate::error::{ProxyError, json_error};
-use crate::proxy::{Body, Proxy};
+use crate::proxy::Proxy;
 use crate::state::Snapshot;
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode};

@@ -18,10 +18,11 @@
 //! writes quoted and escaped (a `%0A` in a user name cannot forge a line).
 //! Warn and error are for what the operator must fix.
 
+use crate::body::Body;
 use crate::credentials::grants::now_ms;
 use crate::credentials::login_link;
 use crate::credentials::oauth::{OAuthError, exchange_code};
-use crate::proxy::{Body, Proxy};
+use crate::proxy::Proxy;
 use crate::state::Snapshot;
 use bytes::Bytes;
 use http::{HeaderValue, Method, Response, StatusCode};

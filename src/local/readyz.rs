@@ -18,8 +18,9 @@
 //! a valid key. Others get `{"ready": ...}` with the same status (never 401,
 //! so a probe without a key keeps working).
 
+use crate::body::Body;
 use crate::error::ProxyError;
-use crate::proxy::{Body, Proxy};
+use crate::proxy::Proxy;
 use crate::routes::{InstallationSelector, RouteCredential};
 use crate::state::Snapshot;
 use http::{Response, StatusCode};

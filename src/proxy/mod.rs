@@ -8,19 +8,15 @@ mod forward;
 pub mod guard;
 pub mod headers;
 
+use crate::body::Body;
 use crate::error::ProxyError;
 use crate::routes::Miss;
 use crate::state::{Shared, Snapshot};
-use bytes::Bytes;
 use http::uri::Authority;
 use http::{Request, Response};
-use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use std::net::SocketAddr;
 use std::sync::Arc;
-
-/// Response bodies: the upstream's stream, or a small body the proxy made.
-pub type Body = Either<Incoming, Full<Bytes>>;
 
 /// What the server knows about the connection a request came on.
 #[derive(Debug, Clone, Default)]
