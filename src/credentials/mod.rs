@@ -9,8 +9,8 @@ pub mod cache;
 pub mod grants;
 pub mod installations;
 pub mod login_link;
-pub mod oauth;
 pub mod token;
+pub mod token_endpoint;
 pub mod user;
 
 use crate::config::{AppConfig, OAuthConfig};

@@ -14,7 +14,7 @@
 //! person logs in again.
 
 use super::grants::{Grant, GrantBinding, GrantStore, now_ms};
-use super::oauth::{self, OAuthError};
+use super::token_endpoint::{self, OAuthError};
 use super::{CredentialError, Token};
 use crate::config::{AppConfig, OAuthConfig};
 use crate::upstream::Upstream;
@@ -137,7 +137,7 @@ impl UserSource {
         if grant.refresh_expires_at_ms.is_some_and(|at| at <= now_ms()) {
             return Err(self.revoke(grant, "the refresh token has expired".into()));
         }
-        match oauth::refresh(&self.upstream, &self.app, &self.oauth, &grant).await {
+        match token_endpoint::refresh(&self.upstream, &self.app, &self.oauth, &grant).await {
             Ok(fresh) => {
                 // Durable first: a rotated refresh token that only lived in
                 // memory would be lost with the process.

@@ -21,7 +21,7 @@
 use crate::body::Body;
 use crate::credentials::grants::now_ms;
 use crate::credentials::login_link;
-use crate::credentials::oauth::{OAuthError, exchange_code};
+use crate::credentials::token_endpoint::{OAuthError, exchange_code};
 use crate::proxy::Proxy;
 use crate::state::Snapshot;
 use bytes::Bytes;
