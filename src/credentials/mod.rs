@@ -9,6 +9,7 @@ pub mod cache;
 pub mod grants;
 pub mod installations;
 pub mod login_link;
+pub mod pending_logins;
 pub mod token;
 pub mod token_endpoint;
 pub mod user;

@@ -28,45 +28,8 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, Response, StatusCode};
 use http_body_util::{Either, Full};
 use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::Duration;
-use tokio::time::Instant;
 
 const COOKIE: &str = "atomgit_proxy_oauth_state";
-/// A started login must come back within this.
-const PENDING_LIFETIME: Duration = Duration::from_secs(600);
-/// Bounds memory if someone opens many links (each needs a valid link).
-const MAX_PENDING: usize = 1000;
-
-/// Logins waiting for the platform's callback, by `state`.
-#[derive(Default)]
-pub struct PendingLogins {
-    by_state: Mutex<HashMap<String, (String, Instant)>>,
-}
-
-impl PendingLogins {
-    fn insert(&self, state: String, user: String) {
-        let mut map = self.by_state.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        map.retain(|_, (_, at)| now.duration_since(*at) < PENDING_LIFETIME);
-        if map.len() >= MAX_PENDING
-            && let Some(oldest) = map
-                .iter()
-                .min_by_key(|(_, (_, at))| *at)
-                .map(|(k, _)| k.clone())
-        {
-            map.remove(&oldest);
-        }
-        map.insert(state, (user, now));
-    }
-
-    /// The user of a pending login, removing it: a state works once.
-    fn take(&self, state: &str) -> Option<String> {
-        let mut map = self.by_state.lock().unwrap_or_else(|p| p.into_inner());
-        let (user, at) = map.remove(state)?;
-        (Instant::now().duration_since(at) < PENDING_LIFETIME).then_some(user)
-    }
-}
 
 fn query(req: &http::request::Parts) -> HashMap<String, String> {
     url::form_urlencoded::parse(req.uri.query().unwrap_or_default().as_bytes())
