@@ -13,7 +13,7 @@
 //!   single-flight token cache.
 //! - [`upstream`]: pooled HTTP clients to the platform; [`body`]: the
 //!   caller's body on its way there, watched for the caller's own faults.
-//! - [`local`]: the `/_proxy/` endpoints (health, readiness, metrics).
+//! - [`admin`]: the `/_proxy/` endpoints (health, readiness, metrics).
 //! - [`error`]: every error the proxy answers itself, mapped in one place.
 //! - [`app`]: a running proxy: start, signals, shutdown.
 //! - [`reload`]: building and swapping a new snapshot; the file watcher.
@@ -21,6 +21,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod app;
 pub mod body;
 pub mod config;
@@ -28,7 +29,6 @@ pub mod credentials;
 pub mod dev;
 pub mod error;
 pub mod fake;
-pub mod local;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;

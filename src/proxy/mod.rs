@@ -66,14 +66,14 @@ impl Proxy {
         route_name: &mut Option<Arc<str>>,
     ) -> Result<Response<Body>, ProxyError> {
         let path = req.uri().path();
-        // Before anything else, local endpoints included: a web page must not
+        // Before anything else, admin endpoints included: a web page must not
         // reach a credential, nor learn whether a client key is needed.
         let host = forward::inbound_host(&req)?;
         let policy = &snap.config.browser;
         let host_str = host.as_ref().map(Authority::as_str);
         guard::check(req.method(), path, req.headers(), host_str, policy)?;
         if path == "/_proxy" || path.starts_with("/_proxy/") {
-            return crate::local::handle(self, req, snap).await;
+            return crate::admin::handle(self, req, snap).await;
         }
         let client = clients::identify(req.headers(), &snap.config.clients)?;
         let overrides = guard::method_overrides(req.headers())?;

@@ -1,6 +1,6 @@
 //! The proxy's own endpoints under `/_proxy/`, never forwarded.
 
-pub mod oauth;
+pub mod login;
 mod readyz;
 
 pub use readyz::{CHECK_WAIT, CredentialReadiness, check_credentials};
@@ -33,8 +33,8 @@ pub async fn handle(
         return Err(ProxyError::BadRequest(format!("{path} answers GET only")));
     }
     match path {
-        "/_proxy/oauth/login" => Ok(oauth::login(req.into_parts().0, snap, proxy).await),
-        "/_proxy/oauth/callback" => Ok(oauth::callback(req.into_parts().0, snap, proxy).await),
+        "/_proxy/oauth/login" => Ok(login::login(req.into_parts().0, snap, proxy).await),
+        "/_proxy/oauth/callback" => Ok(login::callback(req.into_parts().0, snap, proxy).await),
         "/_proxy/healthz" => Ok(text(StatusCode::OK, "text/plain", "ok\n".into())),
         "/_proxy/readyz" => Ok(readyz::readyz(proxy, snap, &req.into_parts().0).await),
         "/_proxy/metrics" => Ok(text(
