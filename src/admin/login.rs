@@ -19,10 +19,11 @@
 //! Warn and error are for what the operator must fix.
 
 use crate::body::Body;
+use crate::credentials::Credentials;
 use crate::credentials::grants::now_ms;
 use crate::credentials::login_link;
+use crate::credentials::pending_logins::PendingLogins;
 use crate::credentials::token_endpoint::{OAuthError, exchange_code};
-use crate::proxy::Proxy;
 use crate::state::Snapshot;
 use bytes::Bytes;
 use http::{HeaderValue, Method, Response, StatusCode};
@@ -37,7 +38,11 @@ fn query(req: &http::request::Parts) -> HashMap<String, String> {
         .collect()
 }
 
-pub async fn login(req: http::request::Parts, snap: &Snapshot, proxy: &Proxy) -> Response<Body> {
+pub async fn login(
+    req: http::request::Parts,
+    snap: &Snapshot,
+    logins: &PendingLogins,
+) -> Response<Body> {
     let (Some(oauth), Some(store)) = (snap.config.oauth.as_ref(), snap.store.as_ref()) else {
         return page(
             StatusCode::NOT_FOUND,
@@ -118,7 +123,7 @@ pub async fn login(req: http::request::Parts, snap: &Snapshot, proxy: &Proxy) ->
         }
     }
     let state = hex::encode(rand::random::<[u8; 24]>());
-    proxy.shared().logins.insert(state.clone(), user.clone());
+    logins.insert(state.clone(), user.clone());
     let mut target = oauth.authorize_url.clone();
     target
         .query_pairs_mut()
@@ -152,7 +157,12 @@ pub async fn login(req: http::request::Parts, snap: &Snapshot, proxy: &Proxy) ->
     resp
 }
 
-pub async fn callback(req: http::request::Parts, snap: &Snapshot, proxy: &Proxy) -> Response<Body> {
+pub async fn callback(
+    req: http::request::Parts,
+    snap: &Snapshot,
+    logins: &PendingLogins,
+    credentials: &Credentials,
+) -> Response<Body> {
     let (Some(oauth), Some(store)) = (snap.config.oauth.as_ref(), snap.store.as_ref()) else {
         return page(
             StatusCode::NOT_FOUND,
@@ -208,7 +218,7 @@ pub async fn callback(req: http::request::Parts, snap: &Snapshot, proxy: &Proxy)
             "This browser did not start this login (state mismatch). Nothing was stored; open your login link again in this browser.",
         );
     }
-    let Some(user) = proxy.shared().logins.take(state) else {
+    let Some(user) = logins.take(state) else {
         tracing::debug!("login: unknown, used or expired state");
         return page(
             StatusCode::BAD_REQUEST,
@@ -245,7 +255,7 @@ pub async fn callback(req: http::request::Parts, snap: &Snapshot, proxy: &Proxy)
         }
     };
     let durable = store.put(&user, grant);
-    proxy.shared().credentials.forget_user(&user);
+    credentials.forget_user(&user);
     let mut body = format!(
         "atomgit-proxy now acts as <strong>{}</strong> on its user routes. You can close this page.",
         esc(&user)

@@ -72,10 +72,14 @@ impl Proxy {
         let policy = &snap.config.browser;
         let host_str = host.as_ref().map(Authority::as_str);
         guard::check(req.method(), path, req.headers(), host_str, policy)?;
+        let client = clients::identify(req.headers(), &snap.config.clients);
         if path == "/_proxy" || path.starts_with("/_proxy/") {
-            return crate::admin::handle(self, req, snap).await;
+            // The admin endpoints read no keys themselves: who asks is
+            // decided here, and each decides what it shows to whom.
+            let caller = client.map(|_| ());
+            return crate::admin::handle(req, &self.shared, snap, caller).await;
         }
-        let client = clients::identify(req.headers(), &snap.config.clients)?;
+        let client = client?;
         let overrides = guard::method_overrides(req.headers())?;
         // The path is the caller's: the message names the rule, never the path.
         crate::routes::path::check(path)
