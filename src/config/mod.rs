@@ -25,6 +25,18 @@ pub const DEFAULT_UPSTREAM: &str = "https://api.atomgit.com";
 /// Default browser-facing authorize page.
 pub const DEFAULT_AUTHORIZE_URL: &str = "https://atomgit.com/login/oauth/authorize";
 
+/// The login-link signing key's file, beside the grant store at `store`.
+/// Named here, with the store, because the config knows every file that
+/// holds a secret (their permissions are checked after each load).
+pub fn link_key_path(store: &Path) -> PathBuf {
+    let mut name = store
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(".link-key");
+    store.with_file_name(name)
+}
+
 /// A validated, immutable configuration snapshot.
 #[derive(Debug)]
 pub struct Config {
