@@ -59,7 +59,7 @@ pub struct Config {
     /// The app identity; shared so the credential layer can hold it across reloads.
     pub app: Arc<AppConfig>,
     /// OAuth endpoints; present when any route acts as a user.
-    pub oauth: Option<OAuthConfig>,
+    pub oauth: Option<OAuthEndpoints>,
     /// Durable grant store file; required when any route acts as a user.
     pub store_path: Option<PathBuf>,
     /// Known local callers; empty means no caller authentication.
@@ -188,11 +188,15 @@ impl fmt::Debug for AppConfig {
     }
 }
 
-/// OAuth endpoints for the user flow.
+/// The OAuth endpoints of the user flow, validated from the `oauth:` section
+/// (whose raw form is [`file::OAuthFile`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OAuthConfig {
+pub struct OAuthEndpoints {
+    /// The platform's page the browser is sent to, to authorize the app.
     pub authorize_url: url::Url,
+    /// The proxy's callback, where the platform sends the browser back.
     pub redirect_uri: url::Url,
+    /// Where codes are exchanged and grants refreshed.
     pub token_url: url::Url,
 }
 

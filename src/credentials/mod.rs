@@ -14,7 +14,7 @@ pub mod token;
 pub mod token_endpoint;
 pub mod user;
 
-use crate::config::{AppConfig, OAuthConfig};
+use crate::config::{AppConfig, OAuthEndpoints};
 use crate::routes::{InstallationSelector, RouteCredential, owner_from_path};
 use crate::upstream::{CallError, Upstream};
 use app_jwt::AppJwt;
@@ -92,7 +92,7 @@ pub struct Context<'a> {
     pub app: &'a Arc<AppConfig>,
     pub upstream: &'a Arc<Upstream>,
     pub refresh_margin: Duration,
-    pub oauth: Option<&'a OAuthConfig>,
+    pub oauth: Option<&'a OAuthEndpoints>,
     pub store: Option<&'a Arc<GrantStore>>,
     /// The platform user grants must belong to.
     pub grant_binding: &'a Arc<GrantBinding>,

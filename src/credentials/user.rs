@@ -16,7 +16,7 @@
 use super::grants::{Grant, GrantBinding, GrantStore, now_ms};
 use super::token_endpoint::{self, OAuthError};
 use super::{CredentialError, Token};
-use crate::config::{AppConfig, OAuthConfig};
+use crate::config::{AppConfig, OAuthEndpoints};
 use crate::upstream::Upstream;
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,7 +35,7 @@ pub struct UserSource {
     pub store: Arc<GrantStore>,
     pub upstream: Arc<Upstream>,
     pub app: Arc<AppConfig>,
-    pub oauth: OAuthConfig,
+    pub oauth: OAuthEndpoints,
     pub user: Arc<str>,
     /// The platform the grant must belong to (the snapshot's).
     pub binding: Arc<GrantBinding>,

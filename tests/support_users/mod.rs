@@ -10,7 +10,7 @@
 #![allow(dead_code)]
 
 use atomgit_proxy::app::{self, Running};
-use atomgit_proxy::config::{Config, OAuthConfig};
+use atomgit_proxy::config::{Config, OAuthEndpoints};
 use atomgit_proxy::fake::{FakeAtomGit, FakeOAuth, FakeOptions, TokenOwner};
 use atomgit_proxy::server::{self, Listener};
 use bytes::Bytes;
@@ -107,7 +107,7 @@ pub struct UserEnv {
     pub client: HttpClient,
     pub config_path: PathBuf,
     pub store_path: PathBuf,
-    pub oauth: OAuthConfig,
+    pub oauth: OAuthEndpoints,
     /// Holds the folder; dropped (and removed) last.
     pub dir: tempfile::TempDir,
 }

@@ -3,7 +3,7 @@
 
 use super::{Problems, duration_or};
 use crate::config::file::{ByteSizeFile, ConfigFile};
-use crate::config::{BrowserPolicy, Limits, ListenAddr, OAuthConfig};
+use crate::config::{BrowserPolicy, Limits, ListenAddr, OAuthEndpoints};
 use crate::routes::Route;
 
 pub(super) fn limits(raw: &ConfigFile, problems: &mut Problems) -> Limits {
@@ -90,7 +90,7 @@ pub(super) fn browser_policy(
     raw: &ConfigFile,
     listen: &[ListenAddr],
     routes: &[Route],
-    oauth: Option<&OAuthConfig>,
+    oauth: Option<&OAuthEndpoints>,
     check_host: bool,
     problems: &mut Problems,
 ) -> BrowserPolicy {
