@@ -172,7 +172,7 @@ pub struct AppConfig {
     pub key: jsonwebtoken::EncodingKey,
     /// Identifies (app id, key, upstream): token caches are keyed by it, so a
     /// reload that changes any of them stops using tokens minted under the old.
-    pub fingerprint: [u8; 32],
+    pub fingerprint: AppFingerprint,
     /// OAuth client id (user routes only).
     pub client_id: Option<String>,
     /// OAuth client secret (user routes only).
@@ -185,6 +185,33 @@ impl fmt::Debug for AppConfig {
             .field("id", &self.id)
             .field("client_id", &self.client_id)
             .finish_non_exhaustive()
+    }
+}
+
+/// What identifies an app's credentials: SHA-256 over the app id, the
+/// upstream and the private key. Token caches, signed JWTs and installation
+/// directories are keyed by it. Its `Debug` shows a short hex prefix, enough
+/// to tell two apart in a log and too little to say anything about the key.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct AppFingerprint([u8; 32]);
+
+impl AppFingerprint {
+    /// The fingerprint of app `id` with key `pem`, calling `upstream_base`.
+    pub fn of(id: u64, upstream_base: &str, pem: &Secret) -> AppFingerprint {
+        use sha2::{Digest, Sha256};
+        let mut hasher = Sha256::new();
+        hasher.update(id.to_be_bytes());
+        hasher.update(upstream_base);
+        // Ends the upstream, so no (upstream, key) pair hashes like another.
+        hasher.update([0]);
+        hasher.update(pem.expose());
+        AppFingerprint(hasher.finalize().into())
+    }
+}
+
+impl fmt::Debug for AppFingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "AppFingerprint({}..)", hex::encode(&self.0[..4]))
     }
 }
 
@@ -322,5 +349,25 @@ impl Config {
             let _ = writeln!(out, "  {route}");
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprints_tell_apps_apart_and_debug_shows_only_a_prefix() {
+        let key = Secret::new("-----BEGIN PRIVATE KEY-----");
+        let a = AppFingerprint::of(75, "https://api.atomgit.com", &key);
+        assert_eq!(a, AppFingerprint::of(75, "https://api.atomgit.com", &key));
+        assert_ne!(a, AppFingerprint::of(76, "https://api.atomgit.com", &key));
+        assert_ne!(a, AppFingerprint::of(75, "https://other.example", &key));
+        assert_ne!(
+            a,
+            AppFingerprint::of(75, "https://api.atomgit.com", &Secret::new("other"))
+        );
+        let shown = format!("{a:?}");
+        assert_eq!(shown.len(), "AppFingerprint(12345678..)".len(), "{shown}");
     }
 }

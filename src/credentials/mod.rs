@@ -14,7 +14,7 @@ pub mod token;
 pub mod token_endpoint;
 pub mod user;
 
-use crate::config::{AppConfig, OAuthEndpoints};
+use crate::config::{AppConfig, AppFingerprint, OAuthEndpoints};
 use crate::routes::{InstallationSelector, RouteCredential, owner_from_path};
 use crate::upstream::{CallError, Upstream};
 use app_jwt::AppJwt;
@@ -64,7 +64,7 @@ impl CredentialError {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum CacheKey {
     Installation {
-        app: [u8; 32],
+        app: AppFingerprint,
         id: u64,
     },
     /// A user's token belongs to the person and the platform the grant was
@@ -82,9 +82,9 @@ pub struct Credentials {
     /// Minted tokens.
     tokens: TokenCache<CacheKey>,
     /// One signed JWT per app identity.
-    jwts: DashMap<[u8; 32], Arc<AppJwt>>,
+    jwts: DashMap<AppFingerprint, Arc<AppJwt>>,
     /// One account directory per app identity.
-    directories: DashMap<[u8; 32], Arc<Directory>>,
+    directories: DashMap<AppFingerprint, Arc<Directory>>,
 }
 
 /// What a token is requested with: the parts of a snapshot the mint needs.
@@ -240,17 +240,17 @@ impl Credentials {
 
     /// Forgets everything minted under app identities other than `current`:
     /// after a reload changed the app id or key, old tokens must not be used.
-    pub fn retain_app(&self, current: &[u8; 32]) {
+    pub fn retain_app(&self, current: AppFingerprint) {
         self.tokens.retain(|k| match k {
-            CacheKey::Installation { app, .. } => app == current,
+            CacheKey::Installation { app, .. } => *app == current,
             CacheKey::User { .. } => true,
         });
-        self.jwts.retain(|k, _| k == current);
-        self.directories.retain(|k, _| k == current);
+        self.jwts.retain(|k, _| *k == current);
+        self.directories.retain(|k, _| *k == current);
     }
 
     /// The cached token for an installation, without minting.
-    pub fn cached_installation_token(&self, app: &[u8; 32], id: u64) -> Option<Token> {
-        self.tokens.peek(&CacheKey::Installation { app: *app, id })
+    pub fn cached_installation_token(&self, app: AppFingerprint, id: u64) -> Option<Token> {
+        self.tokens.peek(&CacheKey::Installation { app, id })
     }
 }
