@@ -1,20 +1,18 @@
-//! The durable grant store: user grants in one JSON file.
+//! The durable grant store: user grants in one JSON file, the
+//! [`GrantsDocument`].
 //!
-//! Written atomically (temporary file in the same folder, fsync, rename,
-//! fsync the folder) with mode 0600, so a crash or a full disk leaves either
-//! the old file or the new one, never half of one. A file that cannot be
-//! read or parsed stops the start and is never overwritten: it may hold the
-//! only copy of a refresh token. A failed write keeps the old file and the
-//! new grant in memory, and is reported.
+//! Each change is written through, atomically (see [`super::grants_file`]).
+//! A file that cannot be read or parsed stops the start and is never
+//! overwritten: it may hold the only copy of a refresh token. A failed write
+//! keeps the old file and the new grant in memory, and is reported.
 //!
 //! Each grant records the platform it was obtained for ([`GrantBinding`]):
 //! a user token is only ever sent to that upstream, for that OAuth client.
 
+use super::grants_file::{self, StoreError};
 use crate::config::{AppConfig, Secret, UpstreamConfig};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -83,9 +81,10 @@ impl Grant {
     }
 }
 
+/// The store file's JSON document.
 #[derive(Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct StoreFile {
+struct GrantsDocument {
     version: u32,
     #[serde(default)]
     grants: BTreeMap<String, Grant>,
@@ -95,28 +94,10 @@ struct StoreFile {
     used_links: BTreeMap<String, u64>,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("grant store {path}: cannot read: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error(
-        "grant store {path}: not a valid grant file ({detail}); it was left untouched: fix or move it away"
-    )]
-    Corrupt { path: PathBuf, detail: String },
-    #[error("grant store {path}: cannot write: {source}; the previous file is intact")]
-    Write {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-}
-
 /// The store: the file's content in memory, written through on each change.
 pub struct GrantStore {
     path: PathBuf,
-    data: Mutex<StoreFile>,
+    data: Mutex<GrantsDocument>,
     /// Serialises writers so two renames never interleave.
     write: Mutex<()>,
     /// The last write failed: memory holds grants the file does not (a
@@ -134,9 +115,9 @@ pub fn now_ms() -> u64 {
 impl GrantStore {
     /// Loads the store; a missing file is an empty store (created on first write).
     pub fn open(path: &Path) -> Result<GrantStore, StoreError> {
-        let data = read_file(path)?.unwrap_or_else(|| StoreFile {
+        let data = read_document(path)?.unwrap_or_else(|| GrantsDocument {
             version: FORMAT_VERSION,
-            ..StoreFile::default()
+            ..GrantsDocument::default()
         });
         Ok(GrantStore {
             path: path.to_path_buf(),
@@ -150,7 +131,7 @@ impl GrantStore {
         &self.path
     }
 
-    fn data(&self) -> std::sync::MutexGuard<'_, StoreFile> {
+    fn data(&self) -> std::sync::MutexGuard<'_, GrantsDocument> {
         self.data.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -166,7 +147,7 @@ impl GrantStore {
     /// another process (`atomgit-proxy token`, a replica sharing the volume)
     /// may have refreshed it, and our refresh token may be dead since.
     pub fn sync_from_disk(&self, user: &str) {
-        let Ok(Some(disk)) = read_file(&self.path) else {
+        let Ok(Some(disk)) = read_document(&self.path) else {
             return;
         };
         let Some(theirs) = disk.grants.get(user) else {
@@ -208,25 +189,10 @@ impl GrantStore {
     /// processes sharing the store refresh one at a time (advisory `flock`;
     /// released when the returned file is dropped).
     pub async fn lock_for_refresh(&self) -> std::io::Result<std::fs::File> {
-        let mut name = self
-            .path
-            .file_name()
-            .map(|n| n.to_os_string())
-            .unwrap_or_default();
-        name.push(".lock");
-        let path = self.path.with_file_name(name);
-        tokio::task::spawn_blocking(move || {
-            let file = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .mode(0o600)
-                .open(&path)?;
-            file.lock()?;
-            Ok(file)
-        })
-        .await
-        .map_err(std::io::Error::other)?
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || grants_file::lock(&path))
+            .await
+            .map_err(std::io::Error::other)?
     }
 
     /// Writes the file again if the last write failed.
@@ -247,81 +213,32 @@ impl GrantStore {
                 source: std::io::Error::other(e),
             })?
         };
-        let result = write_atomically(&self.path, &bytes).map_err(|source| StoreError::Write {
-            path: self.path.clone(),
-            source,
-        });
+        let result =
+            grants_file::write_atomically(&self.path, &bytes).map_err(|source| StoreError::Write {
+                path: self.path.clone(),
+                source,
+            });
         self.dirty
             .store(result.is_err(), std::sync::atomic::Ordering::SeqCst);
         result
     }
 }
 
-fn read_file(path: &Path) -> Result<Option<StoreFile>, StoreError> {
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
-            return Err(StoreError::Read {
-                path: path.to_path_buf(),
-                source,
-            });
-        }
+/// Reads the document, refusing a format this build does not know.
+fn read_document(path: &Path) -> Result<Option<GrantsDocument>, StoreError> {
+    let Some(document) = grants_file::read_json::<GrantsDocument>(path)? else {
+        return Ok(None);
     };
-    let corrupt = |detail: String| StoreError::Corrupt {
-        path: path.to_path_buf(),
-        detail,
-    };
-    // serde_json's message can quote a value it choked on, and this file
-    // holds refresh tokens: say where and what kind of fault, never the text.
-    let file: StoreFile = serde_json::from_slice(&bytes).map_err(|e| {
-        let kind = match e.classify() {
-            serde_json::error::Category::Io => "unreadable",
-            serde_json::error::Category::Syntax => "not valid JSON",
-            serde_json::error::Category::Data => "JSON of the wrong shape",
-            serde_json::error::Category::Eof => "cut short",
-        };
-        corrupt(format!("{kind} at line {} column {}", e.line(), e.column()))
-    })?;
-    if file.version != FORMAT_VERSION {
-        return Err(corrupt(format!(
-            "format version {} (this build reads version {FORMAT_VERSION})",
-            file.version
-        )));
+    if document.version != FORMAT_VERSION {
+        return Err(StoreError::Corrupt {
+            path: path.to_path_buf(),
+            detail: format!(
+                "format version {} (this build reads version {FORMAT_VERSION})",
+                document.version
+            ),
+        });
     }
-    Ok(Some(file))
-}
-
-/// Temporary file beside the target, fsync, rename over it, fsync the folder.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("grants");
-    let tmp = dir.join(format!(
-        ".{name}.{}.{:x}.tmp",
-        std::process::id(),
-        rand::random::<u64>()
-    ));
-    let result = (|| {
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    Ok(Some(document))
 }
 
 #[cfg(test)]

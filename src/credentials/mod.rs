@@ -7,6 +7,7 @@
 mod app_jwt;
 pub mod cache;
 pub mod grants;
+pub mod grants_file;
 pub mod installations;
 pub mod login_link;
 pub mod pending_logins;

@@ -217,7 +217,7 @@ impl UserEnv {
         grant["updated_at_ms"] = Value::from(now - age.as_millis() as i64);
         grant["access_expires_at_ms"] = Value::from(now + left_ms);
         let bytes = serde_json::to_vec_pretty(&store).expect("JSON");
-        atomgit_proxy::credentials::grants::write_atomically(&self.store_path, &bytes)
+        atomgit_proxy::credentials::grants_file::write_atomically(&self.store_path, &bytes)
             .expect("rewrite the store");
     }
 
