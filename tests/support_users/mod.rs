@@ -36,7 +36,7 @@ pub use common::{APP_ID, Reply, app_key, bounded};
 
 /// The user every test logs in (the fake's one person).
 pub const USER: &str = "alice";
-/// The login page's cookie, as `src/local/oauth.rs` names it.
+/// The login page's cookie, as `src/admin/login.rs` names it.
 pub const STATE_COOKIE: &str = "atomgit_proxy_oauth_state";
 
 /// The plain HTTP client of the tests.
