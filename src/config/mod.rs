@@ -1,6 +1,6 @@
 //! Configuration: the validated snapshot the proxy runs on.
 //!
-//! The YAML is parsed into the raw types of [`file`], then [`validate`] turns
+//! The YAML is parsed into the raw types of [`file`](mod@file), then `validate` turns
 //! them into a [`Config`]: keys parsed, URLs split, durations read and routes
 //! compiled, so nothing on the request path parses configuration again. A
 //! `Config` is immutable; a reload builds a whole new one (see `reload.rs`).

@@ -1,5 +1,5 @@
 //! The durable grant store: user grants in one JSON file, the
-//! [`GrantsDocument`].
+//! `GrantsDocument`.
 //!
 //! Each change is written through, atomically (see [`super::grants_file`]).
 //! A file that cannot be read or parsed stops the start and is never
