@@ -6,7 +6,7 @@
 //! curl commands that work as printed.
 
 use crate::config::Config;
-use crate::config::OAuthConfig;
+use crate::config::OAuthEndpoints;
 use crate::credentials::login_link;
 use crate::fake::{self, FakeAtomGit, FakeInstallation, FakeOptions};
 use crate::{app, server};
@@ -18,7 +18,7 @@ use std::path::Path;
 const APP_ID: u64 = 75;
 
 /// A one-time login link for `user`, on the proxy address `redirect_uri` names.
-pub fn login_link(oauth: &OAuthConfig, store: &Path, user: &str) -> anyhow::Result<String> {
+pub fn login_link(oauth: &OAuthEndpoints, store: &Path, user: &str) -> anyhow::Result<String> {
     let key = login_link::load_or_create_key(store).with_context(|| {
         format!(
             "reading or creating the link key beside {}",

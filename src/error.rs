@@ -4,8 +4,8 @@
 //! it is decided what is logged: a caller's mistake is not the operator's
 //! problem and logs at debug; the platform failing logs at warn.
 
+use crate::body::Body;
 use crate::credentials::CredentialError;
-use crate::proxy::Body;
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode};
 use http_body_util::{Either, Full};

@@ -2,33 +2,45 @@
 //! installation (`ats_`) or user (`atu_`) token injected into every request.
 //!
 //! # Layout
-//! The modules follow a request's path:
-//! - [`config`]: the YAML file ([`config::file`]), validated once into an
-//!   immutable [`config::Config`] snapshot.
-//! - [`server`]: listeners, the accept loop, graceful shutdown.
-//! - [`proxy`]: the service; caller keys ([`proxy::clients`]), route
-//!   selection, header surgery ([`proxy::headers`]) and streaming forward.
-//! - [`routes`]: compiled routes and matching.
-//! - [`credentials`]: the app JWT, installation discovery and tokens, the
-//!   single-flight token cache.
-//! - [`upstream`]: pooled HTTP clients to the platform; [`caller_body`]: the
-//!   caller's body on its way there, watched for the caller's own faults.
-//! - [`local`]: the `/_proxy/` endpoints (health, readiness, metrics).
-//! - [`error`]: every error the proxy answers itself, mapped in one place.
+//! The modules in the order a request meets them:
 //! - [`app`]: a running proxy: start, signals, shutdown.
+//! - [`server`]: listeners, the accept loop, connection caps and timeouts,
+//!   graceful shutdown.
+//! - [`proxy`]: the service: browser guards ([`proxy::guard`]), caller keys
+//!   ([`proxy::clients`]), route selection, header surgery
+//!   ([`proxy::headers`]) and the streaming forward.
+//! - [`state`]: what every request shares: the current snapshot behind
+//!   `ArcSwap`, the credential caches, metrics and pending logins.
+//! - [`config`]: the YAML file ([`config::file`]), validated once into the
+//!   immutable [`config::Config`] a snapshot holds.
+//! - [`admin`]: the `/_proxy/` endpoints (health, readiness, metrics, the
+//!   login pages), which the service dispatches to.
+//! - [`routes`]: compiled routes, matching, path checks.
+//! - [`credentials`]: the app JWT, installation tokens, user grants and their
+//!   store, the token endpoint, the single-flight token cache.
+//! - [`upstream`]: pooled HTTP clients to the platform.
+//! - [`body`]: the response body type, and the caller's body on its way
+//!   upstream, watched for the caller's own faults.
+//! - [`error`]: every error the proxy answers itself, mapped in one place.
+//! - [`metrics`]: the Prometheus registry and the per-request bookkeeping.
 //! - [`reload`]: building and swapping a new snapshot; the file watcher.
+//! - [`dev`]: the `dev` demo: the proxy in front of the fake, a login link.
 //! - [`fake`]: an in-process fake AtomGit for `dev` and the tests.
+//!
+//! Imports run one way: a module uses only modules below it in the call
+//! chain (`proxy` dispatches to `admin`, which never uses `proxy`; `error`,
+//! `routes`, `config` and `body` use nothing that uses them).
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod app;
-pub mod caller_body;
+pub mod body;
 pub mod config;
 pub mod credentials;
 pub mod dev;
 pub mod error;
 pub mod fake;
-pub mod local;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;

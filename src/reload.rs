@@ -79,7 +79,7 @@ pub fn reload(shared: &Shared) -> Result<(), String> {
             shared.snapshot.store(Arc::new(next));
             // Tokens minted under another app identity must not be used
             // again; everything else is kept, so a reload mints nothing.
-            shared.credentials.retain_app(&app);
+            shared.credentials.retain_app(app);
             status.last_error = None;
             status.failed_files = Vec::new();
             shared.metrics.reload_failed.set(0);

@@ -2,6 +2,7 @@
 
 use crate::config::Config;
 use crate::credentials::grants::{GrantBinding, GrantStore};
+use crate::credentials::pending_logins::PendingLogins;
 use crate::credentials::{Context, Credentials};
 use crate::metrics::Metrics;
 use crate::upstream::Upstream;
@@ -94,7 +95,7 @@ pub struct Shared {
     pub metrics: Metrics,
     pub reload: Mutex<ReloadStatus>,
     /// Logins started in a browser, waiting for the platform's callback.
-    pub logins: crate::local::oauth::PendingLogins,
+    pub logins: PendingLogins,
 }
 
 impl Shared {

@@ -5,7 +5,7 @@
 //! caller, and one for the proxy's own small token calls. Both are built once
 //! per upstream configuration and reused across reloads that leave it alone.
 
-use crate::caller_body::CallerBody;
+use crate::body::CallerBody;
 use crate::config::UpstreamConfig;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};

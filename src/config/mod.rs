@@ -1,6 +1,6 @@
 //! Configuration: the validated snapshot the proxy runs on.
 //!
-//! The YAML is parsed into the raw types of [`file`], then [`validate`] turns
+//! The YAML is parsed into the raw types of [`file`](mod@file), then `validate` turns
 //! them into a [`Config`]: keys parsed, URLs split, durations read and routes
 //! compiled, so nothing on the request path parses configuration again. A
 //! `Config` is immutable; a reload builds a whole new one (see `reload.rs`).
@@ -25,6 +25,18 @@ pub const DEFAULT_UPSTREAM: &str = "https://api.atomgit.com";
 /// Default browser-facing authorize page.
 pub const DEFAULT_AUTHORIZE_URL: &str = "https://atomgit.com/login/oauth/authorize";
 
+/// The login-link signing key's file, beside the grant store at `store`.
+/// Named here, with the store, because the config knows every file that
+/// holds a secret (their permissions are checked after each load).
+pub fn link_key_path(store: &Path) -> PathBuf {
+    let mut name = store
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(".link-key");
+    store.with_file_name(name)
+}
+
 /// A validated, immutable configuration snapshot.
 #[derive(Debug)]
 pub struct Config {
@@ -47,7 +59,7 @@ pub struct Config {
     /// The app identity; shared so the credential layer can hold it across reloads.
     pub app: Arc<AppConfig>,
     /// OAuth endpoints; present when any route acts as a user.
-    pub oauth: Option<OAuthConfig>,
+    pub oauth: Option<OAuthEndpoints>,
     /// Durable grant store file; required when any route acts as a user.
     pub store_path: Option<PathBuf>,
     /// Known local callers; empty means no caller authentication.
@@ -160,7 +172,7 @@ pub struct AppConfig {
     pub key: jsonwebtoken::EncodingKey,
     /// Identifies (app id, key, upstream): token caches are keyed by it, so a
     /// reload that changes any of them stops using tokens minted under the old.
-    pub fingerprint: [u8; 32],
+    pub fingerprint: AppFingerprint,
     /// OAuth client id (user routes only).
     pub client_id: Option<String>,
     /// OAuth client secret (user routes only).
@@ -176,11 +188,42 @@ impl fmt::Debug for AppConfig {
     }
 }
 
-/// OAuth endpoints for the user flow.
+/// What identifies an app's credentials: SHA-256 over the app id, the
+/// upstream and the private key. Token caches, signed JWTs and installation
+/// directories are keyed by it. Its `Debug` shows a short hex prefix, enough
+/// to tell two apart in a log and too little to say anything about the key.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct AppFingerprint([u8; 32]);
+
+impl AppFingerprint {
+    /// The fingerprint of app `id` with key `pem`, calling `upstream_base`.
+    pub fn of(id: u64, upstream_base: &str, pem: &Secret) -> AppFingerprint {
+        use sha2::{Digest, Sha256};
+        let mut hasher = Sha256::new();
+        hasher.update(id.to_be_bytes());
+        hasher.update(upstream_base);
+        // Ends the upstream, so no (upstream, key) pair hashes like another.
+        hasher.update([0]);
+        hasher.update(pem.expose());
+        AppFingerprint(hasher.finalize().into())
+    }
+}
+
+impl fmt::Debug for AppFingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "AppFingerprint({}..)", hex::encode(&self.0[..4]))
+    }
+}
+
+/// The OAuth endpoints of the user flow, validated from the `oauth:` section
+/// (whose raw form is [`file::OAuthFile`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OAuthConfig {
+pub struct OAuthEndpoints {
+    /// The platform's page the browser is sent to, to authorize the app.
     pub authorize_url: url::Url,
+    /// The proxy's callback, where the platform sends the browser back.
     pub redirect_uri: url::Url,
+    /// Where codes are exchanged and grants refreshed.
     pub token_url: url::Url,
 }
 
@@ -306,5 +349,25 @@ impl Config {
             let _ = writeln!(out, "  {route}");
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprints_tell_apps_apart_and_debug_shows_only_a_prefix() {
+        let key = Secret::new("-----BEGIN PRIVATE KEY-----");
+        let a = AppFingerprint::of(75, "https://api.atomgit.com", &key);
+        assert_eq!(a, AppFingerprint::of(75, "https://api.atomgit.com", &key));
+        assert_ne!(a, AppFingerprint::of(76, "https://api.atomgit.com", &key));
+        assert_ne!(a, AppFingerprint::of(75, "https://other.example", &key));
+        assert_ne!(
+            a,
+            AppFingerprint::of(75, "https://api.atomgit.com", &Secret::new("other"))
+        );
+        let shown = format!("{a:?}");
+        assert_eq!(shown.len(), "AppFingerprint(12345678..)".len(), "{shown}");
     }
 }

@@ -7,7 +7,7 @@
 //! have reasons (a group-shared secret volume), and refusing to start over it
 //! would turn a hardening hint into an outage.
 
-use super::Config;
+use super::{Config, link_key_path};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -16,12 +16,10 @@ impl Config {
     /// not exist yet are skipped: the proxy creates the store and link key
     /// itself, with mode 0600.
     pub fn file_warnings(&self) -> Vec<String> {
-        let store_files = self.store_path.iter().flat_map(|store| {
-            [
-                store.clone(),
-                crate::credentials::login_link::key_path(store),
-            ]
-        });
+        let store_files = self
+            .store_path
+            .iter()
+            .flat_map(|store| [store.clone(), link_key_path(store)]);
         let files: Vec<PathBuf> = self
             .secret_files
             .iter()

@@ -15,11 +15,10 @@
 //! read again only when it changed since this process last read or wrote it
 //! ([`FileStamp`]), so the checks before each refresh are one `stat`.
 
+use super::grants_file::{self, StoreError};
 use crate::config::{AppConfig, Secret, UpstreamConfig};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -90,7 +89,7 @@ impl Grant {
 
 #[derive(Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct StoreFile {
+struct GrantsDocument {
     version: u32,
     #[serde(default)]
     grants: BTreeMap<String, Grant>,
@@ -100,28 +99,10 @@ struct StoreFile {
     used_links: BTreeMap<String, u64>,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("grant store {path}: cannot read: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error(
-        "grant store {path}: not a valid grant file ({detail}); it was left untouched: fix or move it away"
-    )]
-    Corrupt { path: PathBuf, detail: String },
-    #[error("grant store {path}: cannot write: {source}; the previous file is intact")]
-    Write {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-}
-
 /// The store: the file's content in memory, written through on each change.
 pub struct GrantStore {
     path: PathBuf,
-    data: Mutex<StoreFile>,
+    data: Mutex<GrantsDocument>,
     /// Serialises writers so two renames never interleave.
     write: Mutex<()>,
     /// The last write failed: memory holds grants the file does not (a
@@ -172,9 +153,9 @@ impl GrantStore {
     pub fn open(path: &Path) -> Result<GrantStore, StoreError> {
         // Taken before the read: a write landing after it is read next time.
         let seen = FileStamp::read(path);
-        let data = read_file(path)?.unwrap_or_else(|| StoreFile {
+        let data = read_document(path)?.unwrap_or_else(|| GrantsDocument {
             version: FORMAT_VERSION,
-            ..StoreFile::default()
+            ..GrantsDocument::default()
         });
         Ok(GrantStore {
             path: path.to_path_buf(),
@@ -189,7 +170,7 @@ impl GrantStore {
         &self.path
     }
 
-    fn data(&self) -> std::sync::MutexGuard<'_, StoreFile> {
+    fn data(&self) -> std::sync::MutexGuard<'_, GrantsDocument> {
         self.data.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -215,7 +196,7 @@ impl GrantStore {
         if now.is_some() && now == *seen {
             return;
         }
-        let Ok(Some(disk)) = read_file(&self.path) else {
+        let Ok(Some(disk)) = read_document(&self.path) else {
             return;
         };
         *seen = now;
@@ -269,23 +250,10 @@ impl GrantStore {
     /// gave up waiting, while this stops when its future is dropped.
     pub async fn lock_for_refresh(&self) -> std::io::Result<std::fs::File> {
         const RETRY: std::time::Duration = std::time::Duration::from_millis(20);
-        let mut name = self
-            .path
-            .file_name()
-            .map(|n| n.to_os_string())
-            .unwrap_or_default();
-        name.push(".lock");
-        let path = self.path.with_file_name(name);
-        let file = tokio::task::spawn_blocking(move || {
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .mode(0o600)
-                .open(&path)
-        })
-        .await
-        .map_err(std::io::Error::other)??;
+        let path = self.path.clone();
+        let file = tokio::task::spawn_blocking(move || grants_file::open_lock_file(&path))
+            .await
+            .map_err(std::io::Error::other)??;
         loop {
             match file.try_lock() {
                 Ok(()) => return Ok(file),
@@ -352,81 +320,25 @@ impl GrantStore {
     }
 }
 
-fn read_file(path: &Path) -> Result<Option<StoreFile>, StoreError> {
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
-            return Err(StoreError::Read {
-                path: path.to_path_buf(),
-                source,
-            });
-        }
+fn read_document(path: &Path) -> Result<Option<GrantsDocument>, StoreError> {
+    let Some(document) = grants_file::read_json::<GrantsDocument>(path)? else {
+        return Ok(None);
     };
-    let corrupt = |detail: String| StoreError::Corrupt {
-        path: path.to_path_buf(),
-        detail,
-    };
-    // serde_json's message can quote a value it choked on, and this file
-    // holds refresh tokens: say where and what kind of fault, never the text.
-    let file: StoreFile = serde_json::from_slice(&bytes).map_err(|e| {
-        let kind = match e.classify() {
-            serde_json::error::Category::Io => "unreadable",
-            serde_json::error::Category::Syntax => "not valid JSON",
-            serde_json::error::Category::Data => "JSON of the wrong shape",
-            serde_json::error::Category::Eof => "cut short",
-        };
-        corrupt(format!("{kind} at line {} column {}", e.line(), e.column()))
-    })?;
-    if file.version != FORMAT_VERSION {
-        return Err(corrupt(format!(
-            "format version {} (this build reads version {FORMAT_VERSION})",
-            file.version
-        )));
+    if document.version != FORMAT_VERSION {
+        return Err(StoreError::Corrupt {
+            path: path.to_path_buf(),
+            detail: format!(
+                "format version {} (this build reads version {FORMAT_VERSION})",
+                document.version
+            ),
+        });
     }
-    Ok(Some(file))
+    Ok(Some(document))
 }
 
-/// Temporary file beside the target, fsync, rename over it, fsync the folder.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    write_file(path, bytes).map(|_| ())
-}
-
-/// [`write_atomically`], returning the stamp of the file written.
+/// [`grants_file::write_atomically`], returning the stamp of the file written.
 fn write_file(path: &Path, bytes: &[u8]) -> std::io::Result<FileStamp> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("grants");
-    let tmp = dir.join(format!(
-        ".{name}.{}.{:x}.tmp",
-        std::process::id(),
-        rand::random::<u64>()
-    ));
-    let result = (|| {
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        // Stamped through the open file, after the rename (which changes
-        // its ctime): a file another process renamed over ours meanwhile
-        // does not match, and is read.
-        let stamp = FileStamp::of(&file.metadata()?);
-        std::fs::File::open(dir)?.sync_all()?;
-        Ok(stamp)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    grants_file::write_atomically(path, bytes).map(|written| FileStamp::of(&written))
 }
 
 #[cfg(test)]
@@ -613,9 +525,9 @@ mod tests {
         assert_eq!(there.get("alice").unwrap().access_token, "atu_3");
         let mut stale = grant("atu_old");
         stale.updated_at_ms = 1;
-        write_atomically(
+        grants_file::write_atomically(
             &path,
-            &serde_json::to_vec(&StoreFile {
+            &serde_json::to_vec(&GrantsDocument {
                 version: FORMAT_VERSION,
                 grants: BTreeMap::from([("alice".to_owned(), stale)]),
                 used_links: BTreeMap::new(),

@@ -1,16 +1,17 @@
 //! One-time login links: only the operator can start a user login.
 //!
 //! `atomgit-proxy login USER` signs (HMAC-SHA256) a link naming the user, an
-//! expiry and a random nonce with a key kept beside the grant store (created
-//! on first use, mode 0600). The proxy checks the signature and expiry and
-//! records the nonce as used in the store, so a link works once, even across
-//! a restart. Without a link nobody can bind a token to a user name.
+//! expiry and a random nonce with a key kept beside the grant store
+//! ([`link_key_path`]; created on first use, mode 0600). The proxy checks
+//! the signature and expiry and records the nonce as used in the store, so a
+//! link works once, even across a restart. Without a link nobody can bind a token to a user name.
 
+use crate::config::link_key_path;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 /// How long a printed link stays valid.
@@ -18,20 +19,10 @@ pub const LINK_LIFETIME: Duration = Duration::from_secs(600);
 
 type HmacSha256 = Hmac<Sha256>;
 
-/// The signing key's file, beside the store.
-pub fn key_path(store: &Path) -> PathBuf {
-    let mut name = store
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
-    name.push(".link-key");
-    store.with_file_name(name)
-}
-
 /// Reads the link key, creating it on first use. Creation is exclusive, so
 /// two processes racing to create it agree on one key.
 pub fn load_or_create_key(store: &Path) -> std::io::Result<Vec<u8>> {
-    let path = key_path(store);
+    let path = link_key_path(store);
     match std::fs::read_to_string(&path) {
         Ok(text) => return hex::decode(text.trim()).map_err(std::io::Error::other),
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
@@ -124,7 +115,7 @@ mod tests {
             &q["sig"]
         ));
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(key_path(&store))
+        let mode = std::fs::metadata(link_key_path(&store))
             .unwrap()
             .permissions()
             .mode()

@@ -7,13 +7,15 @@
 mod app_jwt;
 pub mod cache;
 pub mod grants;
+pub mod grants_file;
 pub mod installations;
 pub mod login_link;
-pub mod oauth;
+pub mod pending_logins;
 pub mod token;
+pub mod token_endpoint;
 pub mod user;
 
-use crate::config::{AppConfig, OAuthConfig};
+use crate::config::{AppConfig, AppFingerprint, OAuthEndpoints};
 use crate::routes::{InstallationSelector, RouteCredential, owner_from_path};
 use crate::upstream::{CallError, Upstream};
 use app_jwt::AppJwt;
@@ -63,7 +65,7 @@ impl CredentialError {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum CacheKey {
     Installation {
-        app: [u8; 32],
+        app: AppFingerprint,
         id: u64,
     },
     /// A user's token belongs to the person and the platform the grant was
@@ -81,9 +83,9 @@ pub struct Credentials {
     /// Minted tokens.
     tokens: TokenCache<CacheKey>,
     /// One signed JWT per app identity.
-    jwts: DashMap<[u8; 32], Arc<AppJwt>>,
+    jwts: DashMap<AppFingerprint, Arc<AppJwt>>,
     /// One account directory per app identity.
-    directories: DashMap<[u8; 32], Arc<Directory>>,
+    directories: DashMap<AppFingerprint, Arc<Directory>>,
 }
 
 /// What a token is requested with: the parts of a snapshot the mint needs.
@@ -91,7 +93,7 @@ pub struct Context<'a> {
     pub app: &'a Arc<AppConfig>,
     pub upstream: &'a Arc<Upstream>,
     pub refresh_margin: Duration,
-    pub oauth: Option<&'a OAuthConfig>,
+    pub oauth: Option<&'a OAuthEndpoints>,
     pub store: Option<&'a Arc<GrantStore>>,
     /// The platform user grants must belong to.
     pub grant_binding: &'a Arc<GrantBinding>,
@@ -239,17 +241,17 @@ impl Credentials {
 
     /// Forgets everything minted under app identities other than `current`:
     /// after a reload changed the app id or key, old tokens must not be used.
-    pub fn retain_app(&self, current: &[u8; 32]) {
+    pub fn retain_app(&self, current: AppFingerprint) {
         self.tokens.retain(|k| match k {
-            CacheKey::Installation { app, .. } => app == current,
+            CacheKey::Installation { app, .. } => *app == current,
             CacheKey::User { .. } => true,
         });
-        self.jwts.retain(|k, _| k == current);
-        self.directories.retain(|k, _| k == current);
+        self.jwts.retain(|k, _| *k == current);
+        self.directories.retain(|k, _| *k == current);
     }
 
     /// The cached token for an installation, without minting.
-    pub fn cached_installation_token(&self, app: &[u8; 32], id: u64) -> Option<Token> {
-        self.tokens.peek(&CacheKey::Installation { app: *app, id })
+    pub fn cached_installation_token(&self, app: AppFingerprint, id: u64) -> Option<Token> {
+        self.tokens.peek(&CacheKey::Installation { app, id })
     }
 }

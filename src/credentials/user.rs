@@ -20,9 +20,9 @@
 
 use super::cache::{MintError, Minted};
 use super::grants::{Grant, GrantBinding, GrantStore, now_ms};
-use super::oauth::{self, OAuthError};
+use super::token_endpoint::{self, OAuthError};
 use super::{CredentialError, Token};
-use crate::config::{AppConfig, OAuthConfig};
+use crate::config::{AppConfig, OAuthEndpoints};
 use crate::upstream::Upstream;
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,7 +37,7 @@ pub struct UserSource {
     pub store: Arc<GrantStore>,
     pub upstream: Arc<Upstream>,
     pub app: Arc<AppConfig>,
-    pub oauth: OAuthConfig,
+    pub oauth: OAuthEndpoints,
     pub user: Arc<str>,
     /// The platform the grant must belong to (the snapshot's).
     pub binding: Arc<GrantBinding>,
@@ -145,7 +145,7 @@ impl UserSource {
                 .await
                 .into());
         }
-        match oauth::refresh(&self.upstream, &self.app, &self.oauth, &grant).await {
+        match token_endpoint::refresh(&self.upstream, &self.app, &self.oauth, &grant).await {
             Ok(fresh) => {
                 // Durable first: a rotated refresh token that only lived in
                 // memory would be lost with the process.

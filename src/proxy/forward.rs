@@ -3,9 +3,9 @@
 //! Bodies are never collected: the caller's `Incoming` body becomes the
 //! upstream request body and the upstream's `Incoming` becomes the response.
 
+use super::ConnInfo;
 use super::headers::{rewrite_links, strip_caller_credentials, strip_hop_by_hop};
-use super::{Body, ConnInfo};
-use crate::caller_body::CallerBody;
+use crate::body::{Body, CallerBody};
 use crate::credentials::Token;
 use crate::error::ProxyError;
 use crate::metrics::Metrics;

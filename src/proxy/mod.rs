@@ -8,19 +8,15 @@ mod forward;
 pub mod guard;
 pub mod headers;
 
+use crate::body::Body;
 use crate::error::ProxyError;
 use crate::routes::Miss;
 use crate::state::{Shared, Snapshot};
-use bytes::Bytes;
 use http::uri::Authority;
 use http::{Request, Response};
-use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use std::net::SocketAddr;
 use std::sync::Arc;
-
-/// Response bodies: the upstream's stream, or a small body the proxy made.
-pub type Body = Either<Incoming, Full<Bytes>>;
 
 /// What the server knows about the connection a request came on.
 #[derive(Debug, Clone, Default)]
@@ -70,16 +66,20 @@ impl Proxy {
         route_name: &mut Option<Arc<str>>,
     ) -> Result<Response<Body>, ProxyError> {
         let path = req.uri().path();
-        // Before anything else, local endpoints included: a web page must not
+        // Before anything else, admin endpoints included: a web page must not
         // reach a credential, nor learn whether a client key is needed.
         let host = forward::inbound_host(&req)?;
         let policy = &snap.config.browser;
         let host_str = host.as_ref().map(Authority::as_str);
         guard::check(req.method(), path, req.headers(), host_str, policy)?;
+        let client = clients::identify(req.headers(), &snap.config.clients);
         if path == "/_proxy" || path.starts_with("/_proxy/") {
-            return crate::local::handle(self, req, snap).await;
+            // The admin endpoints read no keys themselves: who asks is
+            // decided here, and each decides what it shows to whom.
+            let caller = client.map(|_| ());
+            return crate::admin::handle(req, &self.shared, snap, caller).await;
         }
-        let client = clients::identify(req.headers(), &snap.config.clients)?;
+        let client = client?;
         let overrides = guard::method_overrides(req.headers())?;
         // The path is the caller's: the message names the rule, never the path.
         crate::routes::path::check(path)

@@ -10,7 +10,7 @@
 #![allow(dead_code)]
 
 use atomgit_proxy::app::{self, Running};
-use atomgit_proxy::config::{Config, OAuthConfig};
+use atomgit_proxy::config::{Config, OAuthEndpoints};
 use atomgit_proxy::fake::{FakeAtomGit, FakeOAuth, FakeOptions, TokenOwner};
 use atomgit_proxy::server::{self, Listener};
 use bytes::Bytes;
@@ -36,7 +36,7 @@ pub use common::{APP_ID, Reply, app_key, bounded};
 
 /// The user every test logs in (the fake's one person).
 pub const USER: &str = "alice";
-/// The login page's cookie, as `src/local/oauth.rs` names it.
+/// The login page's cookie, as `src/admin/login.rs` names it.
 pub const STATE_COOKIE: &str = "atomgit_proxy_oauth_state";
 
 /// The plain HTTP client of the tests.
@@ -107,7 +107,7 @@ pub struct UserEnv {
     pub client: HttpClient,
     pub config_path: PathBuf,
     pub store_path: PathBuf,
-    pub oauth: OAuthConfig,
+    pub oauth: OAuthEndpoints,
     /// Holds the folder; dropped (and removed) last.
     pub dir: tempfile::TempDir,
 }
@@ -217,7 +217,7 @@ impl UserEnv {
         grant["updated_at_ms"] = Value::from(now - age.as_millis() as i64);
         grant["access_expires_at_ms"] = Value::from(now + left_ms);
         let bytes = serde_json::to_vec_pretty(&store).expect("JSON");
-        atomgit_proxy::credentials::grants::write_atomically(&self.store_path, &bytes)
+        atomgit_proxy::credentials::grants_file::write_atomically(&self.store_path, &bytes)
             .expect("rewrite the store");
     }
 

@@ -3,7 +3,7 @@
 
 use super::{Problems, duration_or};
 use crate::config::file::{ByteSizeFile, ConfigFile};
-use crate::config::{BrowserPolicy, Limits, ListenAddr, OAuthConfig};
+use crate::config::{BrowserPolicy, Limits, ListenAddr, OAuthEndpoints};
 use crate::routes::Route;
 
 pub(super) fn limits(raw: &ConfigFile, problems: &mut Problems) -> Limits {
@@ -41,7 +41,7 @@ pub(super) fn limits(raw: &ConfigFile, problems: &mut Problems) -> Limits {
         Some(size) => match byte_size(size) {
             // Below 1 KiB not even an ordinary request fits; hyper's h1
             // parser needs at least 8 KiB of read buffer, so it is floored
-            // there (see server.rs) while the limit itself is enforced exactly.
+            // there (see server/mod.rs) while the limit itself is enforced exactly.
             Some(n) if (1024..=16 * 1024 * 1024).contains(&n) => n,
             _ => {
                 problems.add(
@@ -90,7 +90,7 @@ pub(super) fn browser_policy(
     raw: &ConfigFile,
     listen: &[ListenAddr],
     routes: &[Route],
-    oauth: Option<&OAuthConfig>,
+    oauth: Option<&OAuthEndpoints>,
     check_host: bool,
     problems: &mut Problems,
 ) -> BrowserPolicy {

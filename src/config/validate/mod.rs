@@ -10,10 +10,9 @@ mod yaml_errors;
 
 use super::file::{self, ConfigFile, SecretFile};
 use super::secret::{self, Secret};
-use super::{AppConfig, ClientConfig, Config, ListenAddr, Problem, UpstreamConfig};
+use super::{AppConfig, AppFingerprint, ClientConfig, Config, ListenAddr, Problem, UpstreamConfig};
 use crate::routes::{RouteCredential, RouteTable};
 use network::{listen_addrs, oauth, upstream};
-use sha2::{Digest, Sha256};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -301,15 +300,11 @@ fn app(
         }
     }
     let (id, key, pem) = (id?, key?, pem?);
-    let mut hasher = Sha256::new();
-    hasher.update(id.to_be_bytes());
-    hasher.update(upstream.map(UpstreamConfig::base_url).unwrap_or_default());
-    hasher.update([0]);
-    hasher.update(pem.expose());
+    let upstream_base = upstream.map(UpstreamConfig::base_url).unwrap_or_default();
     Some(AppConfig {
         id,
         key,
-        fingerprint: hasher.finalize().into(),
+        fingerprint: AppFingerprint::of(id, &upstream_base, &pem),
         client_id: raw.client_id.clone(),
         client_secret,
     })

@@ -4,7 +4,7 @@
 use super::{Problems, duration_or};
 use crate::config::file::ConfigFile;
 use crate::config::{
-    DEFAULT_AUTHORIZE_URL, DEFAULT_LISTEN, DEFAULT_UPSTREAM, ListenAddr, OAuthConfig,
+    DEFAULT_AUTHORIZE_URL, DEFAULT_LISTEN, DEFAULT_UPSTREAM, ListenAddr, OAuthEndpoints,
     UpstreamConfig,
 };
 use std::net::IpAddr;
@@ -162,7 +162,7 @@ pub(super) fn oauth(
     upstream: Option<&UpstreamConfig>,
     needs_user: bool,
     problems: &mut Problems,
-) -> Option<OAuthConfig> {
+) -> Option<OAuthEndpoints> {
     let Some(o) = raw.oauth.as_ref() else {
         if needs_user {
             problems.add("oauth.redirect_uri", "is required when a route has `user:`");
@@ -213,7 +213,7 @@ pub(super) fn oauth(
             "must point at this proxy's /_proxy/oauth/callback",
         );
     }
-    Some(OAuthConfig {
+    Some(OAuthEndpoints {
         authorize_url: authorize_url?,
         redirect_uri: redirect_uri?,
         token_url: token_url?,

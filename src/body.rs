@@ -1,20 +1,27 @@
-//! The caller's request body on its way upstream, watched for the caller's
-//! own faults.
+//! The bodies a request carries through the proxy.
+//!
+//! [`Body`] is what the proxy answers with: the upstream's stream, or a small
+//! body the proxy made itself. [`CallerBody`] is the caller's request body on
+//! its way upstream, watched for the caller's own faults.
 //!
 //! When the upstream client fails, hyper reports one error whether the
 //! platform went away or the caller's body broke (bad chunking, fewer bytes
 //! than `Content-Length`, a hang-up mid-body). Only the first is the
-//! platform's fault; this wrapper records the second so the forwarding path
+//! platform's fault; [`CallerBody`] records the second so the forwarding path
 //! can answer 400 instead of blaming the upstream. It streams frame by frame
 //! and holds nothing.
 
 use bytes::Bytes;
-use http_body::{Body, Frame, SizeHint};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
+
+/// Response bodies: the upstream's stream, or a small body the proxy made.
+pub type Body = Either<Incoming, Full<Bytes>>;
 
 /// The caller's `Incoming`, passed through unchanged.
 #[derive(Debug)]
@@ -42,7 +49,7 @@ impl CallerBody {
     }
 }
 
-impl Body for CallerBody {
+impl HttpBody for CallerBody {
     type Data = Bytes;
     type Error = hyper::Error;
 

@@ -9,7 +9,7 @@
 //! upstream and OAuth client of the call), so it is never used elsewhere.
 
 use super::grants::{Grant, GrantBinding, now_ms};
-use crate::config::{AppConfig, OAuthConfig};
+use crate::config::{AppConfig, OAuthEndpoints};
 use crate::upstream::Upstream;
 use bytes::Bytes;
 use http_body_util::Full;
@@ -48,7 +48,7 @@ pub fn expiry_ms(value: u64, now_ms: u64) -> u64 {
 pub async fn exchange_code(
     upstream: &Upstream,
     app: &AppConfig,
-    oauth: &OAuthConfig,
+    oauth: &OAuthEndpoints,
     code: &str,
 ) -> Result<Grant, OAuthError> {
     let body = serde_json::json!({
@@ -65,7 +65,7 @@ pub async fn exchange_code(
 pub async fn refresh(
     upstream: &Upstream,
     app: &AppConfig,
-    oauth: &OAuthConfig,
+    oauth: &OAuthEndpoints,
     grant: &Grant,
 ) -> Result<Grant, OAuthError> {
     let body = serde_json::json!({
@@ -80,7 +80,7 @@ pub async fn refresh(
 async fn call(
     upstream: &Upstream,
     app: &AppConfig,
-    oauth: &OAuthConfig,
+    oauth: &OAuthEndpoints,
     body: Value,
     previous: Option<&Grant>,
 ) -> Result<Grant, OAuthError> {

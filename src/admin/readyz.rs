@@ -18,10 +18,10 @@
 //! a valid key. Others get `{"ready": ...}` with the same status (never 401,
 //! so a probe without a key keeps working).
 
+use crate::body::Body;
 use crate::error::ProxyError;
-use crate::proxy::{Body, Proxy};
 use crate::routes::{InstallationSelector, RouteCredential};
-use crate::state::Snapshot;
+use crate::state::{Shared, Snapshot};
 use http::{Response, StatusCode};
 use serde::Serialize;
 use std::sync::Arc;
@@ -74,7 +74,7 @@ pub struct CredentialReadiness {
 /// Cached tokens answer at once; a missing one is minted, which is what
 /// readiness should prove.
 pub async fn check_credentials(
-    proxy: &Proxy,
+    shared: &Arc<Shared>,
     snap: &Arc<Snapshot>,
     wait: Duration,
 ) -> Vec<CredentialReadiness> {
@@ -89,7 +89,7 @@ pub async fn check_credentials(
     let checks = seen.into_iter().map(|(credential, routes)| {
         // Its own task, so a check cut off by the deadline still records its
         // outcome (a listing, unlike a mint, runs in the caller's task).
-        let task = tokio::spawn(check(proxy.clone(), snap.clone(), credential.clone()));
+        let task = tokio::spawn(check(shared.clone(), snap.clone(), credential.clone()));
         async move {
             let (ready, error, reason, pending) =
                 match tokio::time::timeout_at(deadline, task).await {
@@ -129,11 +129,11 @@ pub async fn check_credentials(
 }
 
 async fn check(
-    proxy: Proxy,
+    shared: Arc<Shared>,
     snap: Arc<Snapshot>,
     credential: RouteCredential,
 ) -> Result<(), crate::credentials::CredentialError> {
-    let creds = &proxy.shared().credentials;
+    let creds = &shared.credentials;
     let ctx = snap.context();
     match &credential {
         RouteCredential::Installation(InstallationSelector::Auto) => {
@@ -143,18 +143,19 @@ async fn check(
     }
 }
 
+/// The probe's answer. `known_caller`: the request presented a valid client
+/// key, or none is needed.
 pub async fn readyz(
-    proxy: &Proxy,
+    shared: &Arc<Shared>,
     snap: &Arc<Snapshot>,
     req: &http::request::Parts,
+    known_caller: bool,
 ) -> Response<Body> {
     let strict = url::form_urlencoded::parse(req.uri.query().unwrap_or_default().as_bytes())
         .any(|(k, v)| k == "strict" && matches!(&*v, "" | "1" | "true"));
-    let clients = &snap.config.clients;
-    // Without `clients:` anyone who reaches the proxy may use it, so nothing
-    // here is more than they can learn anyway.
-    let detail_allowed =
-        clients.is_empty() || crate::proxy::clients::identify(&req.headers, clients).is_ok();
+    // Without `clients:` anyone who reaches the proxy may use it (and is a
+    // known caller), so nothing here is more than they can learn anyway.
+    let detail_allowed = known_caller;
     if !strict && !detail_allowed {
         // Nothing to show and nothing that changes the answer: no check.
         return json(
@@ -165,12 +166,11 @@ pub async fn readyz(
             },
         );
     }
-    let credentials = check_credentials(proxy, snap, CHECK_WAIT).await;
+    let credentials = check_credentials(shared, snap, CHECK_WAIT).await;
     let credentials_ready = credentials.iter().all(|c| c.ready);
     // A failed reload leaves the previous config serving, so it is reported
     // but does not take the replica out of rotation.
-    let last_reload_error = proxy
-        .shared()
+    let last_reload_error = shared
         .reload
         .lock()
         .unwrap_or_else(|p| p.into_inner())

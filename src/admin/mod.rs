@@ -1,45 +1,58 @@
 //! The proxy's own endpoints under `/_proxy/`, never forwarded.
+//!
+//! The proxy service dispatches here; these endpoints take the shared state
+//! they read, never the service, so imports run one way.
 
-pub mod oauth;
+pub mod login;
 mod readyz;
 
 pub use readyz::{CHECK_WAIT, CredentialReadiness, check_credentials};
 
+use crate::body::Body;
 use crate::error::{ProxyError, json_error};
-use crate::proxy::{Body, Proxy};
-use crate::state::Snapshot;
+use crate::state::{Shared, Snapshot};
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use std::sync::Arc;
 
+/// Answers a `/_proxy/` request. `caller` is whether the request presented a
+/// valid client key (always so without `clients:`), as the service found it.
 pub async fn handle(
-    proxy: &Proxy,
     req: Request<Incoming>,
+    shared: &Arc<Shared>,
     snap: &Arc<Snapshot>,
+    caller: Result<(), ProxyError>,
 ) -> Result<Response<Body>, ProxyError> {
     let path = req.uri().path();
+    let known_caller = caller.is_ok();
     let open = matches!(
         path,
         "/_proxy/healthz" | "/_proxy/readyz" | "/_proxy/oauth/login" | "/_proxy/oauth/callback"
     );
     if !open {
         // Everything else (metrics) tells about the deployment: callers only.
-        crate::proxy::clients::identify(req.headers(), &snap.config.clients)?;
+        caller?;
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return Err(ProxyError::BadRequest(format!("{path} answers GET only")));
     }
     match path {
-        "/_proxy/oauth/login" => Ok(oauth::login(req.into_parts().0, snap, proxy).await),
-        "/_proxy/oauth/callback" => Ok(oauth::callback(req.into_parts().0, snap, proxy).await),
+        "/_proxy/oauth/login" => Ok(login::login(req.into_parts().0, snap, &shared.logins).await),
+        "/_proxy/oauth/callback" => {
+            let (logins, credentials) = (&shared.logins, &shared.credentials);
+            Ok(login::callback(req.into_parts().0, snap, logins, credentials).await)
+        }
         "/_proxy/healthz" => Ok(text(StatusCode::OK, "text/plain", "ok\n".into())),
-        "/_proxy/readyz" => Ok(readyz::readyz(proxy, snap, &req.into_parts().0).await),
+        "/_proxy/readyz" => {
+            let req = req.into_parts().0;
+            Ok(readyz::readyz(shared, snap, &req, known_caller).await)
+        }
         "/_proxy/metrics" => Ok(text(
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            proxy.shared().metrics.encode(),
+            shared.metrics.encode(),
         )),
         _ => Ok(json_error(
             StatusCode::NOT_FOUND,

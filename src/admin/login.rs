@@ -18,54 +18,19 @@
 //! writes quoted and escaped (a `%0A` in a user name cannot forge a line).
 //! Warn and error are for what the operator must fix.
 
+use crate::body::Body;
+use crate::credentials::Credentials;
 use crate::credentials::grants::now_ms;
 use crate::credentials::login_link;
-use crate::credentials::oauth::{OAuthError, exchange_code};
-use crate::proxy::{Body, Proxy};
+use crate::credentials::pending_logins::PendingLogins;
+use crate::credentials::token_endpoint::{OAuthError, exchange_code};
 use crate::state::Snapshot;
 use bytes::Bytes;
 use http::{HeaderValue, Method, Response, StatusCode};
 use http_body_util::{Either, Full};
 use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::Duration;
-use tokio::time::Instant;
 
 const COOKIE: &str = "atomgit_proxy_oauth_state";
-/// A started login must come back within this.
-const PENDING_LIFETIME: Duration = Duration::from_secs(600);
-/// Bounds memory if someone opens many links (each needs a valid link).
-const MAX_PENDING: usize = 1000;
-
-/// Logins waiting for the platform's callback, by `state`.
-#[derive(Default)]
-pub struct PendingLogins {
-    by_state: Mutex<HashMap<String, (String, Instant)>>,
-}
-
-impl PendingLogins {
-    fn insert(&self, state: String, user: String) {
-        let mut map = self.by_state.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        map.retain(|_, (_, at)| now.duration_since(*at) < PENDING_LIFETIME);
-        if map.len() >= MAX_PENDING
-            && let Some(oldest) = map
-                .iter()
-                .min_by_key(|(_, (_, at))| *at)
-                .map(|(k, _)| k.clone())
-        {
-            map.remove(&oldest);
-        }
-        map.insert(state, (user, now));
-    }
-
-    /// The user of a pending login, removing it: a state works once.
-    fn take(&self, state: &str) -> Option<String> {
-        let mut map = self.by_state.lock().unwrap_or_else(|p| p.into_inner());
-        let (user, at) = map.remove(state)?;
-        (Instant::now().duration_since(at) < PENDING_LIFETIME).then_some(user)
-    }
-}
 
 fn query(req: &http::request::Parts) -> HashMap<String, String> {
     url::form_urlencoded::parse(req.uri.query().unwrap_or_default().as_bytes())
@@ -73,7 +38,11 @@ fn query(req: &http::request::Parts) -> HashMap<String, String> {
         .collect()
 }
 
-pub async fn login(req: http::request::Parts, snap: &Snapshot, proxy: &Proxy) -> Response<Body> {
+pub async fn login(
+    req: http::request::Parts,
+    snap: &Snapshot,
+    logins: &PendingLogins,
+) -> Response<Body> {
     let (Some(oauth), Some(store)) = (snap.config.oauth.as_ref(), snap.store.as_ref()) else {
         return page(
             StatusCode::NOT_FOUND,
@@ -159,7 +128,7 @@ pub async fn login(req: http::request::Parts, snap: &Snapshot, proxy: &Proxy) ->
         }
     }
     let state = hex::encode(rand::random::<[u8; 24]>());
-    proxy.shared().logins.insert(state.clone(), user.clone());
+    logins.insert(state.clone(), user.clone());
     let mut target = oauth.authorize_url.clone();
     target
         .query_pairs_mut()
@@ -193,7 +162,12 @@ pub async fn login(req: http::request::Parts, snap: &Snapshot, proxy: &Proxy) ->
     resp
 }
 
-pub async fn callback(req: http::request::Parts, snap: &Snapshot, proxy: &Proxy) -> Response<Body> {
+pub async fn callback(
+    req: http::request::Parts,
+    snap: &Snapshot,
+    logins: &PendingLogins,
+    credentials: &Credentials,
+) -> Response<Body> {
     let (Some(oauth), Some(store)) = (snap.config.oauth.as_ref(), snap.store.as_ref()) else {
         return page(
             StatusCode::NOT_FOUND,
@@ -249,7 +223,7 @@ pub async fn callback(req: http::request::Parts, snap: &Snapshot, proxy: &Proxy)
             "This browser did not start this login (state mismatch). Nothing was stored; open your login link again in this browser.",
         );
     }
-    let Some(user) = proxy.shared().logins.take(state) else {
+    let Some(user) = logins.take(state) else {
         tracing::debug!("login: unknown, used or expired state");
         return page(
             StatusCode::BAD_REQUEST,
@@ -286,7 +260,7 @@ pub async fn callback(req: http::request::Parts, snap: &Snapshot, proxy: &Proxy)
         }
     };
     let durable = store.put(&user, grant).await;
-    proxy.shared().credentials.forget_user(&user);
+    credentials.forget_user(&user);
     let mut body = format!(
         "atomgit-proxy now acts as <strong>{}</strong> on its user routes. You can close this page.",
         esc(&user)
