@@ -17,7 +17,9 @@
 //! - [`error`]: every error the proxy answers itself, mapped in one place.
 //! - [`app`]: a running proxy: start, signals, shutdown.
 //! - [`reload`]: building and swapping a new snapshot; the file watcher.
-//! - [`fake`]: an in-process fake AtomGit for `dev` and the tests.
+//! - `dev` (with the default `dev` feature): the zero-setup demo, run against
+//!   the fake AtomGit of the workspace's `atomgit-fake` crate (which the tests
+//!   use too).
 
 #![forbid(unsafe_code)]
 
@@ -25,9 +27,9 @@ pub mod app;
 pub mod caller_body;
 pub mod config;
 pub mod credentials;
+#[cfg(feature = "dev")]
 pub mod dev;
 pub mod error;
-pub mod fake;
 pub mod local;
 pub mod metrics;
 pub mod proxy;
