@@ -14,14 +14,18 @@ FROM rust:1-bookworm AS builder
 WORKDIR /build
 COPY Cargo.toml Cargo.lock ./
 # benches/ too: Cargo.toml declares the benchmark, and cargo refuses a
-# manifest whose declared targets are missing.
+# manifest whose declared targets are missing. atomgit-fake/ likewise: it is a
+# workspace member (and in Cargo.lock), although the image leaves it out.
 COPY src ./src
 COPY benches ./benches
+COPY atomgit-fake ./atomgit-fake
 # The cache mounts keep the registry and compiled dependencies between builds;
 # the binary is copied out because the target folder is not part of the layer.
+# --no-default-features: the production binary, without the `dev` demo and the
+# fake AtomGit it embeds.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/build/target \
-    cargo build --release --locked \
+    cargo build --release --no-default-features --locked \
     && cp target/release/atomgit-proxy /usr/local/bin/atomgit-proxy
 
 FROM debian:bookworm-slim

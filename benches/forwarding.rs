@@ -6,8 +6,8 @@
 //! `cargo bench --bench forwarding` runs it in full; under `cargo test
 //! --all-targets` it runs a few requests only, to prove it still works.
 
+use atomgit_fake::{self as fake, FakeAtomGit, FakeInstallation, FakeOptions};
 use atomgit_proxy::config::Config;
-use atomgit_proxy::fake::{self, FakeAtomGit, FakeInstallation, FakeOptions};
 use atomgit_proxy::{app, server};
 use bytes::Bytes;
 use http::HeaderValue;

@@ -61,22 +61,43 @@ pub fn start_snapshot(snapshot: Snapshot, listeners: Vec<Listener>) -> Running {
 
 /// Resolves on SIGTERM or SIGINT; reloads on SIGHUP meanwhile.
 pub async fn signals(shared: Arc<Shared>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop with SIGKILL");
-        return std::future::pending().await;
-    };
-    loop {
-        tokio::select! {
-            _ = term.recv() => { tracing::info!("SIGTERM received"); return; }
-            _ = int.recv() => { tracing::info!("SIGINT received"); return; }
-            _ = hup.recv() => {
-                tracing::info!("SIGHUP received: reloading config");
-                let _ = crate::reload::reload_off_runtime(shared.clone()).await;
+    Signals::install().run(shared).await
+}
+
+/// The process's signal handlers, installed before anything else of the
+/// process starts: a SIGTERM or SIGHUP that arrives while the config loads or
+/// the listeners bind is then held for [`Signals::run`] instead of taking its
+/// default action (ending the process).
+pub struct Signals(Option<[tokio::signal::unix::Signal; 3]>);
+
+impl Signals {
+    /// Installs handlers for SIGTERM, SIGINT and SIGHUP (needs a runtime).
+    pub fn install() -> Signals {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
+        ) {
+            (Ok(term), Ok(int), Ok(hup)) => Signals(Some([term, int, hup])),
+            _ => Signals(None),
+        }
+    }
+
+    /// Resolves on SIGTERM or SIGINT; reloads on SIGHUP meanwhile.
+    pub async fn run(self, shared: Arc<Shared>) {
+        let Some([mut term, mut int, mut hup]) = self.0 else {
+            tracing::error!("cannot install signal handlers; stop with SIGKILL");
+            return std::future::pending().await;
+        };
+        loop {
+            tokio::select! {
+                _ = term.recv() => { tracing::info!("SIGTERM received"); return; }
+                _ = int.recv() => { tracing::info!("SIGINT received"); return; }
+                _ = hup.recv() => {
+                    tracing::info!("SIGHUP received: reloading config");
+                    let _ = crate::reload::reload_off_runtime(shared.clone()).await;
+                }
             }
         }
     }

@@ -4,36 +4,20 @@
 //! generated app key and two org installations, then the proxy in front of it
 //! with a config that exercises every kind of installation route, and prints
 //! curl commands that work as printed.
+//!
+//! Only with the `dev` cargo feature (on by default): the fake lives in the
+//! `atomgit-fake` crate, which a `--no-default-features` build leaves out.
 
 use crate::config::Config;
-use crate::config::OAuthEndpoints;
 use crate::credentials::login_link;
-use crate::fake::{self, FakeAtomGit, FakeInstallation, FakeOptions};
 use crate::{app, server};
 use anyhow::Context as _;
+use atomgit_fake::{self as fake, FakeAtomGit, FakeInstallation, FakeOptions};
 use std::net::SocketAddr;
 use std::path::Path;
 
 /// The demo's app id, as in the platform's documentation.
 const APP_ID: u64 = 75;
-
-/// A one-time login link for `user`, on the proxy address `redirect_uri` names.
-pub fn login_link(oauth: &OAuthEndpoints, store: &Path, user: &str) -> anyhow::Result<String> {
-    let key = login_link::load_or_create_key(store).with_context(|| {
-        format!(
-            "reading or creating the link key beside {}",
-            store.display()
-        )
-    })?;
-    let exp = crate::credentials::grants::now_ms() / 1000 + login_link::LINK_LIFETIME.as_secs();
-    let mut base = oauth.redirect_uri.clone();
-    // The login endpoint sits beside the callback, whatever prefix a reverse
-    // proxy in front adds.
-    let path = base.path().trim_end_matches("/callback").to_owned();
-    base.set_path(&format!("{path}/login"));
-    base.set_query(Some(&login_link::sign(&key, user, exp)));
-    Ok(base.to_string())
-}
 
 /// The demo config: the fake's URL, the generated key and the store filled in.
 pub fn config_yaml(
@@ -112,7 +96,7 @@ pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
     let config = Config::from_yaml(&yaml, Path::new("."), "dev config")
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let link = match &config.oauth {
-        Some(oauth) => login_link(oauth, &store, "alice")?,
+        Some(oauth) => login_link::link_for(&oauth.redirect_uri, &store, "alice")?,
         None => String::new(),
     };
     let listeners = server::bind(&config.listen, config.unix_socket_mode).with_context(|| {

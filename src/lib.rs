@@ -24,8 +24,9 @@
 //! - [`error`]: every error the proxy answers itself, mapped in one place.
 //! - [`metrics`]: the Prometheus registry and the per-request bookkeeping.
 //! - [`reload`]: building and swapping a new snapshot; the file watcher.
-//! - [`dev`]: the `dev` demo: the proxy in front of the fake, a login link.
-//! - [`fake`]: an in-process fake AtomGit for `dev` and the tests.
+//! - `dev` (with the default `dev` feature): the zero-setup demo, run against
+//!   the fake AtomGit of the workspace's `atomgit-fake` crate (which the tests
+//!   use too).
 //!
 //! Imports run one way: a module uses only modules below it in the call
 //! chain (`proxy` dispatches to `admin`, which never uses `proxy`; `error`,
@@ -38,9 +39,9 @@ pub mod app;
 pub mod body;
 pub mod config;
 pub mod credentials;
+#[cfg(feature = "dev")]
 pub mod dev;
 pub mod error;
-pub mod fake;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;

@@ -3,9 +3,10 @@
 
 use anyhow::{Context as _, bail};
 use atomgit_proxy::config::Config;
+use atomgit_proxy::credentials::login_link;
 use atomgit_proxy::routes::RouteCredential;
 use atomgit_proxy::state::{Shared, Snapshot};
-use atomgit_proxy::{app, dev, reload, server};
+use atomgit_proxy::{app, reload, server};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -52,6 +53,7 @@ enum Command {
         config: PathBuf,
     },
     /// Zero-setup demo: an embedded fake AtomGit and the proxy in front of it.
+    #[cfg(feature = "dev")]
     Dev {
         /// Where the proxy listens.
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -120,7 +122,10 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Check { config } => Ok(check(&config)),
         Command::Serve { config } => serve(config).await,
-        Command::Dev { listen } => dev::run(listen).await.map(|()| ExitCode::SUCCESS),
+        #[cfg(feature = "dev")]
+        Command::Dev { listen } => atomgit_proxy::dev::run(listen)
+            .await
+            .map(|()| ExitCode::SUCCESS),
         Command::Token {
             config,
             route,
@@ -147,7 +152,7 @@ fn login(path: PathBuf, user: &str) -> anyhow::Result<ExitCode> {
             "note: no route has `user: {user}`; the grant will be stored but unused until one does"
         );
     }
-    let link = dev::login_link(oauth, store, user)?;
+    let link = login_link::link_for(&oauth.redirect_uri, store, user)?;
     println!("{link}");
     eprintln!("Open this link in a browser within 10 minutes to log in as {user}; it works once.");
     Ok(ExitCode::SUCCESS)
@@ -181,6 +186,8 @@ fn check(path: &std::path::Path) -> ExitCode {
 }
 
 async fn serve(path: PathBuf) -> anyhow::Result<ExitCode> {
+    // First of all: a SIGTERM sent while we start must drain, not kill.
+    let signals = app::Signals::install();
     let config = match Config::load(&path) {
         Ok(c) => c,
         Err(e) => {
@@ -218,7 +225,7 @@ async fn serve(path: PathBuf) -> anyhow::Result<ExitCode> {
             None
         }
     };
-    app::signals(running.shared().clone()).await;
+    signals.run(running.shared().clone()).await;
     running.shutdown().await;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)

@@ -356,12 +356,12 @@ async fn override_headers_must_be_admitted_by_the_route() {
         assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
         assert_eq!(
             env.owner_of_last("/orgs/yanqianyu/reads/x"),
-            atomgit_proxy::fake::TokenOwner::Installation(15)
+            atomgit_fake::TokenOwner::Installation(15)
         );
         env.get("/orgs/yanqianyu/reads/x").await;
         assert_eq!(
             env.owner_of_last("/orgs/yanqianyu/reads/x"),
-            atomgit_proxy::fake::TokenOwner::Installation(14)
+            atomgit_fake::TokenOwner::Installation(14)
         );
 
         for method in ["TRACE", "connect"] {

@@ -193,7 +193,7 @@ async fn token_prints_a_token_the_platform_issued_for_the_route() {
             );
             assert_eq!(
                 fake.token_owner(token),
-                Some(atomgit_proxy::fake::TokenOwner::Installation(id)),
+                Some(atomgit_fake::TokenOwner::Installation(id)),
                 "route {route}"
             );
             assert!(!stderr.contains(token), "the token was logged: {stderr}");

@@ -4,7 +4,7 @@
 
 mod common;
 
-use atomgit_proxy::fake::{Recorded, TokenOwner};
+use atomgit_fake::{Recorded, TokenOwner};
 use common::{EnvOptions, TestEnv, bounded, single_bearer};
 use http::{Method, StatusCode};
 

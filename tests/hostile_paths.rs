@@ -135,7 +135,7 @@ async fn an_encoded_slash_without_a_dot_segment_goes_upstream_byte_for_byte() {
         }
         assert_eq!(
             env.owner_of_last("/repos/yanqianyu/demo/branches/feature%2Fx"),
-            atomgit_proxy::fake::TokenOwner::Installation(14)
+            atomgit_fake::TokenOwner::Installation(14)
         );
         // The query is not the path: dots there are the caller's business.
         let reply = env.get("/orgs/hanshuorg2/search?q=../..%2F").await;

@@ -4,9 +4,9 @@
 
 mod common;
 
+use atomgit_fake::FakeAtomGit;
 use atomgit_proxy::app::{self, Running};
 use atomgit_proxy::config::Config;
-use atomgit_proxy::fake::FakeAtomGit;
 use atomgit_proxy::reload::{self, WatchHandle};
 use atomgit_proxy::server;
 use common::*;
@@ -308,7 +308,7 @@ async fn a_changed_app_key_drops_its_tokens() {
     );
     // A key the fake does not know: if the old token were still used the
     // request would succeed; with it dropped, the new key's mint is refused.
-    let (other_key, _) = atomgit_proxy::fake::generate_app_key();
+    let (other_key, _) = atomgit_fake::generate_app_key();
     std::fs::write(env.dir.path().join("app.pem"), other_key).unwrap();
     bounded(10, "the key change is reloaded", async {
         while env.reloads("ok") == 0 {

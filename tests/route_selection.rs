@@ -4,7 +4,7 @@
 
 mod common;
 
-use atomgit_proxy::fake::TokenOwner;
+use atomgit_fake::TokenOwner;
 use common::{EnvOptions, TestEnv, bounded};
 use http::{Method, StatusCode};
 

@@ -5,7 +5,7 @@
 
 mod support_users;
 
-use atomgit_proxy::fake::{FakeAtomGit, Recorded, TokenOwner};
+use atomgit_fake::{FakeAtomGit, Recorded, TokenOwner};
 use http::StatusCode;
 use http::header::AUTHORIZATION;
 use std::time::Duration;

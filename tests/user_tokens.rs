@@ -7,7 +7,7 @@
 
 mod support_users;
 
-use atomgit_proxy::fake::{ExpiresFormat, FakeOAuth};
+use atomgit_fake::{ExpiresFormat, FakeOAuth};
 use http::StatusCode;
 use std::collections::BTreeSet;
 use std::time::Duration;

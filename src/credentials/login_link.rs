@@ -13,6 +13,7 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::Duration;
+use url::Url;
 
 /// How long a printed link stays valid.
 pub const LINK_LIFETIME: Duration = Duration::from_secs(600);
@@ -56,6 +57,28 @@ fn mac(key: &[u8], user: &str, exp: u64, nonce: &str) -> HmacSha256 {
     let mut mac = HmacSha256::new_from_slice(key).unwrap_or_else(|_| unreachable!());
     mac.update(format!("atomgit-proxy login\n{user}\n{exp}\n{nonce}").as_bytes());
     mac
+}
+
+/// A one-time login link for `user`: the login endpoint beside the OAuth
+/// `redirect_uri` (so on the proxy's address, behind whatever prefix a reverse
+/// proxy in front adds), signed with the key beside `store`, valid for
+/// [`LINK_LIFETIME`]. Both `atomgit-proxy login` and the `dev` demo print it.
+pub fn link_for(redirect_uri: &Url, store: &Path, user: &str) -> std::io::Result<String> {
+    let key = load_or_create_key(store).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!(
+                "reading or creating the link key beside {}: {e}",
+                store.display()
+            ),
+        )
+    })?;
+    let exp = super::grants::now_ms() / 1000 + LINK_LIFETIME.as_secs();
+    let mut link = redirect_uri.clone();
+    let path = link.path().trim_end_matches("/callback").to_owned();
+    link.set_path(&format!("{path}/login"));
+    link.set_query(Some(&sign(&key, user, exp)));
+    Ok(link.to_string())
 }
 
 /// The query string of a login link for `user`, expiring at `exp` (epoch s).
@@ -121,5 +144,24 @@ mod tests {
             .mode()
             & 0o777;
         assert_eq!(mode, 0o600);
+    }
+
+    #[test]
+    fn a_link_is_the_login_page_beside_the_callback_and_verifies() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("grants.json");
+        // A reverse proxy's prefix in front of `/_proxy/` stays in the link.
+        let redirect = Url::parse("https://ci.example/gh/_proxy/oauth/callback").unwrap();
+        let link = Url::parse(&link_for(&redirect, &store, "alice").unwrap()).unwrap();
+        assert_eq!(link.host_str(), Some("ci.example"));
+        assert_eq!(link.path(), "/gh/_proxy/oauth/login");
+        let q: std::collections::HashMap<String, String> =
+            link.query_pairs().into_owned().collect();
+        assert_eq!(q["user"], "alice");
+        let exp: u64 = q["exp"].parse().unwrap();
+        let now = crate::credentials::grants::now_ms() / 1000;
+        assert!(exp > now && exp <= now + LINK_LIFETIME.as_secs());
+        let key = load_or_create_key(&store).unwrap();
+        assert!(verify(&key, "alice", exp, &q["nonce"], &q["sig"]));
     }
 }

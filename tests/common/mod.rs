@@ -6,9 +6,9 @@
 
 #![allow(dead_code)]
 
+use atomgit_fake::{FakeAtomGit, FakeInstallation, FakeOptions, Recorded, TokenOwner};
 use atomgit_proxy::app::{self, Running};
 use atomgit_proxy::config::Config;
-use atomgit_proxy::fake::{FakeAtomGit, FakeInstallation, FakeOptions, Recorded, TokenOwner};
 use atomgit_proxy::server;
 use bytes::Bytes;
 use http::header::AUTHORIZATION;
@@ -45,7 +45,7 @@ pub type HttpClient = Client<HttpConnector, ReqBody>;
 /// enough that every test doing it would dominate the run.
 pub fn app_key() -> &'static (String, String) {
     static KEY: OnceLock<(String, String)> = OnceLock::new();
-    KEY.get_or_init(atomgit_proxy::fake::generate_app_key)
+    KEY.get_or_init(atomgit_fake::generate_app_key)
 }
 
 /// The private key PEM, for tests that write key files or look for leaks.

@@ -9,9 +9,9 @@
 
 #![allow(dead_code)]
 
+use atomgit_fake::{FakeAtomGit, FakeOAuth, FakeOptions, TokenOwner};
 use atomgit_proxy::app::{self, Running};
 use atomgit_proxy::config::{Config, OAuthEndpoints};
-use atomgit_proxy::fake::{FakeAtomGit, FakeOAuth, FakeOptions, TokenOwner};
 use atomgit_proxy::server::{self, Listener};
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, COOKIE, LOCATION, SET_COOKIE};
@@ -157,8 +157,12 @@ impl UserEnv {
 
     /// A fresh one-time login link for `user`, as `atomgit-proxy login` prints it.
     pub fn login_link(&self, user: &str) -> String {
-        atomgit_proxy::dev::login_link(&self.oauth, &self.store_path, user)
-            .unwrap_or_else(|e| panic!("cannot make a login link: {e:#}"))
+        atomgit_proxy::credentials::login_link::link_for(
+            &self.oauth.redirect_uri,
+            &self.store_path,
+            user,
+        )
+        .unwrap_or_else(|e| panic!("cannot make a login link: {e:#}"))
     }
 
     /// A browser that keeps this proxy's cookies.

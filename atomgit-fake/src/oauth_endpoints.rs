@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use super::TokenOwner;
 use super::respond::{self, Resp};
 use super::state::{
-    CODE_LIFETIME, CodeRecord, Inner, RefreshRecord, Shared, expires_value, instant_after,
+    CODE_LIFETIME, CodeRecord, FakeState, Inner, RefreshRecord, expires_value, instant_after,
     random_hex, wall_after,
 };
 
@@ -24,7 +24,7 @@ use super::state::{
 const MAX_TOKEN_BODY: usize = 64 * 1024;
 
 /// `GET /login/oauth/authorize`: approve at once and bounce back with a code.
-pub(super) fn authorize(shared: &Shared, method: &Method, query: Option<&str>) -> Resp {
+pub(super) fn authorize(shared: &FakeState, method: &Method, query: Option<&str>) -> Resp {
     if method != Method::GET {
         return respond::html(StatusCode::METHOD_NOT_ALLOWED, page("Method not allowed"));
     }
@@ -78,7 +78,7 @@ fn page(msg: &str) -> String {
 }
 
 /// `POST /login/oauth/access_token`.
-pub(super) async fn access_token(shared: &Shared, req: Request<Incoming>) -> Resp {
+pub(super) async fn access_token(shared: &FakeState, req: Request<Incoming>) -> Resp {
     let (parts, body) = req.into_parts();
     let want_json = accepts_json(&parts.headers);
     if parts.method != Method::POST {
@@ -135,7 +135,7 @@ pub(super) async fn access_token(shared: &Shared, req: Request<Incoming>) -> Res
     }
 }
 
-fn exchange(shared: &Shared, fields: &HashMap<String, String>, want_json: bool) -> Resp {
+fn exchange(shared: &FakeState, fields: &HashMap<String, String>, want_json: bool) -> Resp {
     let Some(code) = fields.get("code") else {
         return error(
             want_json,
@@ -170,7 +170,7 @@ fn exchange(shared: &Shared, fields: &HashMap<String, String>, want_json: bool) 
     grant_response(shared, want_json, &grant)
 }
 
-fn refresh(shared: &Shared, fields: &HashMap<String, String>, want_json: bool) -> Resp {
+fn refresh(shared: &FakeState, fields: &HashMap<String, String>, want_json: bool) -> Resp {
     let mut inner = shared.lock();
     let Some(old) = fields.get("refresh_token") else {
         inner.refused_refreshes += 1;
@@ -217,7 +217,7 @@ struct Grant {
 /// a new one.
 fn issue(
     inner: &mut Inner,
-    shared: &Shared,
+    shared: &FakeState,
     user: &str,
     keep: Option<(String, DateTime<Utc>)>,
 ) -> Grant {
@@ -246,7 +246,7 @@ fn issue(
     }
 }
 
-fn grant_response(shared: &Shared, want_json: bool, g: &Grant) -> Resp {
+fn grant_response(shared: &FakeState, want_json: bool, g: &Grant) -> Resp {
     let format = shared.oauth.expires_format;
     let expires_in = expires_value(format, g.access_until);
     let refresh_expires_in = expires_value(format, g.refresh_until);

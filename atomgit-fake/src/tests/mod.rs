@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 
 use super::*;
 
-mod oauth;
+mod oauth_endpoints;
 
 /// One key pair per test process: 2048-bit generation is the slow part.
 fn keys() -> &'static (String, String) {

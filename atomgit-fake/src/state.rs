@@ -92,9 +92,9 @@ impl Inner {
     }
 }
 
-/// OAuth settings that never change after start (the access lifetime is
+/// The fake's OAuth app: settings that never change after start (the access lifetime is
 /// settable and therefore lives in `Inner`).
-pub(super) struct OAuthConfig {
+pub(super) struct OAuthApp {
     pub client_id: String,
     pub client_secret: String,
     pub user: String,
@@ -104,11 +104,11 @@ pub(super) struct OAuthConfig {
 }
 
 /// State shared by the server task and the `FakeAtomGit` handle.
-pub(super) struct Shared {
+pub(super) struct FakeState {
     pub app_id: u64,
     /// `None` when no public key was configured: every app JWT is refused.
     pub key: Option<DecodingKey>,
-    pub oauth: OAuthConfig,
+    pub oauth: OAuthApp,
     /// `http://127.0.0.1:PORT`, used for absolute URLs in bodies and headers.
     pub base_url: String,
     /// `created_at`/`updated_at` of installations, in the platform's +08:00 style.
@@ -116,15 +116,15 @@ pub(super) struct Shared {
     inner: Mutex<Inner>,
 }
 
-impl Shared {
+impl FakeState {
     pub fn new(
         app_id: u64,
         key: Option<DecodingKey>,
-        oauth: OAuthConfig,
+        oauth: OAuthApp,
         base_url: String,
         inner: Inner,
     ) -> Self {
-        Shared {
+        FakeState {
             app_id,
             key,
             oauth,

@@ -16,12 +16,12 @@ use tokio::time::Instant;
 
 use super::TokenOwner;
 use super::respond::{self, Resp};
-use super::state::Shared;
+use super::state::FakeState;
 
 /// Number of repositories every org pretends to have.
 const REPO_COUNT: u64 = 5;
 
-pub(super) async fn handle(shared: &Shared, req: Request<Incoming>) -> Resp {
+pub(super) async fn handle(shared: &FakeState, req: Request<Incoming>) -> Resp {
     let _counted = InFlight::enter(shared);
     let owner = match authenticate(shared, req.headers()) {
         Ok(owner) => owner,
@@ -90,10 +90,10 @@ pub(super) async fn handle(shared: &Shared, req: Request<Incoming>) -> Resp {
 
 /// Counts an API request as being answered until dropped (also when the
 /// caller hangs up and the handler is dropped half-way).
-struct InFlight<'a>(&'a Shared);
+struct InFlight<'a>(&'a FakeState);
 
 impl<'a> InFlight<'a> {
-    fn enter(shared: &'a Shared) -> Self {
+    fn enter(shared: &'a FakeState) -> Self {
         let mut inner = shared.lock();
         inner.api_in_flight += 1;
         inner.api_max_in_flight = inner.api_max_in_flight.max(inner.api_in_flight);
@@ -110,7 +110,7 @@ impl Drop for InFlight<'_> {
 /// Resolves the request's bearer token to its owner, or the error status and
 /// message to answer with.
 fn authenticate(
-    shared: &Shared,
+    shared: &FakeState,
     headers: &HeaderMap,
 ) -> Result<TokenOwner, (StatusCode, &'static str)> {
     const BAD: (StatusCode, &str) = (StatusCode::UNAUTHORIZED, "Bad credentials");
@@ -154,7 +154,7 @@ fn in_scope(path: &str, account: Option<&str>) -> bool {
 }
 
 /// `GET /orgs/{org}/repos`: GitHub-style pagination with absolute `Link`s.
-fn list_repos(shared: &Shared, org: &str, query: Option<&str>) -> Resp {
+fn list_repos(shared: &FakeState, org: &str, query: Option<&str>) -> Resp {
     let mut per_page: u64 = 2;
     let mut page: u64 = 1;
     for (k, v) in url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {

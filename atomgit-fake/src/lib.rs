@@ -8,10 +8,21 @@
 //! `ATOMGIT_API.md` (the installations list shape, `expires_at` in `+08:00`
 //! with milliseconds, `expires_in` as absolute epoch milliseconds) and records
 //! every request so tests can assert on what the proxy sent.
+//!
+//! A workspace crate of its own so the proxy's production build leaves it out:
+//! atomgit-proxy uses it behind its default `dev` feature and as a
+//! dev-dependency of its tests.
+//!
+//! # Layout
+//! - `app_endpoints`: app JWT checks, the installation list, `ats_` minting.
+//! - `oauth_endpoints`: the authorize page and the OAuth token endpoint.
+//! - `api`: every other path, behind the injected bearer token.
+//! - `state`: `FakeState`, the settings and bookkeeping the endpoints share.
+//! - `respond`: response bodies and builders.
 
 mod api;
-mod app;
-mod oauth;
+mod app_endpoints;
+mod oauth_endpoints;
 mod respond;
 mod state;
 #[cfg(test)]
@@ -32,7 +43,7 @@ use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
 
 use respond::Resp;
-use state::{Inner, OAuthConfig, Shared};
+use state::{FakeState, Inner, OAuthApp};
 
 /// Configuration of a [`FakeAtomGit`].
 #[derive(Clone, Debug)]
@@ -146,7 +157,7 @@ pub fn generate_app_key() -> (String, String) {
 
 /// A running fake AtomGit. Dropping it stops the server.
 pub struct FakeAtomGit {
-    shared: Arc<Shared>,
+    shared: Arc<FakeState>,
     addr: SocketAddr,
     task: JoinHandle<()>,
 }
@@ -191,7 +202,7 @@ impl FakeAtomGit {
             api_in_flight: 0,
             api_max_in_flight: 0,
         };
-        let oauth = OAuthConfig {
+        let oauth = OAuthApp {
             client_id: opts.oauth.client_id,
             client_secret: opts.oauth.client_secret,
             user: opts.oauth.user,
@@ -199,7 +210,7 @@ impl FakeAtomGit {
             expires_format: opts.oauth.expires_format,
             rotate_refresh_tokens: opts.oauth.rotate_refresh_tokens,
         };
-        let shared = Arc::new(Shared::new(
+        let shared = Arc::new(FakeState::new(
             opts.app_id,
             key,
             oauth,
@@ -344,7 +355,7 @@ fn is_oauth_path(path: &str) -> bool {
 
 /// Accept loop. Connections live in a `JoinSet` owned by this task, so
 /// aborting the task (shutdown or drop) also closes every open connection.
-async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+async fn serve(listener: TcpListener, shared: Arc<FakeState>) {
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
@@ -363,7 +374,7 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
-async fn serve_connection(stream: tokio::net::TcpStream, shared: Arc<Shared>) {
+async fn serve_connection(stream: tokio::net::TcpStream, shared: Arc<FakeState>) {
     let service = service_fn(move |req| {
         let shared = shared.clone();
         async move { Ok::<_, Infallible>(route(&shared, req).await) }
@@ -379,7 +390,7 @@ async fn serve_connection(stream: tokio::net::TcpStream, shared: Arc<Shared>) {
 }
 
 /// Records the request, then dispatches it to its endpoint family.
-async fn route(shared: &Shared, req: http::Request<Incoming>) -> Resp {
+async fn route(shared: &FakeState, req: http::Request<Incoming>) -> Resp {
     let path = req.uri().path().to_owned();
     tracing::debug!(method = %req.method(), path = %path, "fake AtomGit request");
     shared.lock().record(Recorded {
@@ -391,11 +402,11 @@ async fn route(shared: &Shared, req: http::Request<Incoming>) -> Resp {
     });
 
     if is_app_path(&path) {
-        app::handle(shared, req.method(), &path, req.headers())
+        app_endpoints::handle(shared, req.method(), &path, req.headers())
     } else if path == "/login/oauth/authorize" {
-        oauth::authorize(shared, req.method(), req.uri().query())
+        oauth_endpoints::authorize(shared, req.method(), req.uri().query())
     } else if path == "/login/oauth/access_token" {
-        oauth::access_token(shared, req).await
+        oauth_endpoints::access_token(shared, req).await
     } else if is_oauth_path(&path) {
         respond::message(http::StatusCode::NOT_FOUND, "Not Found")
     } else {

@@ -8,14 +8,14 @@ use serde_json::{Value, json};
 
 use super::TokenOwner;
 use super::respond::{self, Resp};
-use super::state::{Shared, to_platform_time, wall_after};
+use super::state::{FakeState, to_platform_time, wall_after};
 
 /// How far ahead of the fake's clock an `exp` may be: the platform family's
 /// ten minutes plus a little slack for the caller's clock and the round trip.
 const MAX_EXP_AHEAD_SECS: i64 = 600 + 30;
 
 /// Routes everything under `/app/`.
-pub(super) fn handle(shared: &Shared, method: &Method, path: &str, headers: &HeaderMap) -> Resp {
+pub(super) fn handle(shared: &FakeState, method: &Method, path: &str, headers: &HeaderMap) -> Resp {
     if path == "/app/installations" {
         if method != Method::GET {
             return respond::message(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed");
@@ -41,7 +41,7 @@ pub(super) fn handle(shared: &Shared, method: &Method, path: &str, headers: &Hea
 
 /// Verifies the app JWT the way the platform does; the error text is safe to
 /// return (it never contains the token).
-fn check_jwt(shared: &Shared, headers: &HeaderMap) -> Result<(), String> {
+fn check_jwt(shared: &FakeState, headers: &HeaderMap) -> Result<(), String> {
     let mut values = headers.get_all(AUTHORIZATION).iter();
     let value = match (values.next(), values.next()) {
         (Some(v), None) => v,
@@ -104,7 +104,7 @@ fn permissions() -> Value {
     })
 }
 
-fn list_installations(shared: &Shared) -> Resp {
+fn list_installations(shared: &FakeState) -> Resp {
     let installations = shared.lock().installations.clone();
     let list: Vec<Value> = installations
         .iter()
@@ -142,7 +142,7 @@ fn list_installations(shared: &Shared) -> Resp {
     respond::json(StatusCode::OK, &Value::Array(list))
 }
 
-fn mint(shared: &Shared, id: u64, headers: &HeaderMap) -> Resp {
+fn mint(shared: &FakeState, id: u64, headers: &HeaderMap) -> Resp {
     if let Err(why) = check_jwt(shared, headers) {
         return respond::message(StatusCode::UNAUTHORIZED, &why);
     }
