@@ -12,12 +12,6 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// mimalloc instead of glibc's malloc: the forwarding path allocates and
-/// frees small, short-lived buffers (header maps, body chunks) on every
-/// worker thread, which mimalloc serves from thread-local free lists.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "atomgit-proxy",
