@@ -1,10 +1,20 @@
 //! The integration-test harness: a fake AtomGit and the proxy in front of it,
 //! both started inside the test on `127.0.0.1:0`, plus a plain hyper client.
 //!
-//! Each test binary compiles this module on its own and uses only part of
-//! it, hence the `dead_code` allowance.
+//! - this file: the app key, the fake, config text, [`TestEnv`] (installation
+//!   routes) and the HTTP client every test uses;
+//! - [`users`]: [`users::UserEnv`], a proxy with a user route, its config
+//!   file and grant store, for the login and user-token tests;
+//! - [`browser`]: a tiny cookie-keeping browser that follows the login's
+//!   redirects.
+//!
+//! Each test binary compiles this module on its own (`mod common;`) and uses
+//! only part of it, hence the `dead_code` allowance.
 
 #![allow(dead_code)]
+
+pub mod browser;
+pub mod users;
 
 use atomgit_fake::{FakeAtomGit, FakeInstallation, FakeOptions, Recorded, TokenOwner};
 use atomgit_proxy::app::{self, Running};
@@ -23,7 +33,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The route most tests need: `/orgs/yanqianyu` as installation 14, by id.
 pub const YANQIANYU_ROUTE: &str = "
@@ -77,37 +87,74 @@ pub fn reindent(text: &str, indent: usize) -> String {
         .collect()
 }
 
-/// Starts a fake AtomGit on `127.0.0.1:0` that trusts [`app_key`].
-pub async fn start_fake(installations: &[(u64, &str)], token_lifetime: Duration) -> FakeAtomGit {
+/// Wall-clock epoch milliseconds, the unit the grant store and the platform use.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The fake's options with [`APP_ID`] and [`app_key`]; the rest default.
+pub fn fake_options() -> FakeOptions {
+    FakeOptions {
+        app_id: APP_ID,
+        app_public_key_pem: app_key().1.clone(),
+        ..FakeOptions::default()
+    }
+}
+
+/// Starts a fake AtomGit on `127.0.0.1:0` with `options` (see [`fake_options`]).
+pub async fn start_fake_with(options: FakeOptions) -> FakeAtomGit {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind the fake on 127.0.0.1:0");
-    FakeAtomGit::start(
-        listener,
-        FakeOptions {
-            app_id: APP_ID,
-            app_public_key_pem: app_key().1.clone(),
-            installations: installations
-                .iter()
-                .map(|&(id, account)| FakeInstallation {
-                    id,
-                    account: account.to_owned(),
-                })
-                .collect(),
-            token_lifetime,
-            ..FakeOptions::default()
-        },
-    )
+    FakeAtomGit::start(listener, options)
+        .await
+        .expect("start the fake AtomGit")
+}
+
+/// Starts a fake AtomGit that trusts [`app_key`] and knows `installations`.
+pub async fn start_fake(installations: &[(u64, &str)], token_lifetime: Duration) -> FakeAtomGit {
+    start_fake_with(FakeOptions {
+        installations: installations
+            .iter()
+            .map(|&(id, account)| FakeInstallation {
+                id,
+                account: account.to_owned(),
+            })
+            .collect(),
+        token_lifetime,
+        ..fake_options()
+    })
     .await
-    .expect("start the fake AtomGit")
 }
 
 /// A config file's text: loopback listener on port 0, `upstream`, the app
 /// key given as `private_key` (a YAML flow mapping such as `{ file: app.pem }`),
 /// any extra top-level YAML, and `routes` (a YAML list, any indentation).
 pub fn config_yaml(upstream: &str, private_key: &str, extra: &str, routes: &str) -> String {
+    config_yaml_with(
+        "127.0.0.1:0",
+        upstream,
+        &format!("private_key: {private_key}"),
+        extra,
+        routes,
+    )
+}
+
+/// [`config_yaml`] in full: the proxy listens on `listen`, and `app` holds
+/// the `app:` keys besides `id` (one per line, any indentation).
+pub fn config_yaml_with(
+    listen: &str,
+    upstream: &str,
+    app: &str,
+    extra: &str,
+    routes: &str,
+) -> String {
     format!(
-        "listen: [\"127.0.0.1:0\"]\nupstream: {upstream}\napp:\n  id: {APP_ID}\n  private_key: {private_key}\n{}routes:\n{}",
+        "listen: [\"{listen}\"]\nupstream: {upstream}\napp:\n  id: {APP_ID}\n{}{}routes:\n{}",
+        reindent(app, 2),
         reindent(extra, 0),
         reindent(routes, 2),
     )
@@ -339,19 +386,54 @@ pub fn assert_no_secret(text: &str) {
     assert!(!text.contains(key_body), "the private key leaked: {text}");
 }
 
+/// Sends `req` and reads the whole answer; fails the test if either fails.
 pub async fn send(client: &HttpClient, req: Request<ReqBody>) -> Reply {
-    let resp = client.request(req).await.expect("the proxy answers");
+    let what = format!("{} {}", req.method(), req.uri());
+    try_send(client, req)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e}"))
+}
+
+/// Sends `req` and reads the whole answer, or says why it could not.
+pub async fn try_send(client: &HttpClient, req: Request<ReqBody>) -> Result<Reply, String> {
+    let resp = client
+        .request(req)
+        .await
+        .map_err(|e| format!("no answer: {e}"))?;
     let (parts, body) = resp.into_parts();
     let body = body
         .collect()
         .await
-        .expect("the answer's body can be read")
+        .map_err(|e| format!("the answer's body cannot be read: {e}"))?
         .to_bytes();
-    Reply {
+    Ok(Reply {
         status: parts.status,
         headers: parts.headers,
         body,
-    }
+    })
+}
+
+/// GET `url` with `headers`, reading the whole answer.
+pub async fn get(client: &HttpClient, url: &str, headers: &[(&str, &str)]) -> Reply {
+    send(
+        client,
+        request(Method::GET, url, headers, full(Bytes::new())),
+    )
+    .await
+}
+
+/// The entry of `route` in `/_proxy/credentials`' JSON.
+pub fn credential<'a>(json: &'a serde_json::Value, route: &str) -> &'a serde_json::Value {
+    json["credentials"]
+        .as_array()
+        .expect("a credentials list")
+        .iter()
+        .find(|c| {
+            c["routes"]
+                .as_array()
+                .is_some_and(|r| r.iter().any(|n| n == route))
+        })
+        .unwrap_or_else(|| panic!("no credential for route {route}: {json}"))
 }
 
 /// The token of the one `Authorization: Bearer` header in `headers`.
