@@ -7,8 +7,10 @@
 //! Screenshots go to `target/browser-success.png` and, when the flow fails,
 //! `target/browser-failure.png`.
 
-mod support_users;
+mod common;
 
+use common::bounded;
+use common::users::{USER, UserEnv, fake_oauth};
 use fantoccini::{Client, ClientBuilder, Locator};
 use http::StatusCode;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -16,7 +18,6 @@ use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-use support_users::{USER, UserEnv, bounded, fake_oauth};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const INSTALL: &str = "install them with `apt-get install -y chromium chromium-driver`";
@@ -69,14 +70,14 @@ impl Chromedriver {
 
     /// Waits until chromedriver answers `/status`.
     async fn ready(&mut self) {
-        let client = support_users::client();
+        let client = common::client();
         let status = format!("{}/status", self.url());
         for _ in 0..200 {
             if let Ok(Some(exit)) = self.child.try_wait() {
                 panic!("chromedriver exited at start ({exit}); {INSTALL}");
             }
             let req = http::Request::get(&status)
-                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                .body(common::full(""))
                 .expect("a request");
             if let Ok(resp) = client.request(req).await
                 && resp.status() == StatusCode::OK

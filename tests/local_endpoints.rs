@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{TestEnv, bounded};
+use common::{TestEnv, bounded, credential};
 use http::StatusCode;
 use std::time::Duration;
 
@@ -19,19 +19,6 @@ const ROUTES: &str = r#"
   installation: auto
 "#;
 const INSTALLATIONS: &[(u64, &str)] = &[(14, "yanqianyu"), (18, "hanshuorg2")];
-
-fn credential<'a>(json: &'a serde_json::Value, route: &str) -> &'a serde_json::Value {
-    json["credentials"]
-        .as_array()
-        .expect("a credentials list")
-        .iter()
-        .find(|c| {
-            c["routes"]
-                .as_array()
-                .is_some_and(|r| r.iter().any(|n| n == route))
-        })
-        .unwrap_or_else(|| panic!("no credential for route {route}: {json}"))
-}
 
 #[tokio::test]
 async fn healthz_answers_200_and_is_never_forwarded() {

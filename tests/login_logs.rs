@@ -6,13 +6,14 @@
 //! this binary: a global subscriber sees every thread, including the
 //! runtime's, and no other test can interleave with it.
 
-mod support_users;
+mod common;
 
+use common::bounded;
+use common::users::{USER, UserEnv, fake_oauth};
 use http::StatusCode;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use support_users::{USER, UserEnv, bounded, fake_oauth};
 use tracing_subscriber::layer::SubscriberExt;
 
 /// Everything one `fmt` layer wrote.
@@ -72,7 +73,7 @@ async fn bad_links_log_at_debug_with_caller_values_escaped() {
     let (text, json) = capture();
     bounded(60, "bad links", async {
         let env = UserEnv::start(fake_oauth(Duration::from_secs(3600))).await;
-        let far = support_users::now_ms() / 1000 + 600;
+        let far = common::now_ms() / 1000 + 600;
         let forged = format!("/_proxy/oauth/login?user={EVIL}&exp={far}&nonce=n1&sig=00");
         let cases = [
             (forged.as_str(), StatusCode::FORBIDDEN),

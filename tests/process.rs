@@ -26,9 +26,12 @@ const ROUTES: &str = "
 /// Writes `app.pem` and `config.yaml` (listening on `listen`) into `dir`.
 fn write_config(dir: &Path, upstream: &str, listen: &str, extra: &str, routes: &str) -> PathBuf {
     std::fs::write(dir.join("app.pem"), private_key_pem()).unwrap();
-    let text = config_yaml(upstream, "{ file: app.pem }", extra, routes).replace(
-        "listen: [\"127.0.0.1:0\"]",
-        &format!("listen: [\"{listen}\"]"),
+    let text = config_yaml_with(
+        listen,
+        upstream,
+        "private_key: { file: app.pem }",
+        extra,
+        routes,
     );
     let path = dir.join("config.yaml");
     std::fs::write(&path, text).unwrap();
@@ -56,18 +59,10 @@ fn signal(child: &Child, name: &str) {
 }
 
 async fn get(addr: &str, path: &str) -> Option<Reply> {
-    let c = client();
     let url = format!("http://{addr}{path}");
-    let resp = c
-        .request(request(http::Method::GET, &url, &[], full("")))
+    try_send(&client(), request(http::Method::GET, &url, &[], full("")))
         .await
-        .ok()?;
-    let (parts, body) = resp.into_parts();
-    Some(Reply {
-        status: parts.status,
-        headers: parts.headers,
-        body: body.collect().await.ok()?.to_bytes(),
-    })
+        .ok()
 }
 
 async fn wait_healthy(addr: &str) {

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{EnvOptions, TestEnv, bounded, dead_port};
+use common::{EnvOptions, TestEnv, bounded, credential, dead_port};
 use http::{Method, StatusCode};
 use std::time::Duration;
 
@@ -25,19 +25,6 @@ clients:
   - name: ops
     key: { value: "ops-key-0123456789abcdef" }
 "#;
-
-fn credential<'a>(json: &'a serde_json::Value, route: &str) -> &'a serde_json::Value {
-    json["credentials"]
-        .as_array()
-        .expect("a credentials list")
-        .iter()
-        .find(|c| {
-            c["routes"]
-                .as_array()
-                .is_some_and(|r| r.iter().any(|n| n == route))
-        })
-        .unwrap_or_else(|| panic!("no credential for route {route}: {json}"))
-}
 
 async fn env_with(upstream: Option<String>, extra_yaml: &str) -> TestEnv {
     TestEnv::start_with(EnvOptions {

@@ -3,11 +3,12 @@
 //! that works, and `atomgit-proxy token --route USERROUTE` prints the user's
 //! token, refreshing (and persisting) it when it is due.
 
-mod support_users;
+mod common;
 
+use common::users::{USER, UserEnv, fake_oauth, run_cli};
+use common::{bounded, now_ms};
 use http::StatusCode;
 use std::time::Duration;
-use support_users::{USER, UserEnv, bounded, fake_oauth, now_ms, run_cli};
 
 const HOUR: Duration = Duration::from_secs(3600);
 

@@ -3,13 +3,14 @@
 //! person logs in again; a grant from a store written before grants were
 //! bound is adopted by the config that uses it.
 
-mod support_users;
+mod common;
 
 use atomgit_fake::{FakeAtomGit, Recorded, TokenOwner};
+use common::bounded;
+use common::users::{USER, UserEnv, fake_oauth, start_oauth_fake};
 use http::StatusCode;
 use http::header::AUTHORIZATION;
 use std::time::Duration;
-use support_users::{USER, UserEnv, bounded, fake_oauth, start_fake};
 
 const HOUR: Duration = Duration::from_secs(3600);
 const TOKEN_PATH: &str = "/login/oauth/access_token";
@@ -43,7 +44,7 @@ async fn after_a_reload_to_another_upstream_the_grant_is_not_used_there() {
         );
         let seen_by_first = env.fake.requests().len();
 
-        let second = start_fake(fake_oauth(8 * HOUR)).await;
+        let second = start_oauth_fake(fake_oauth(8 * HOUR)).await;
         env.reload_with_upstream(&second);
         for _ in 0..3 {
             let reply = env.get("/as/alice/user").await;
@@ -131,11 +132,7 @@ async fn a_grant_from_an_older_store_is_adopted_by_the_config_using_it() {
         env.use_user_route().await;
         let grant = env.grant(USER);
         assert_eq!(grant["bound_to"]["upstream"], env.fake.url(), "{grant}");
-        assert_eq!(
-            grant["bound_to"]["app_id"],
-            support_users::APP_ID,
-            "{grant}"
-        );
+        assert_eq!(grant["bound_to"]["app_id"], common::APP_ID, "{grant}");
         assert_eq!(env.fake.refreshes(), 0, "adoption is no refresh");
         env.shutdown().await;
     })

@@ -3,11 +3,12 @@
 //! that then acts as the person; and every way a login is refused, each of
 //! which must store nothing.
 
-mod support_users;
+mod common;
 
+use common::bounded;
+use common::users::{STATE_COOKIE, USER, UserEnv, fake_oauth};
 use http::StatusCode;
 use std::time::Duration;
-use support_users::{STATE_COOKIE, USER, UserEnv, bounded, fake_oauth};
 
 const HOUR: Duration = Duration::from_secs(3600);
 
@@ -93,7 +94,7 @@ async fn a_user_route_before_any_login_answers_grant_missing() {
 /// Opens a fresh link and follows it to the platform, but not back: returns
 /// the browser (holding the state cookie) and the callback URL the platform
 /// sent it to, with a real, unused code and the proxy's state.
-async fn stop_before_callback(env: &UserEnv) -> (support_users::Browser, url::Url) {
+async fn stop_before_callback(env: &UserEnv) -> (common::browser::Browser, url::Url) {
     let mut browser = env.browser();
     let link = url::Url::parse(&env.login_link(USER)).expect("a URL");
     let (hop, _) = browser.fetch(&link).await;
@@ -189,10 +190,8 @@ async fn head(url: &str, cookie: Option<String>) -> http::Response<hyper::body::
     if let Some(state) = cookie {
         req = req.header(http::header::COOKIE, format!("{STATE_COOKIE}={state}"));
     }
-    let req = req
-        .body(http_body_util::Full::new(bytes::Bytes::new()))
-        .expect("a HEAD request");
-    support_users::client()
+    let req = req.body(common::full("")).expect("a HEAD request");
+    common::client()
         .request(req)
         .await
         .unwrap_or_else(|e| panic!("HEAD {url}: {e}"))
@@ -239,7 +238,7 @@ async fn an_expired_link_is_refused() {
         let env = UserEnv::start(fake_oauth(8 * HOUR)).await;
         let key = atomgit_proxy::credentials::login_link::load_or_create_key(&env.store_path)
             .expect("the link key");
-        let past = support_users::now_ms() / 1000 - 5;
+        let past = common::now_ms() / 1000 - 5;
         let query = atomgit_proxy::credentials::login_link::sign(&key, USER, past);
         let link = env.url(&format!("/_proxy/oauth/login?{query}"));
 

@@ -5,13 +5,14 @@
 //! These tests run on the real clock with short token lifetimes, waiting on
 //! the wall-clock expiry the store file records, each bounded.
 
-mod support_users;
+mod common;
 
 use atomgit_fake::{ExpiresFormat, FakeOAuth};
+use common::users::{ReadOnlyDir, USER, UserEnv, fake_oauth, sleep_until_ms};
+use common::{bounded, now_ms};
 use http::StatusCode;
 use std::collections::BTreeSet;
 use std::time::Duration;
-use support_users::{ReadOnlyDir, USER, UserEnv, bounded, fake_oauth, now_ms, sleep_until_ms};
 
 const HOUR: Duration = Duration::from_secs(3600);
 /// Short enough to wait out; the proxy refreshes at half of it and stops
@@ -322,14 +323,14 @@ async fn replicas_sharing_the_store_refresh_once_between_them() {
         let listeners = atomgit_proxy::server::bind(&any_port, config.unix_socket_mode).unwrap();
         let replica = atomgit_proxy::app::start(config, listeners).unwrap();
         let replica_url = format!("http://{}/as/alice/user", replica.addrs[0]);
-        let first = support_users::get(&env.client, &replica_url, &[]).await;
+        let first = common::get(&env.client, &replica_url, &[]).await;
         assert_eq!(first.status, StatusCode::OK, "{}", first.text());
         env.fake.set_access_lifetime(HOUR);
         wait_until_unusable(&env).await;
 
         // Both replicas find the token due at once.
         let here = (0..25).map(|_| env.get("/as/alice/user"));
-        let there = (0..25).map(|_| support_users::get(&env.client, &replica_url, &[]));
+        let there = (0..25).map(|_| common::get(&env.client, &replica_url, &[]));
         let (here, there) = futures_util::future::join(
             futures_util::future::join_all(here),
             futures_util::future::join_all(there),

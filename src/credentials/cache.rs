@@ -366,6 +366,43 @@ mod tests {
         assert!(Instant::now() < first.expires_at);
     }
 
+    /// The installation tokens' integration property on a clock the test
+    /// drives: under continuous use across many short lifetimes, every
+    /// token handed out is still usable (so at least its guard away from
+    /// expiry), also when a refresh outlasts the time left before the old
+    /// token's guard; and refreshes come once per half-life, not per request.
+    #[tokio::test(start_paused = true)]
+    async fn continuous_use_of_short_tokens_never_gets_an_unusable_one() {
+        const LIFE: Duration = Duration::from_secs(3);
+        const SPAN: Duration = Duration::from_secs(30);
+        // 1.4 s: longer than the 1.2 s between half-life and the guard.
+        for mint_time in [Duration::from_millis(50), Duration::from_millis(1400)] {
+            let cache = TokenCache::<u64>::default();
+            let count = Arc::new(AtomicUsize::new(0));
+            let started = Instant::now();
+            while started.elapsed() < SPAN {
+                let count = count.clone();
+                let mint = move || async move {
+                    let n = count.fetch_add(1, Ordering::SeqCst) + 1;
+                    tokio::time::sleep(mint_time).await;
+                    Ok(Token::new(&format!("ats_{n}"), Instant::now(), LIFE, MARGIN).unwrap())
+                };
+                let token = cache.get(&1, mint).await.unwrap();
+                assert!(
+                    token.is_usable(Instant::now()),
+                    "{token:?} served at {:?} (mint time {mint_time:?})",
+                    started.elapsed()
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let mints = count.load(Ordering::SeqCst) as u32;
+            assert!(
+                mints >= SPAN.as_secs() as u32 / 3 && mints <= SPAN.as_secs() as u32 * 2 / 3 + 1,
+                "{mints} mints of 3 s tokens in {SPAN:?} (mint time {mint_time:?})"
+            );
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn failures_back_off_then_recover() {
         let cache = TokenCache::<u64>::default();

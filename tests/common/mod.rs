@@ -1,10 +1,25 @@
 //! The integration-test harness: a fake AtomGit and the proxy in front of it,
 //! both started inside the test on `127.0.0.1:0`, plus a plain hyper client.
 //!
-//! Each test binary compiles this module on its own and uses only part of
-//! it, hence the `dead_code` allowance.
+//! - this file: the app key, the fake, config text and [`TestEnv`]
+//!   (installation routes);
+//! - `http_client` (re-exported here): the HTTP client every test uses,
+//!   [`send`], [`get`] and the whole answer, [`Reply`];
+//! - [`users`]: [`users::UserEnv`], a proxy with a user route, its config
+//!   file and grant store, for the login and user-token tests;
+//! - [`browser`]: a tiny cookie-keeping browser that follows the login's
+//!   redirects.
+//!
+//! Each test binary compiles this module on its own (`mod common;`) and uses
+//! only part of it, hence the `dead_code` allowance.
 
 #![allow(dead_code)]
+
+pub mod browser;
+mod http_client;
+pub mod users;
+
+pub use http_client::*;
 
 use atomgit_fake::{FakeAtomGit, FakeInstallation, FakeOptions, Recorded, TokenOwner};
 use atomgit_proxy::app::{self, Running};
@@ -12,18 +27,12 @@ use atomgit_proxy::config::Config;
 use atomgit_proxy::server;
 use bytes::Bytes;
 use http::header::AUTHORIZATION;
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode};
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
-use std::convert::Infallible;
+use http::{HeaderMap, HeaderValue, Method};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The route most tests need: `/orgs/yanqianyu` as installation 14, by id.
 pub const YANQIANYU_ROUTE: &str = "
@@ -34,12 +43,6 @@ pub const YANQIANYU_ROUTE: &str = "
 
 /// The app id every test config and the fake agree on.
 pub const APP_ID: u64 = 75;
-
-/// Request bodies: a small buffer or a generated stream, as one type.
-pub type ReqBody = BoxBody<Bytes, Infallible>;
-
-/// The client every test talks to the proxy with.
-pub type HttpClient = Client<HttpConnector, ReqBody>;
 
 /// One app key per test binary: generating a 2048-bit RSA key takes long
 /// enough that every test doing it would dominate the run.
@@ -77,37 +80,74 @@ pub fn reindent(text: &str, indent: usize) -> String {
         .collect()
 }
 
-/// Starts a fake AtomGit on `127.0.0.1:0` that trusts [`app_key`].
-pub async fn start_fake(installations: &[(u64, &str)], token_lifetime: Duration) -> FakeAtomGit {
+/// Wall-clock epoch milliseconds, the unit the grant store and the platform use.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The fake's options with [`APP_ID`] and [`app_key`]; the rest default.
+pub fn fake_options() -> FakeOptions {
+    FakeOptions {
+        app_id: APP_ID,
+        app_public_key_pem: app_key().1.clone(),
+        ..FakeOptions::default()
+    }
+}
+
+/// Starts a fake AtomGit on `127.0.0.1:0` with `options` (see [`fake_options`]).
+pub async fn start_fake_with(options: FakeOptions) -> FakeAtomGit {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind the fake on 127.0.0.1:0");
-    FakeAtomGit::start(
-        listener,
-        FakeOptions {
-            app_id: APP_ID,
-            app_public_key_pem: app_key().1.clone(),
-            installations: installations
-                .iter()
-                .map(|&(id, account)| FakeInstallation {
-                    id,
-                    account: account.to_owned(),
-                })
-                .collect(),
-            token_lifetime,
-            ..FakeOptions::default()
-        },
-    )
+    FakeAtomGit::start(listener, options)
+        .await
+        .expect("start the fake AtomGit")
+}
+
+/// Starts a fake AtomGit that trusts [`app_key`] and knows `installations`.
+pub async fn start_fake(installations: &[(u64, &str)], token_lifetime: Duration) -> FakeAtomGit {
+    start_fake_with(FakeOptions {
+        installations: installations
+            .iter()
+            .map(|&(id, account)| FakeInstallation {
+                id,
+                account: account.to_owned(),
+            })
+            .collect(),
+        token_lifetime,
+        ..fake_options()
+    })
     .await
-    .expect("start the fake AtomGit")
 }
 
 /// A config file's text: loopback listener on port 0, `upstream`, the app
 /// key given as `private_key` (a YAML flow mapping such as `{ file: app.pem }`),
 /// any extra top-level YAML, and `routes` (a YAML list, any indentation).
 pub fn config_yaml(upstream: &str, private_key: &str, extra: &str, routes: &str) -> String {
+    config_yaml_with(
+        "127.0.0.1:0",
+        upstream,
+        &format!("private_key: {private_key}"),
+        extra,
+        routes,
+    )
+}
+
+/// [`config_yaml`] in full: the proxy listens on `listen`, and `app` holds
+/// the `app:` keys besides `id` (one per line, any indentation).
+pub fn config_yaml_with(
+    listen: &str,
+    upstream: &str,
+    app: &str,
+    extra: &str,
+    routes: &str,
+) -> String {
     format!(
-        "listen: [\"127.0.0.1:0\"]\nupstream: {upstream}\napp:\n  id: {APP_ID}\n  private_key: {private_key}\n{}routes:\n{}",
+        "listen: [\"{listen}\"]\nupstream: {upstream}\napp:\n  id: {APP_ID}\n{}{}routes:\n{}",
+        reindent(app, 2),
         reindent(extra, 0),
         reindent(routes, 2),
     )
@@ -250,108 +290,18 @@ impl TestEnv {
     }
 }
 
-/// A plain HTTP/1.1 client (no proxy settings, no TLS).
-pub fn client() -> HttpClient {
-    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
-}
-
-/// An HTTP/2 client speaking prior knowledge (h2c).
-pub fn h2_client() -> HttpClient {
-    Client::builder(TokioExecutor::new())
-        .http2_only(true)
-        .build(HttpConnector::new())
-}
-
-pub fn full(body: impl Into<Bytes>) -> ReqBody {
-    Full::new(body.into()).boxed()
-}
-
-pub fn request(
-    method: Method,
-    url: &str,
-    headers: &[(&str, &str)],
-    body: ReqBody,
-) -> Request<ReqBody> {
-    let mut req = Request::builder()
-        .method(method)
-        .uri(url)
-        .body(body)
-        .expect("a valid test request");
-    for (name, value) in headers {
-        req.headers_mut().append(
-            HeaderName::from_bytes(name.as_bytes()).expect("a valid header name"),
-            HeaderValue::from_str(value).expect("a valid header value"),
-        );
-    }
-    req
-}
-
-/// A whole answer.
-#[derive(Debug)]
-pub struct Reply {
-    pub status: StatusCode,
-    pub headers: HeaderMap,
-    pub body: Bytes,
-}
-
-impl Reply {
-    pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.text()))
-    }
-
-    /// Asserts this is one of the proxy's own errors with `status` and `code`,
-    /// in the contract's shape, and that it leaks no credential.
-    pub fn assert_proxy_error(&self, status: StatusCode, code: &str) {
-        assert_eq!(self.status, status, "body: {}", self.text());
-        assert_eq!(
-            self.headers
-                .get("x-atomgit-proxy-error")
-                .and_then(|v| v.to_str().ok()),
-            Some(code),
-            "headers: {:?}",
-            self.headers
-        );
-        let json = self.json();
-        assert_eq!(json["error"], code, "{json}");
-        assert!(json["message"].is_string(), "{json}");
-        assert_no_secret(&self.text());
-    }
-}
-
-/// Asserts `text` holds no token, key material or PEM armour.
-pub fn assert_no_secret(text: &str) {
-    assert!(!text.contains("ats_"), "a token leaked: {text}");
-    assert!(!text.contains("atu_"), "a token leaked: {text}");
-    assert!(!text.contains("BEGIN"), "PEM armour leaked: {text}");
-    let key_body = private_key_pem()
-        .lines()
-        .nth(1)
-        .expect("a PEM has a body line");
-    assert!(!text.contains(key_body), "the private key leaked: {text}");
-}
-
-pub async fn send(client: &HttpClient, req: Request<ReqBody>) -> Reply {
-    let resp = client.request(req).await.expect("the proxy answers");
-    let (parts, body) = resp.into_parts();
-    let body = body
-        .collect()
-        .await
-        .expect("the answer's body can be read")
-        .to_bytes();
-    Reply {
-        status: parts.status,
-        headers: parts.headers,
-        body,
-    }
+/// The entry of `route` in `/_proxy/credentials`' JSON.
+pub fn credential<'a>(json: &'a serde_json::Value, route: &str) -> &'a serde_json::Value {
+    json["credentials"]
+        .as_array()
+        .expect("a credentials list")
+        .iter()
+        .find(|c| {
+            c["routes"]
+                .as_array()
+                .is_some_and(|r| r.iter().any(|n| n == route))
+        })
+        .unwrap_or_else(|| panic!("no credential for route {route}: {json}"))
 }
 
 /// The token of the one `Authorization: Bearer` header in `headers`.

@@ -1,7 +1,12 @@
 //! A tiny cookie-keeping "browser": follows redirects through the login and
 //! carries the proxy's cookies, as a person's browser would.
 
-use super::*;
+use super::{HttpClient, Reply, client, get};
+use http::header::{COOKIE, LOCATION, SET_COOKIE};
+use http::{HeaderMap, StatusCode};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use url::Url;
 
 /// One step of a browser's navigation.
 #[derive(Debug, Clone)]

@@ -1,90 +1,35 @@
-//! The harness of the user-grant tests: a fake AtomGit, a proxy with a user
-//! route in front of it, a config file and grant store in a fresh folder, and
-//! a tiny cookie-keeping "browser" that follows redirects through the login.
+//! The user-grant tests' environment: a fake AtomGit, a proxy with a user
+//! route in front of it, and a config file and grant store in a fresh folder.
 //!
-//! Everything runs in the test process on `127.0.0.1`. The proxy's port is
-//! bound before the config is written, because the OAuth `redirect_uri` has
-//! to name it. Each test binary uses part of this module, hence the
-//! `dead_code` allowance.
+//! The proxy's port is bound before the config is written, because the
+//! OAuth `redirect_uri` has to name it.
 
-#![allow(dead_code)]
-
+use super::browser::{Browser, Page};
+use super::{
+    HttpClient, Reply, app_key, client, config_yaml_with, fake_options, get, now_ms,
+    start_fake_with,
+};
 use atomgit_fake::{FakeAtomGit, FakeOAuth, FakeOptions, TokenOwner};
 use atomgit_proxy::app::{self, Running};
 use atomgit_proxy::config::{Config, OAuthEndpoints};
 use atomgit_proxy::server::{self, Listener};
-use bytes::Bytes;
-use http::header::{AUTHORIZATION, COOKIE, LOCATION, SET_COOKIE};
-use http::{HeaderMap, Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use http::header::AUTHORIZATION;
+use http::{HeaderMap, StatusCode};
 use serde_json::Value;
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use url::Url;
-
-mod browser;
-#[path = "../common/mod.rs"]
-mod common;
-
-pub use browser::*;
-pub use common::{APP_ID, Reply, app_key, bounded};
+use std::time::Duration;
 
 /// The user every test logs in (the fake's one person).
 pub const USER: &str = "alice";
 /// The login page's cookie, as `src/admin/login.rs` names it.
 pub const STATE_COOKIE: &str = "atomgit_proxy_oauth_state";
 
-/// The plain HTTP client of the tests.
-pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
-
-/// Wall-clock epoch milliseconds, the unit the store and the platform use.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// Sleeps (real time) until the wall clock reaches `at_ms`.
 pub async fn sleep_until_ms(at_ms: u64) {
     let now = now_ms();
     if at_ms > now {
         tokio::time::sleep(Duration::from_millis(at_ms - now)).await;
-    }
-}
-
-pub fn client() -> HttpClient {
-    Client::builder(TokioExecutor::new()).build_http()
-}
-
-/// GET `url` with `headers`, reading the whole answer.
-pub async fn get(client: &HttpClient, url: &str, headers: &[(&str, &str)]) -> Reply {
-    let mut req = Request::builder().method(Method::GET).uri(url);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let req = req
-        .body(Full::new(Bytes::new()))
-        .unwrap_or_else(|e| panic!("bad request for {url}: {e}"));
-    let resp = client
-        .request(req)
-        .await
-        .unwrap_or_else(|e| panic!("GET {url} failed: {e}"));
-    let (parts, body) = resp.into_parts();
-    let body = body
-        .collect()
-        .await
-        .unwrap_or_else(|e| panic!("reading the body of {url}: {e}"))
-        .to_bytes();
-    Reply {
-        status: parts.status,
-        headers: parts.headers,
-        body,
     }
 }
 
@@ -114,7 +59,7 @@ pub struct UserEnv {
 
 impl UserEnv {
     pub async fn start(oauth: FakeOAuth) -> UserEnv {
-        let fake = start_fake(oauth).await;
+        let fake = start_oauth_fake(oauth).await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind the proxy on 127.0.0.1:0");
@@ -292,51 +237,48 @@ impl UserEnv {
 }
 
 /// A fake AtomGit on `127.0.0.1:0` that trusts [`app_key`] and knows alice.
-pub async fn start_fake(oauth: FakeOAuth) -> FakeAtomGit {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind the fake on 127.0.0.1:0");
-    FakeAtomGit::start(
-        listener,
-        FakeOptions {
-            app_id: APP_ID,
-            app_public_key_pem: app_key().1.clone(),
-            oauth,
-            ..FakeOptions::default()
-        },
-    )
+pub async fn start_oauth_fake(oauth: FakeOAuth) -> FakeAtomGit {
+    start_fake_with(FakeOptions {
+        oauth,
+        ..fake_options()
+    })
     .await
-    .expect("start the fake AtomGit")
 }
 
 /// The config: the proxy on `addr`, the fake as upstream and authorize page,
 /// the store in `state/`, and one user route.
 fn config_yaml(addr: SocketAddr, fake: &FakeAtomGit) -> String {
     let defaults = FakeOAuth::default();
-    format!(
-        r#"listen: ["{addr}"]
-upstream: {upstream}
-app:
-  id: {APP_ID}
-  private_key: {{ file: app.pem }}
-  client_id: "{client_id}"
-  client_secret: {{ value: "{client_secret}" }}
-oauth:
-  authorize_url: {upstream}/login/oauth/authorize
-  redirect_uri: http://{addr}/_proxy/oauth/callback
-store:
-  path: state/grants.json
-timeouts:
-  shutdown: 5s
-routes:
-  - name: alice
-    match: {{ path_prefix: /as/alice }}
-    strip_prefix: true
-    user: alice
-"#,
-        upstream = fake.url(),
-        client_id = defaults.client_id,
-        client_secret = defaults.client_secret,
+    let upstream = fake.url();
+    config_yaml_with(
+        &addr.to_string(),
+        &upstream,
+        &format!(
+            r#"
+            private_key: {{ file: app.pem }}
+            client_id: "{client_id}"
+            client_secret: {{ value: "{client_secret}" }}
+            "#,
+            client_id = defaults.client_id,
+            client_secret = defaults.client_secret,
+        ),
+        &format!(
+            "
+            oauth:
+              authorize_url: {upstream}/login/oauth/authorize
+              redirect_uri: http://{addr}/_proxy/oauth/callback
+            store:
+              path: state/grants.json
+            timeouts:
+              shutdown: 5s
+            "
+        ),
+        "
+        - name: alice
+          match: { path_prefix: /as/alice }
+          strip_prefix: true
+          user: alice
+        ",
     )
 }
 
