@@ -14,6 +14,7 @@
 
 use atomgit_fake::{FakeAtomGit, FakeInstallation, FakeOptions};
 use atomgit_proxy::config::Config;
+use atomgit_proxy::credentials::Token;
 use atomgit_proxy::proxy::{guard, headers};
 use atomgit_proxy::routes::path;
 use atomgit_proxy::state::{Shared, Snapshot};
@@ -150,18 +151,7 @@ fn request_path(c: &mut Criterion) {
         .expect("cached")
         .expect("a token");
     c.bench_function("header_surgery_and_uri", |b| {
-        b.iter(|| {
-            let mut h = inbound.clone();
-            headers::strip_hop_by_hop(&mut h);
-            headers::strip_caller_credentials(&mut h);
-            h.insert(AUTHORIZATION, token.header().clone());
-            h.insert(HOST, snap.upstream.host_header.clone());
-            let up = snap
-                .upstream
-                .forward_uri(&uri, uri.path())
-                .expect("an upstream URI");
-            black_box((h, up))
-        })
+        b.iter(|| black_box(upstream_head(&inbound, &token, &snap, &uri, uri.path())))
     });
 
     c.bench_function("whole_request_path", |b| {
@@ -183,18 +173,30 @@ fn request_path(c: &mut Criterion) {
                 .now_or_never()
                 .expect("cached")
                 .expect("a token");
-            let mut h = inbound.clone();
-            headers::strip_hop_by_hop(&mut h);
-            headers::strip_caller_credentials(&mut h);
-            h.insert(AUTHORIZATION, token.header().clone());
-            h.insert(HOST, snap.upstream.host_header.clone());
-            let up = snap
-                .upstream
-                .forward_uri(&uri, forward_path)
-                .expect("an upstream URI");
-            black_box((h, up))
+            black_box(upstream_head(&inbound, &token, &snap, &uri, forward_path))
         })
     });
+}
+
+/// What `forward::send` does to the head before handing it to the pool:
+/// header surgery, the injected token and `Host`, the upstream URI.
+fn upstream_head(
+    inbound: &HeaderMap,
+    token: &Token,
+    snap: &Snapshot,
+    uri: &Uri,
+    forward_path: &str,
+) -> (HeaderMap, Uri) {
+    let mut h = inbound.clone();
+    headers::strip_hop_by_hop(&mut h);
+    headers::strip_caller_credentials(&mut h);
+    h.insert(AUTHORIZATION, token.header().clone());
+    h.insert(HOST, snap.upstream.host_header.clone());
+    let up = snap
+        .upstream
+        .forward_uri(uri, forward_path)
+        .expect("an upstream URI");
+    (h, up)
 }
 
 criterion_group!(benches, request_path);
