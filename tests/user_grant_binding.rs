@@ -124,9 +124,7 @@ async fn a_grant_from_an_older_store_is_adopted_by_the_config_using_it() {
             .as_object_mut()
             .and_then(|g| g.remove("bound_to"));
         assert!(removed.is_some(), "a new grant is bound: {store}");
-        let bytes = serde_json::to_vec_pretty(&store).expect("JSON");
-        atomgit_proxy::credentials::grants_file::write_atomically(&env.store_path, &bytes)
-            .expect("rewrite the store");
+        env.write_store(&store);
         env.restart().await;
 
         env.use_user_route().await;

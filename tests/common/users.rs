@@ -165,7 +165,12 @@ impl UserEnv {
         let now = now_ms() as i64;
         grant["updated_at_ms"] = Value::from(now - age.as_millis() as i64);
         grant["access_expires_at_ms"] = Value::from(now + left_ms);
-        let bytes = serde_json::to_vec_pretty(&store).expect("JSON");
+        self.write_store(&store);
+    }
+
+    /// Replaces the store file with `store`, as another process would.
+    pub fn write_store(&self, store: &Value) {
+        let bytes = serde_json::to_vec_pretty(store).expect("JSON");
         atomgit_proxy::credentials::grants_file::write_atomically(&self.store_path, &bytes)
             .expect("rewrite the store");
     }
