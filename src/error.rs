@@ -75,6 +75,9 @@ impl ProxyError {
                 CredentialError::GrantRevoked(_) => {
                     (StatusCode::SERVICE_UNAVAILABLE, "grant_revoked")
                 }
+                CredentialError::StoreUnavailable(_) => {
+                    (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
+                }
                 CredentialError::Internal(_) => {
                     (StatusCode::INTERNAL_SERVER_ERROR, "internal_error")
                 }
@@ -99,7 +102,9 @@ impl ProxyError {
                 tracing::error!(%code, route, status = status.as_u16(), "{}", Escaped(&self.to_string()))
             }
             ProxyError::Credential(
-                CredentialError::TokenEndpoint(_) | CredentialError::GrantRevoked(_),
+                CredentialError::TokenEndpoint(_)
+                | CredentialError::GrantRevoked(_)
+                | CredentialError::StoreUnavailable(_),
             )
             | ProxyError::UpstreamUnreachable(_)
             | ProxyError::UpstreamTimeout(_) => {

@@ -10,7 +10,7 @@
 //!   ([`proxy::clients`]), route selection, header surgery
 //!   ([`proxy::headers`]) and the streaming forward.
 //! - [`state`]: what every request shares: the current snapshot behind
-//!   `ArcSwap`, the credential caches, metrics and pending logins.
+//!   `ArcSwap`, the credential caches and metrics.
 //! - [`config`]: the YAML file ([`config::file`]), validated once into the
 //!   immutable [`config::Config`] a snapshot holds.
 //! - [`admin`]: the `/_proxy/` endpoints (health, readiness, metrics, the
@@ -18,6 +18,9 @@
 //! - [`routes`]: compiled routes, matching, path checks.
 //! - [`credentials`]: the app JWT, installation tokens, user grants and their
 //!   store, the token endpoint, the single-flight token cache.
+//! - [`store`]: the state replicas share behind one trait: the grant file,
+//!   or Redis for a fleet (grants with compare-and-set, refresh and mint
+//!   locks, logins, shared installation tokens, encryption at rest).
 //! - [`upstream`]: pooled HTTP clients to the platform.
 //! - [`body`]: the response body type, and the caller's body on its way
 //!   upstream, watched for the caller's own faults.
@@ -48,6 +51,7 @@ pub mod reload;
 pub mod routes;
 pub mod server;
 pub mod state;
+pub mod store;
 pub mod upstream;
 
 /// Sent on the proxy's own calls to the platform.

@@ -63,12 +63,34 @@ enum Command {
         #[arg(long)]
         owner: Option<String>,
     },
+    /// Copy grants into the configured store, or list them.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
     /// Print a one-time login link (valid 10 minutes) that binds USER's grant.
     Login {
         #[arg(short, long, env = "ATOMGIT_PROXY_CONFIG")]
         config: PathBuf,
         /// The user name routes refer to with `user: NAME`.
         user: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Copy the grants of a JSON grant file into the configured store (a
+    /// newer grant there is never overwritten; running it again changes nothing).
+    Import {
+        #[arg(short, long, env = "ATOMGIT_PROXY_CONFIG")]
+        config: PathBuf,
+        /// The grant file to copy from (`store.path` of a file-store config).
+        grants_json: PathBuf,
+    },
+    /// Show each user's grant state and expiry (no secret).
+    List {
+        #[arg(short, long, env = "ATOMGIT_PROXY_CONFIG")]
+        config: PathBuf,
     },
 }
 
@@ -125,12 +147,46 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             owner,
         } => token(config, &route, owner.as_deref()).await,
         Command::Login { config, user } => login(config, &user),
+        Command::Store { command } => store(command).await,
     }
+}
+
+async fn store(command: StoreCommand) -> anyhow::Result<ExitCode> {
+    use atomgit_proxy::store;
+    let path = match &command {
+        StoreCommand::Import { config, .. } | StoreCommand::List { config } => config.clone(),
+    };
+    let config = Config::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let Some(target) = store::open(&config, None).map_err(anyhow::Error::msg)? else {
+        bail!("{} has no `store:`", path.display());
+    };
+    match command {
+        StoreCommand::Import { grants_json, .. } => {
+            let done = store::cli::import(&target, &grants_json).await?;
+            println!(
+                "imported {} grant(s) into the {} store; kept {} newer or equal one(s) there",
+                done.written.len(),
+                target.backend(),
+                done.kept.len()
+            );
+            for user in &done.written {
+                println!("  imported: {user}");
+            }
+            for user in &done.kept {
+                println!("  kept:     {user}");
+            }
+        }
+        StoreCommand::List { .. } => print!("{}", store::cli::list(&target).await?),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn login(path: PathBuf, user: &str) -> anyhow::Result<ExitCode> {
     let config = Config::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let (Some(oauth), Some(store)) = (config.oauth.as_ref(), config.store_path.as_ref()) else {
+    let (Some(oauth), true) = (
+        config.oauth.as_ref(),
+        config.store_path.is_some() || config.store_redis.is_some(),
+    ) else {
         bail!(
             "user logins need `oauth:` (with redirect_uri) and `store:` in {}",
             path.display()
@@ -145,7 +201,9 @@ fn login(path: PathBuf, user: &str) -> anyhow::Result<ExitCode> {
             "note: no route has `user: {user}`; the grant will be stored but unused until one does"
         );
     }
-    let link = login_link::link_for(&oauth.redirect_uri, store, user)?;
+    let key = atomgit_proxy::store::link_key_for(&config)
+        .context("reading or creating the login-link key")?;
+    let link = login_link::link_with_key(&oauth.redirect_uri, &key, user);
     println!("{link}");
     eprintln!("Open this link in a browser within 10 minutes to log in as {user}; it works once.");
     Ok(ExitCode::SUCCESS)

@@ -67,6 +67,11 @@ impl Default for Metrics {
         let in_flight = Gauge::default();
         let open_connections = Gauge::default();
         registry.register(
+            "store_errors",
+            "Failed operations on the shared store (Redis), by operation",
+            crate::store::store_errors().clone(),
+        );
+        registry.register(
             "requests",
             "Requests answered, by route, status and proxy error code",
             requests.clone(),

@@ -1,8 +1,7 @@
 //! What every request shares: the current snapshot and the credential caches.
 
 use crate::config::Config;
-use crate::credentials::grants::{GrantBinding, GrantStore};
-use crate::credentials::pending_logins::PendingLogins;
+use crate::credentials::grants::GrantBinding;
 use crate::credentials::{Context, Credentials};
 use crate::metrics::Metrics;
 use crate::upstream::Upstream;
@@ -15,9 +14,10 @@ use tokio::sync::Semaphore;
 pub struct Snapshot {
     pub config: Config,
     pub upstream: Arc<Upstream>,
-    /// The grant store, when user routes exist. Shared with the previous
-    /// snapshot while `store.path` stays, so grants in memory survive reloads.
-    pub store: Option<Arc<GrantStore>>,
+    /// The store (grant file or Redis), when `store:` is set. Shared with
+    /// the previous snapshot while `store:` stays, so grants in memory,
+    /// pending logins and the Redis connection survive reloads.
+    pub store: Option<Arc<dyn crate::store::Store>>,
     /// Slots for requests to the platform (`limits.max_upstream_requests`).
     /// Kept across reloads unless the limit changes; then requests already
     /// holding or awaiting a slot finish under the old count.
@@ -36,11 +36,7 @@ impl Snapshot {
             Some(prev) if prev.upstream.config == config.upstream => prev.upstream.clone(),
             _ => Arc::new(Upstream::new(config.upstream.clone())?),
         };
-        let store = match (&config.store_path, previous.and_then(|p| p.store.as_ref())) {
-            (None, _) => None,
-            (Some(path), Some(prev)) if prev.path() == path => Some(prev.clone()),
-            (Some(path), _) => Some(Arc::new(GrantStore::open(path).map_err(|e| e.to_string())?)),
-        };
+        let store = crate::store::open(&config, previous.and_then(|p| p.store.as_ref()))?;
         let upstream_slots = match previous {
             Some(prev)
                 if prev.config.limits.max_upstream_requests
@@ -94,8 +90,6 @@ pub struct Shared {
     pub credentials: Credentials,
     pub metrics: Metrics,
     pub reload: Mutex<ReloadStatus>,
-    /// Logins started in a browser, waiting for the platform's callback.
-    pub logins: PendingLogins,
 }
 
 impl Shared {
@@ -105,7 +99,6 @@ impl Shared {
             credentials: Credentials::default(),
             metrics: Metrics::default(),
             reload: Mutex::new(ReloadStatus::default()),
-            logins: Default::default(),
         })
     }
 }

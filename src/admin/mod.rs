@@ -39,10 +39,10 @@ pub async fn handle(
         return Err(ProxyError::BadRequest(format!("{path} answers GET only")));
     }
     match path {
-        "/_proxy/oauth/login" => Ok(login::login(req.into_parts().0, snap, &shared.logins).await),
+        "/_proxy/oauth/login" => Ok(login::login(req.into_parts().0, snap).await),
         "/_proxy/oauth/callback" => {
-            let (logins, credentials) = (&shared.logins, &shared.credentials);
-            Ok(login::callback(req.into_parts().0, snap, logins, credentials).await)
+            let credentials = &shared.credentials;
+            Ok(login::callback(req.into_parts().0, snap, credentials).await)
         }
         "/_proxy/healthz" => Ok(text(StatusCode::OK, "text/plain", "ok\n".into())),
         "/_proxy/readyz" => {

@@ -95,10 +95,29 @@ pub struct OAuthFile {
     pub token_url: Option<String>,
 }
 
+/// Where shared state lives: exactly one of `path` (a JSON file) and `redis`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreFile {
-    pub path: PathBuf,
+    pub path: Option<PathBuf>,
+    /// Fleet mode: grants, locks, logins and installation tokens in Redis.
+    pub redis: Option<RedisFile>,
+    /// 32 random bytes, base64: encrypts tokens at rest and derives the
+    /// login-link key. Required with `redis`.
+    #[serde(default, with = "serde_yaml::with::singleton_map")]
+    pub encryption_key: Option<SecretFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisFile {
+    /// `redis://[:password@]host:port/db` or `rediss://` (TLS); a secret
+    /// source, since the URL may hold a password.
+    #[serde(with = "serde_yaml::with::singleton_map")]
+    pub url: SecretFile,
+    /// Prefix of every key (default `atomgit-proxy:`): fleets sharing one
+    /// Redis stay apart.
+    pub key_prefix: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -8,6 +8,7 @@
 pub mod file;
 mod perms;
 pub mod secret;
+pub mod store;
 mod validate;
 
 use crate::routes::RouteTable;
@@ -62,6 +63,8 @@ pub struct Config {
     pub oauth: Option<OAuthEndpoints>,
     /// Durable grant store file; required when any route acts as a user.
     pub store_path: Option<PathBuf>,
+    /// Shared state in Redis (fleet mode), instead of `store_path`.
+    pub store_redis: Option<store::RedisStoreConfig>,
     /// Known local callers; empty means no caller authentication.
     pub clients: Vec<ClientConfig>,
     /// The operator opted out of the loopback-only rule for open listeners.
@@ -206,6 +209,14 @@ impl AppFingerprint {
         hasher.update([0]);
         hasher.update(pem.expose());
         AppFingerprint(hasher.finalize().into())
+    }
+}
+
+impl AppFingerprint {
+    /// A short hex form naming the app in shared keys (Redis): 16 bytes,
+    /// enough to keep apps apart, and one-way like the whole digest.
+    pub fn short_hex(&self) -> String {
+        hex::encode(&self.0[..16])
     }
 }
 

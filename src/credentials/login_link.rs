@@ -73,12 +73,18 @@ pub fn link_for(redirect_uri: &Url, store: &Path, user: &str) -> std::io::Result
             ),
         )
     })?;
+    Ok(link_with_key(redirect_uri, &key, user))
+}
+
+/// A login link signed with `key` (for a fleet: derived from the store's
+/// `encryption_key`, see `store::link_key_for`).
+pub fn link_with_key(redirect_uri: &Url, key: &[u8], user: &str) -> String {
     let exp = super::grants::now_ms() / 1000 + LINK_LIFETIME.as_secs();
     let mut link = redirect_uri.clone();
     let path = link.path().trim_end_matches("/callback").to_owned();
     link.set_path(&format!("{path}/login"));
-    link.set_query(Some(&sign(&key, user, exp)));
-    Ok(link.to_string())
+    link.set_query(Some(&sign(key, user, exp)));
+    link.to_string()
 }
 
 /// The query string of a login link for `user`, expiring at `exp` (epoch s).

@@ -21,7 +21,7 @@ use crate::upstream::{CallError, Upstream};
 use app_jwt::AppJwt;
 use cache::TokenCache;
 use dashmap::DashMap;
-use grants::{GrantBinding, GrantStore};
+use grants::GrantBinding;
 use installations::Directory;
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,6 +51,10 @@ pub enum CredentialError {
         "the grant of user `{0}` was refused by the platform: run `atomgit-proxy login {0}` again"
     )]
     GrantRevoked(String),
+    /// The shared store (Redis) is out of reach and the user's token ran
+    /// out: a refresh is never made without the store's lock.
+    #[error("{0}; the user's token cannot be refreshed until the store is back")]
+    StoreUnavailable(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -94,7 +98,7 @@ pub struct Context<'a> {
     pub upstream: &'a Arc<Upstream>,
     pub refresh_margin: Duration,
     pub oauth: Option<&'a OAuthEndpoints>,
-    pub store: Option<&'a Arc<GrantStore>>,
+    pub store: Option<&'a Arc<dyn crate::store::Store>>,
     /// The platform user grants must belong to.
     pub grant_binding: &'a Arc<GrantBinding>,
 }
@@ -222,12 +226,29 @@ impl Credentials {
             ctx.upstream.clone(),
             ctx.refresh_margin,
         );
+        // A fleet shares installation tokens through the store (one mint per
+        // installation and expiry); the memory cache above stays first.
+        let shared = ctx
+            .store
+            .filter(|s| s.shares_installation_tokens())
+            .cloned();
         self.tokens
             .get(&key, move || async move {
-                let jwt = jwts.get(&app).map_err(|e| {
-                    CredentialError::Internal(format!("cannot sign the app JWT: {e}"))
-                })?;
-                Ok(installations::mint(upstream, jwt, id, margin).await?)
+                let app_hex = app.fingerprint.short_hex();
+                let mint = || async move {
+                    let jwt = jwts.get(&app).map_err(|e| {
+                        CredentialError::Internal(format!("cannot sign the app JWT: {e}"))
+                    })?;
+                    installations::mint(upstream, jwt, id, margin).await
+                };
+                let Some(store) = shared else {
+                    return Ok(mint().await?);
+                };
+                let key = crate::store::InstallationKey { app: app_hex, id };
+                Ok(
+                    crate::store::shared_tokens::installation_token(&store, &key, margin, mint)
+                        .await?,
+                )
             })
             .await
     }

@@ -161,8 +161,8 @@ fn build(raw: ConfigFile, base: &Path, problems: &mut Problems) -> Option<Config
         .any(|r| matches!(r.credential, RouteCredential::User(_)));
     let app = app(&raw.app, base, upstream.as_ref(), needs_user, problems);
     let oauth = oauth(&raw, upstream.as_ref(), needs_user, problems);
-    let store_path = raw.store.as_ref().map(|s| base.join(&s.path));
-    if needs_user && store_path.is_none() {
+    let (store_path, store_redis) = super::store::store(raw.store.as_ref(), base, problems);
+    if needs_user && raw.store.is_none() {
         problems.add(
             "store.path",
             "is required when a route has `user:` (user grants are kept there)",
@@ -186,6 +186,7 @@ fn build(raw: ConfigFile, base: &Path, problems: &mut Problems) -> Option<Config
         app: Arc::new(app?),
         oauth,
         store_path,
+        store_redis,
         clients,
         allow_unauthenticated: raw.allow_unauthenticated,
         refresh_margin,
@@ -205,8 +206,11 @@ fn referenced_files(raw: &ConfigFile, base: &Path) -> Vec<PathBuf> {
 
 /// Files secrets are read from, resolved.
 fn secret_files(raw: &ConfigFile, base: &Path) -> Vec<PathBuf> {
+    let store = raw.store.as_ref();
     let secrets = std::iter::once(&raw.app.private_key)
         .chain(raw.app.client_secret.as_ref())
+        .chain(store.and_then(|s| s.redis.as_ref()).map(|r| &r.url))
+        .chain(store.and_then(|s| s.encryption_key.as_ref()))
         .chain(raw.clients.iter().flatten().map(|c| &c.key));
     secrets
         .filter_map(|s| match s {
