@@ -8,7 +8,9 @@
 //! - [`users`]: [`users::UserEnv`], a proxy with a user route, its config
 //!   file and grant store, for the login and user-token tests;
 //! - [`browser`]: a tiny cookie-keeping browser that follows the login's
-//!   redirects.
+//!   redirects;
+//! - [`redis`]: a real `redis-server` on a free port, killable and
+//!   restartable; [`fleet`]: several proxies sharing it.
 //!
 //! Each test binary compiles this module on its own (`mod common;`) and uses
 //! only part of it, hence the `dead_code` allowance.
@@ -16,7 +18,9 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod fleet;
 mod http_client;
+pub mod redis;
 pub mod users;
 
 pub use http_client::*;
