@@ -216,6 +216,47 @@ async fn with_redis_down_the_fleet_serves_what_it_can_and_recovers_when_it_retur
 }
 
 #[tokio::test]
+async fn a_fleet_starts_with_redis_down_and_uses_it_once_it_is_up() {
+    bounded(60, "start without redis", async {
+        let mut redis = RedisServer::start().await;
+        redis.kill(false).await;
+        let fake = start_fleet_fake(fake_oauth(HOUR), HOUR).await;
+        let fleet = Fleet::start(2, &fake, &redis.url(), PREFIX).await;
+        // Installation tokens are minted locally; users wait for the store.
+        for i in 0..2 {
+            assert_eq!(fleet.get(i, "/orgs/yanqianyu").await.status, StatusCode::OK);
+        }
+        assert_eq!(fake.mints_for(14), 2, "one local mint per replica");
+        fleet
+            .get(0, "/as/alice/user")
+            .await
+            .assert_proxy_error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable");
+        let ready = fleet.get(0, "/_proxy/readyz").await;
+        assert_eq!(ready.status, StatusCode::OK, "plain readyz stays ready");
+        assert_eq!(ready.json()["store"]["state"], "unavailable");
+
+        redis.restart().await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let reply = fleet.get(0, "/as/alice/user").await;
+            if reply.header("x-atomgit-proxy-error") == Some("grant_missing") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{}", reply.text());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        log_in_across(&fleet, &fake, 0).await;
+        assert_eq!(fleet.get(1, "/as/alice/user").await.status, StatusCode::OK);
+        assert_eq!(
+            fleet.get(0, "/_proxy/readyz").await.json()["store"]["state"],
+            "ok"
+        );
+        fleet.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn a_refresh_lock_left_by_a_dead_replica_frees_itself_within_its_lease() {
     bounded(90, "abandoned lock", async {
         let redis = RedisServer::start().await;

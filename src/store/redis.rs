@@ -141,13 +141,39 @@ impl RedisStore {
         Ok(self.conn.get_or_init(|| made).clone())
     }
 
-    /// Runs one Redis call with the timeout, counting failures under `op`.
-    async fn run<T>(
+    /// Runs `cmd` with the timeout, counting failures under `op`.
+    async fn query<T: ::redis::FromRedisValue>(
         &self,
         op: &'static str,
-        call: impl Future<Output = RedisResult<T>>,
+        cmd: &::redis::Cmd,
     ) -> Result<T, StoreError> {
-        let outcome = match tokio::time::timeout(OP_TIMEOUT, call).await {
+        self.call(op, |mut c| async move { cmd.query_async(&mut c).await })
+            .await
+    }
+
+    /// Runs `f` on the connection within [`OP_TIMEOUT`], counting failures
+    /// under `op`. A call that finds the connection broken is made once
+    /// more: the manager reconnects only when a call fails, so after Redis
+    /// came back the first call would otherwise fail for nothing.
+    async fn call<T, F, Fut>(&self, op: &'static str, f: F) -> Result<T, StoreError>
+    where
+        F: Fn(ConnectionManager) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        let conn = self.conn()?;
+        let attempts = async {
+            match f(conn.clone()).await {
+                Err(e)
+                    if e.is_io_error()
+                        || e.is_connection_refusal()
+                        || e.is_connection_dropped() =>
+                {
+                    f(conn).await
+                }
+                other => other,
+            }
+        };
+        let outcome = match tokio::time::timeout(OP_TIMEOUT, attempts).await {
             Ok(Ok(v)) => return Ok(v),
             // The error's text names the failure (refused, timed out), not
             // the URL, so it is safe to show.
@@ -202,11 +228,13 @@ impl RedisStore {
             .map_err(|e| StoreError::Unavailable(format!("cannot encode a grant: {e}")))?;
         let sealed = self.sealer.seal(&key, &json);
         let expected_arg = expected.map_or_else(|| "-".to_owned(), |v| v.to_string());
-        let mut conn = self.conn()?;
         let mut invocation = PUT_GRANT.key(&key);
         invocation.arg(expected_arg).arg(sealed);
+        let invocation = &invocation;
         let version: i64 = self
-            .run("grant_put", invocation.invoke_async(&mut conn))
+            .call("grant_put", |mut c| async move {
+                invocation.invoke_async(&mut c).await
+            })
             .await?;
         if version < 0 {
             return Ok(Written::Conflict);
@@ -225,22 +253,25 @@ impl RedisStore {
     async fn lock(&self, key: String, wait: Duration) -> Result<Option<LockGuard>, StoreError> {
         let owner = hex::encode(rand::random::<[u8; 16]>());
         let deadline = tokio::time::Instant::now() + wait;
-        let mut conn = self.conn()?;
+        let conn = self.conn()?;
         loop {
             let taken: Option<String> = self
-                .run(
+                .query(
                     "lock",
                     ::redis::cmd("SET")
                         .arg(&key)
                         .arg(&owner)
                         .arg("NX")
                         .arg("PX")
-                        .arg(LOCK_LEASE.as_millis() as u64)
-                        .query_async(&mut conn),
+                        .arg(LOCK_LEASE.as_millis() as u64),
                 )
                 .await?;
             if taken.is_some() {
-                return Ok(Some(LockGuard::new(HeldLock::start(conn, key, owner))));
+                return Ok(Some(LockGuard::new(HeldLock::start(
+                    conn.clone(),
+                    key,
+                    owner,
+                ))));
             }
             if tokio::time::Instant::now() + LOCK_POLL > deadline {
                 return Ok(None);
@@ -327,15 +358,10 @@ impl Store for RedisStore {
     async fn grant(&self, user: &str) -> Result<Option<Versioned>, StoreError> {
         self.flush_user(user).await?;
         let key = self.keys.grant(user);
-        let mut conn = self.conn()?;
         let (version, sealed): (Option<u64>, Option<Vec<u8>>) = self
-            .run(
+            .query(
                 "grant_get",
-                ::redis::cmd("HMGET")
-                    .arg(&key)
-                    .arg("v")
-                    .arg("g")
-                    .query_async(&mut conn),
+                ::redis::cmd("HMGET").arg(&key).arg("v").arg("g"),
             )
             .await?;
         let (Some(version), Some(sealed)) = (version, sealed) else {
@@ -387,21 +413,19 @@ impl Store for RedisStore {
     }
 
     async fn grants(&self) -> Result<Vec<(String, Grant)>, StoreError> {
-        let mut conn = self.conn()?;
         let pattern = self.keys.grant_pattern();
         let mut cursor = 0u64;
         let mut users = Vec::new();
         loop {
             let (next, keys): (u64, Vec<String>) = self
-                .run(
+                .query(
                     "grants_list",
                     ::redis::cmd("SCAN")
                         .arg(cursor)
                         .arg("MATCH")
                         .arg(&pattern)
                         .arg("COUNT")
-                        .arg(500)
-                        .query_async(&mut conn),
+                        .arg(500),
                 )
                 .await?;
             users.extend(keys.iter().filter_map(|k| self.keys.user_of_grant(k)));
@@ -448,43 +472,36 @@ impl Store for RedisStore {
     }
 
     async fn use_link(&self, nonce: &str, expires_at_s: u64) -> Result<bool, StoreError> {
-        let mut conn = self.conn()?;
         let set: Option<String> = self
-            .run(
+            .query(
                 "link",
                 ::redis::cmd("SET")
                     .arg(self.keys.used_link(nonce))
                     .arg(1)
                     .arg("NX")
                     .arg("EXAT")
-                    .arg(expires_at_s.max(1))
-                    .query_async(&mut conn),
+                    .arg(expires_at_s.max(1)),
             )
             .await?;
         Ok(set.is_some())
     }
 
     async fn insert_login(&self, state: &str, user: &str) -> Result<(), StoreError> {
-        let mut conn = self.conn()?;
-        self.run::<()>(
+        self.query::<()>(
             "login",
             ::redis::cmd("SET")
                 .arg(self.keys.pending_login(state))
                 .arg(user)
                 .arg("PX")
-                .arg(super::PENDING_LIFETIME.as_millis() as u64)
-                .query_async(&mut conn),
+                .arg(super::PENDING_LIFETIME.as_millis() as u64),
         )
         .await
     }
 
     async fn take_login(&self, state: &str) -> Result<Option<String>, StoreError> {
-        let mut conn = self.conn()?;
-        self.run(
+        self.query(
             "login",
-            ::redis::cmd("GETDEL")
-                .arg(self.keys.pending_login(state))
-                .query_async(&mut conn),
+            ::redis::cmd("GETDEL").arg(self.keys.pending_login(state)),
         )
         .await
     }
@@ -498,12 +515,8 @@ impl Store for RedisStore {
         key: &InstallationKey,
     ) -> Result<Option<SharedToken>, StoreError> {
         let name = self.keys.installation_token(&key.app, key.id);
-        let mut conn = self.conn()?;
         let sealed: Option<Vec<u8>> = self
-            .run(
-                "token_get",
-                ::redis::cmd("GET").arg(&name).query_async(&mut conn),
-            )
+            .query("token_get", ::redis::cmd("GET").arg(&name))
             .await?;
         Ok(sealed
             .and_then(|s| self.sealer.open(&name, &s))
@@ -525,15 +538,13 @@ impl Store for RedisStore {
         let json = serde_json::to_vec(token)
             .map_err(|e| StoreError::Unavailable(format!("cannot encode a token: {e}")))?;
         let sealed = self.sealer.seal(&name, &json);
-        let mut conn = self.conn()?;
-        self.run::<()>(
+        self.query::<()>(
             "token_put",
             ::redis::cmd("SET")
                 .arg(&name)
                 .arg(sealed)
                 .arg("PX")
-                .arg(ttl)
-                .query_async(&mut conn),
+                .arg(ttl),
         )
         .await
     }
@@ -544,11 +555,7 @@ impl Store for RedisStore {
     }
 
     async fn health(&self) -> StoreHealth {
-        let ping = async {
-            let mut conn = self.conn()?;
-            self.run::<String>("ping", ::redis::cmd("PING").query_async(&mut conn))
-                .await
-        };
+        let ping = async { self.query::<String>("ping", &::redis::cmd("PING")).await };
         let error = ping.await.err().map(|e| e.to_string());
         StoreHealth {
             backend: "redis",
