@@ -298,6 +298,102 @@ async fn a_refresh_lock_left_by_a_dead_replica_frees_itself_within_its_lease() {
     .await;
 }
 
+/// A replica process SIGKILLed while its refresh call hangs: its lock is
+/// neither renewed nor released, and another replica serves the user once
+/// the lease ran out. (Refresh tokens do not rotate here: whether the
+/// platform finished the dead replica's refresh is beside the point.)
+#[tokio::test]
+async fn a_replica_killed_mid_refresh_blocks_the_others_only_for_the_lease() {
+    bounded(90, "replica killed mid-refresh", async {
+        let redis = RedisServer::start().await;
+        let oauth = atomgit_fake::FakeOAuth {
+            rotate_refresh_tokens: false,
+            ..fake_oauth(Duration::from_secs(4))
+        };
+        let fake = start_fleet_fake(oauth, HOUR).await;
+        let fleet = Fleet::start(2, &fake, &redis.url(), PREFIX).await;
+        let addr = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+            l.local_addr().expect("an address")
+        };
+        let config = fleet.extra_config(addr, &fake, &redis.url(), PREFIX);
+        let mut process = tokio::process::Command::new(env!("CARGO_BIN_EXE_atomgit-proxy"))
+            .args(["--log-format", "json", "serve", "-c"])
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("run atomgit-proxy serve");
+        let process_url = format!("http://{addr}/as/alice/user");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while common::try_send(
+            &fleet.client,
+            common::request(
+                http::Method::GET,
+                &format!("http://{addr}/_proxy/healthz"),
+                &[],
+                common::full(""),
+            ),
+        )
+        .await
+        .is_err()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the replica process did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        log_in_across(&fleet, &fake, 0).await;
+        // The token runs out; the process replica starts a refresh that hangs.
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        fake.set_oauth_delay(Some(Duration::from_secs(30)));
+        let client = fleet.client.clone();
+        let hanging = tokio::spawn(async move {
+            common::try_send(
+                &client,
+                common::request(http::Method::GET, &process_url, &[], common::full("")),
+            )
+            .await
+        });
+        let mut c = redis.connection().await.expect("connect");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let held: Option<String> = redis::cmd("GET")
+                .arg("atomgit-proxy:{user:alice}:lock")
+                .query_async(&mut c)
+                .await
+                .expect("GET the lock");
+            if held.is_some() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the process never took the lock");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        process.start_kill().expect("SIGKILL the replica");
+        let _ = process.wait().await;
+        let killed = Instant::now();
+        fake.set_oauth_delay(None);
+        assert!(
+            hanging.await.expect("the hanging request").is_err(),
+            "the killed replica answered"
+        );
+        let reply = fleet.get(0, "/as/alice/user").await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        let lease = atomgit_proxy::store::redis::LOCK_LEASE;
+        let waited = killed.elapsed();
+        assert!(
+            waited <= lease + Duration::from_secs(3),
+            "served {waited:?} after the kill"
+        );
+        assert_eq!(fake.expired_tokens_seen(), 0);
+        fleet.shutdown().await;
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn two_fleets_with_different_key_prefixes_stay_apart_on_one_redis() {
     bounded(60, "two fleets, one redis", async {

@@ -190,6 +190,7 @@ impl FakeAtomGit {
             token_lifetime: opts.token_lifetime,
             access_lifetime: opts.oauth.access_lifetime,
             failure: None,
+            oauth_delay: None,
             tokens: HashMap::new(),
             codes: HashMap::new(),
             refresh: HashMap::new(),
@@ -282,6 +283,12 @@ impl FakeAtomGit {
     /// that status with a text body; `None` restores normal service.
     pub fn set_token_endpoint_failure(&self, status: Option<u16>) {
         self.shared.lock().failure = status;
+    }
+
+    /// `Some(d)`: the OAuth token endpoint waits `d` before it looks at a
+    /// request; `None` restores normal speed.
+    pub fn set_oauth_delay(&self, delay: Option<Duration>) {
+        self.shared.lock().oauth_delay = delay;
     }
 
     /// Lifetime of `ats_` tokens minted from now on.

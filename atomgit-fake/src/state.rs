@@ -53,6 +53,9 @@ pub(super) struct Inner {
     pub token_lifetime: Duration,
     pub access_lifetime: Duration,
     pub failure: Option<u16>,
+    /// The OAuth token endpoint waits this long before answering (a slow
+    /// platform, so a test can stop a proxy in the middle of a refresh).
+    pub oauth_delay: Option<Duration>,
     pub tokens: HashMap<String, TokenRecord>,
     pub codes: HashMap<String, CodeRecord>,
     pub refresh: HashMap<String, RefreshRecord>,

@@ -109,6 +109,22 @@ impl Fleet {
         &self.replicas[replica].config_path
     }
 
+    /// Writes the config of one more replica on `addr` (run by the test,
+    /// e.g. as a process), with the same callback, Redis and prefix.
+    pub fn extra_config(
+        &self,
+        addr: SocketAddr,
+        fake: &FakeAtomGit,
+        redis_url: &str,
+        key_prefix: &str,
+    ) -> PathBuf {
+        let callback = self.replicas[1.min(self.replicas.len() - 1)].addr;
+        let path = self.dir.path().join(format!("extra-{}.yaml", addr.port()));
+        let yaml = fleet_config(addr, callback, fake, redis_url, key_prefix);
+        std::fs::write(&path, yaml).expect("write a config");
+        path
+    }
+
     /// A login link as `atomgit-proxy login` prints it for this fleet.
     pub fn login_link(&self, user: &str) -> String {
         let config = Config::load(self.config(0)).expect("the fleet config loads");
