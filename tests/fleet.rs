@@ -562,4 +562,19 @@ fn store_config_problems_name_their_field() {
         common::fleet::ENCRYPTION_KEY
     ));
     assert_eq!(good, "", "a valid redis store");
+    let config = atomgit_proxy::config::Config::from_yaml(
+        &yaml(&format!(
+            "  redis: {{ url: {{ value: \"rediss://:hunter2@127.0.0.1:1/2\" }} }}\n  encryption_key: {{ value: \"{}\" }}",
+            common::fleet::ENCRYPTION_KEY
+        )),
+        base,
+        "t",
+    )
+    .expect("a valid config");
+    let summary = config.summary();
+    assert!(
+        summary.contains("store:    redis rediss://127.0.0.1:1/2 (key prefix \"atomgit-proxy:\")"),
+        "{summary}"
+    );
+    assert!(!summary.contains("hunter2") && !format!("{config:?}").contains("hunter2"));
 }

@@ -355,6 +355,17 @@ impl Config {
             let names: Vec<&str> = self.clients.iter().map(|c| &*c.name).collect();
             let _ = writeln!(out, "clients:  {}", names.join(", "));
         }
+        if let Some(redis) = &self.store_redis {
+            // Host only: the URL may hold a password.
+            let _ = writeln!(
+                out,
+                "store:    redis {} (key prefix \"{}\")",
+                redis.shown(),
+                redis.key_prefix
+            );
+        } else if let Some(path) = &self.store_path {
+            let _ = writeln!(out, "store:    {}", path.display());
+        }
         let _ = writeln!(out, "routes:");
         for route in self.routes.iter() {
             let _ = writeln!(out, "  {route}");

@@ -2,9 +2,11 @@
 //!
 //! `atomgit-proxy login USER` signs (HMAC-SHA256) a link naming the user, an
 //! expiry and a random nonce with a key kept beside the grant store
-//! ([`link_key_path`]; created on first use, mode 0600). The proxy checks
-//! the signature and expiry and records the nonce as used in the store, so a
-//! link works once, even across a restart. Without a link nobody can bind a token to a user name.
+//! ([`link_key_path`]; created on first use, mode 0600), or for a fleet one
+//! derived from `store.encryption_key` (see `store::crypto`), so every
+//! replica verifies it. The proxy checks the signature and expiry and
+//! records the nonce as used in the store, so a link works once, even across
+//! a restart and in the whole fleet. Without a link nobody can bind a token to a user name.
 
 use crate::config::link_key_path;
 use hmac::{Hmac, Mac};

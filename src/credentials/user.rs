@@ -1,9 +1,13 @@
 //! User tokens: the grant in the store, refreshed ahead of expiry.
 //!
-//! The token cache makes this run at most once per user at a time, which is
-//! what keeps concurrent refreshes from burning each other's rotated refresh
-//! tokens. The new grant is written to the store before its token is handed
-//! out. A refused refresh token marks the grant revoked: the user's routes
+//! The token cache makes this run at most once per user at a time in this
+//! process, and the store's per-user lock across processes (a `flock` on the
+//! grant file, a leased Redis lock in a fleet), which is what keeps
+//! concurrent refreshes from burning each other's rotated refresh tokens.
+//! Under the lock the grant is read again, and the new one is written with a
+//! compare-and-set on the version read, before its token is handed out. No
+//! lock, no refresh: a store that cannot lock answers `store_unavailable`
+//! once the last token seen is no longer usable. A refused refresh token marks the grant revoked: the user's routes
 //! then fail fast with `grant_revoked` until the person logs in again; there
 //! is no retry loop against a token that can never work again.
 //!
