@@ -12,6 +12,7 @@ pub mod crypto;
 pub mod file;
 pub mod keys;
 pub mod redis;
+mod redis_lock;
 pub mod shared_tokens;
 
 use crate::config::Config;

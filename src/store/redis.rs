@@ -33,12 +33,8 @@ use std::time::Duration;
 
 /// The longest any one Redis call may take.
 pub const OP_TIMEOUT: Duration = Duration::from_secs(2);
-/// A lock's lease: a holder that dies blocks others at most this long.
-pub const LOCK_LEASE: Duration = Duration::from_secs(10);
-/// How often a held lock's lease is renewed (well inside the lease).
-const RENEW_EVERY: Duration = Duration::from_secs(3);
-/// Between attempts to take a held lock.
-const LOCK_POLL: Duration = Duration::from_millis(50);
+pub use super::redis_lock::LOCK_LEASE;
+use super::redis_lock::{HeldLock, LOCK_POLL};
 
 /// Writes the grant if its version is still `ARGV[1]` (`-`: any), as the
 /// next version; returns it, or -1 on a conflict.
@@ -48,26 +44,6 @@ static PUT_GRANT: LazyLock<Script> = LazyLock::new(|| {
 if ARGV[1] ~= '-' and tostring(n) ~= ARGV[1] then return -1 end
 redis.call('HSET', KEYS[1], 'v', n + 1, 'g', ARGV[2])
 return n + 1",
-    )
-});
-
-/// Renews the lease if we still own the lock.
-static RENEW: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0",
-    )
-});
-
-/// Deletes the lock if we still own it: never another holder's.
-static RELEASE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0",
     )
 });
 
@@ -277,70 +253,6 @@ impl RedisStore {
                 return Ok(None);
             }
             tokio::time::sleep(LOCK_POLL).await;
-        }
-    }
-}
-
-/// A lock this process holds: its lease is renewed until it is dropped,
-/// and dropping it deletes the key if (and only if) we still own it.
-struct HeldLock {
-    renew: tokio::task::JoinHandle<()>,
-    release: Option<(ConnectionManager, String, String)>,
-}
-
-impl HeldLock {
-    fn start(conn: ConnectionManager, key: String, owner: String) -> HeldLock {
-        let (mut c, k, o) = (conn.clone(), key.clone(), owner.clone());
-        let renew = tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(RENEW_EVERY).await;
-                let mut call = RENEW.key(&k);
-                call.arg(&o).arg(LOCK_LEASE.as_millis() as u64);
-                let renewed = tokio::time::timeout(OP_TIMEOUT, call.invoke_async::<i64>(&mut c));
-                match renewed.await {
-                    Ok(Ok(1)) => {}
-                    Ok(Ok(_)) => {
-                        tracing::warn!(
-                            "a store lock's lease ran out while held; the write that follows is compared-and-set"
-                        );
-                        return;
-                    }
-                    _ => {
-                        store_errors()
-                            .get_or_create(&StoreOpLabels { op: "lock_renew" })
-                            .inc();
-                    }
-                }
-            }
-        });
-        HeldLock {
-            renew,
-            release: Some((conn, key, owner)),
-        }
-    }
-}
-
-impl Drop for HeldLock {
-    fn drop(&mut self) {
-        self.renew.abort();
-        let Some((mut conn, key, owner)) = self.release.take() else {
-            return;
-        };
-        // Released in its own task: a drop cannot wait. If it never runs
-        // (runtime gone), the lease frees the lock.
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                let mut call = RELEASE.key(&key);
-                call.arg(&owner);
-                if !matches!(
-                    tokio::time::timeout(OP_TIMEOUT, call.invoke_async::<i64>(&mut conn)).await,
-                    Ok(Ok(_))
-                ) {
-                    store_errors()
-                        .get_or_create(&StoreOpLabels { op: "lock_release" })
-                        .inc();
-                }
-            });
         }
     }
 }
