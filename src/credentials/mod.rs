@@ -11,6 +11,7 @@ pub mod grants_file;
 pub mod installations;
 pub mod login_link;
 pub mod pending_logins;
+pub mod shared_installations;
 pub mod token;
 pub mod token_endpoint;
 pub mod user;
@@ -245,10 +246,7 @@ impl Credentials {
                     return Ok(mint().await?);
                 };
                 let key = crate::store::InstallationKey { app: app_hex, id };
-                Ok(
-                    crate::store::shared_tokens::installation_token(&store, &key, margin, mint)
-                        .await?,
-                )
+                Ok(shared_installations::installation_token(&store, &key, margin, mint).await?)
             })
             .await
     }

@@ -13,7 +13,6 @@ pub mod file;
 pub mod keys;
 pub mod redis;
 mod redis_lock;
-pub mod shared_tokens;
 
 use crate::config::Config;
 use crate::credentials::grants::Grant;

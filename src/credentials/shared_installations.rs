@@ -8,10 +8,10 @@
 //! store unreachable the replica mints on its own: installation tokens are
 //! cheap to mint and nothing is lost by minting one more.
 
-use super::{InstallationKey, SharedToken, Store};
-use crate::credentials::grants::now_ms;
-use crate::credentials::user::token_timed;
-use crate::credentials::{CredentialError, Token};
+use super::grants::now_ms;
+use super::user::token_timed;
+use super::{CredentialError, Token};
+use crate::store::{InstallationKey, SharedToken, Store};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
