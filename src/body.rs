@@ -20,8 +20,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
-/// Response bodies: the upstream's stream, or a small body the proxy made.
-pub type Body = Either<Incoming, Full<Bytes>>;
+/// Response bodies: the upstream's stream (as is, or copied on its way by
+/// the conditional cache's [`Tee`](crate::cache::tee::Tee)), or a small body
+/// the proxy made (or the cache kept).
+pub type Body = Either<Either<Incoming, crate::cache::tee::Tee>, Full<Bytes>>;
 
 /// The caller's `Incoming`, passed through unchanged.
 #[derive(Debug)]

@@ -37,6 +37,7 @@
 pub mod admin;
 pub mod app;
 pub mod body;
+pub mod cache;
 pub mod config;
 pub mod credentials;
 #[cfg(feature = "dev")]
@@ -44,6 +45,7 @@ pub mod dev;
 pub mod error;
 pub mod metrics;
 pub mod proxy;
+pub mod quota;
 pub mod reload;
 pub mod routes;
 pub mod server;

@@ -25,6 +25,9 @@ pub struct Snapshot {
     /// The platform user grants must belong to, to be used under this config
     /// (built once: the user token cache is keyed by it).
     pub grant_binding: Arc<GrantBinding>,
+    /// The conditional cache (`None` when `cache.max_bytes` is 0). Kept
+    /// across reloads unless the `cache:` settings change.
+    pub cache: Option<Arc<crate::cache::ResponseCache>>,
 }
 
 impl Snapshot {
@@ -56,7 +59,12 @@ impl Snapshot {
             )),
         };
         let grant_binding = Arc::new(GrantBinding::of(&config.app, &config.upstream));
+        let cache = match previous.and_then(|p| p.cache.as_ref()) {
+            Some(prev) if prev.config == config.cache => Some(prev.clone()),
+            _ => crate::cache::ResponseCache::new(config.cache).map(Arc::new),
+        };
         Ok(Snapshot {
+            cache,
             config,
             upstream,
             store,
@@ -96,6 +104,9 @@ pub struct Shared {
     pub reload: Mutex<ReloadStatus>,
     /// Logins started in a browser, waiting for the platform's callback.
     pub logins: PendingLogins,
+    /// Each credential's learned budget and token bucket; outside the
+    /// snapshot so a reload keeps what the platform said.
+    pub quota: crate::quota::Quota,
 }
 
 impl Shared {
@@ -106,6 +117,7 @@ impl Shared {
             metrics: Metrics::default(),
             reload: Mutex::new(ReloadStatus::default()),
             logins: Default::default(),
+            quota: Default::default(),
         })
     }
 }
