@@ -46,6 +46,9 @@ struct Detail {
     credentials_ready: bool,
     config: ConfigReadiness,
     credentials: Vec<CredentialReadiness>,
+    /// Each credential's budget as the platform last reported it (remaining,
+    /// reset), and whether the proxy is answering 429 for it meanwhile.
+    quota: Vec<crate::quota::CredentialQuota>,
 }
 
 #[derive(Serialize)]
@@ -186,6 +189,7 @@ pub async fn readyz(
                 last_reload_error,
             },
             credentials,
+            quota: shared.quota.snapshot(),
         }),
     };
     let status = if ready {
