@@ -25,7 +25,10 @@ pub(super) struct Resources {
 
 impl Resources {
     pub fn set(&mut self, name: &str, content: &str) {
-        let entry = self.map.entry(name.to_owned()).or_insert((0, String::new()));
+        let entry = self
+            .map
+            .entry(name.to_owned())
+            .or_insert_with(|| first_version());
         entry.0 += 1;
         entry.1 = content.to_owned();
     }
@@ -34,8 +37,13 @@ impl Resources {
         self.map
             .get(name)
             .cloned()
-            .unwrap_or_else(|| (1, "first".to_owned()))
+            .unwrap_or_else(first_version)
     }
+}
+
+/// What a resource nobody set serves.
+fn first_version() -> (u64, String) {
+    (1, "first".to_owned())
 }
 
 /// The validators of version `v`: the same for every credential, as a
