@@ -8,7 +8,12 @@
 //!   graceful shutdown.
 //! - [`proxy`]: the service: browser guards ([`proxy::guard`]), caller keys
 //!   ([`proxy::clients`]), route selection, header surgery
-//!   ([`proxy::headers`]) and the streaming forward.
+//!   ([`proxy::headers`]), the quota and cache around each exchange
+//!   (`proxy::spend`) and the streaming forward.
+//! - [`quota`]: each credential's budget as the platform reports it, and
+//!   the token bucket that spaces its requests, behind a backend interface.
+//! - [`cache`]: the conditional cache (revalidated 200s from 304s) and the
+//!   sharing of identical GETs in flight.
 //! - [`state`]: what every request shares: the current snapshot behind
 //!   `ArcSwap`, the credential caches, metrics and pending logins.
 //! - [`config`]: the YAML file ([`config::file`]), validated once into the
