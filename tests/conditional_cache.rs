@@ -223,3 +223,38 @@ async fn uncacheable_answers_are_not_shared() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_cacheable_answer_streams_to_the_caller_while_it_is_copied() {
+    bounded(30, "streaming while copying", async {
+        use http_body_util::BodyExt;
+        let env = env("", YANQIANYU_ROUTE).await;
+        let path = format!("{DOC}?gate=1");
+        let req = common::request(Method::GET, &env.url(&path), &[], common::full(""));
+        let resp = env.client.request(req).await.expect("response headers");
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(resp.headers()["x-atomgit-proxy-cache"], "miss");
+        let mut body = resp.into_body();
+        // The platform has sent only the first half: it must already be here.
+        let first = body
+            .frame()
+            .await
+            .expect("a first frame")
+            .expect("no error")
+            .into_data()
+            .expect("data");
+        assert!(!first.is_empty());
+        env.fake.open_gate(1);
+        let rest = body.collect().await.expect("the rest").to_bytes();
+        let whole = [first, rest].concat();
+        let doc: serde_json::Value = serde_json::from_slice(&whole).expect("whole JSON");
+        assert_eq!(doc["name"], "doc");
+
+        // The copy was kept: the next GET is revalidated with the same bytes.
+        let again = env.get(&path).await;
+        assert_eq!(again.header("x-atomgit-proxy-cache"), Some("revalidated"));
+        assert_eq!(&again.body[..], &whole[..]);
+        env.shutdown().await;
+    })
+    .await;
+}

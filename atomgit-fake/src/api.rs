@@ -67,9 +67,12 @@ async fn answer(shared: &FakeState, req: Request<Incoming>, owner: TokenOwner) -
         },
         (&Method::GET, ["orgs", org, "repos"]) => list_repos(shared, org, query.as_deref()),
         (&Method::GET, ["etag", name] | ["orgs", _, "etag", name]) => {
-            let current = shared.lock().resources.current(name);
-            resources::serve(current, name, &owner_label(&owner), query.as_deref(), req.headers())
-                .await
+            let (current, gate) = {
+                let inner = shared.lock();
+                (inner.resources.current(name), inner.resources.gate.clone())
+            };
+            let owner = owner_label(&owner);
+            resources::serve(current, gate, name, &owner, query.as_deref(), req.headers()).await
         }
         (_, ["redirect", ..]) => {
             let org = account.as_deref().unwrap_or("x");

@@ -372,6 +372,11 @@ impl FakeAtomGit {
         self.shared.lock().resources.set(name, content);
     }
 
+    /// Lets the second half of `n` held-back `gate=1` bodies go.
+    pub fn open_gate(&self, n: usize) {
+        self.shared.lock().resources.gate.add_permits(n);
+    }
+
     /// API requests received for exactly `path` (query ignored).
     pub fn requests_to(&self, path: &str) -> usize {
         self.shared

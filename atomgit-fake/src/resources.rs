@@ -4,10 +4,21 @@
 //! The document names the credential that asked, so a test can tell whose
 //! answer a caller got. Query knobs: `no_store=1` adds
 //! `Cache-Control: no-store`, `cookie=1` a `Set-Cookie`, `bytes=N` pads the
-//! body to N bytes, `slow_ms=N` answers after N ms.
+//! body to N bytes, `slow_ms=N` answers after N ms, `gate=1` sends the
+//! first half of the body at once and the rest only when the test opens
+//! the gate ([`super::FakeAtomGit::open_gate`]).
 
 use std::collections::HashMap;
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::Frame;
+use http_body_util::BodyExt;
+use tokio::sync::{Semaphore, mpsc};
 
 use http::header::{
     CACHE_CONTROL, ETAG, HeaderMap, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED, SET_COOKIE,
@@ -18,9 +29,20 @@ use serde_json::json;
 use super::respond::{self, Resp};
 
 /// `name` -> (version, content): a changed resource gets a new version.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Resources {
     pub map: HashMap<String, (u64, String)>,
+    /// Holds back the second half of `gate=1` bodies; a permit lets one go.
+    pub gate: Arc<Semaphore>,
+}
+
+impl Default for Resources {
+    fn default() -> Self {
+        Resources {
+            map: HashMap::new(),
+            gate: Arc::new(Semaphore::new(0)),
+        }
+    }
 }
 
 impl Resources {
@@ -58,6 +80,7 @@ fn validators(name: &str, v: u64) -> (String, String) {
 
 pub(super) async fn serve(
     resources: (u64, String),
+    gate: Arc<Semaphore>,
     name: &str,
     owner: &str,
     query: Option<&str>,
@@ -67,12 +90,14 @@ pub(super) async fn serve(
     let mut cookie = false;
     let mut pad = 0usize;
     let mut slow = 0u64;
+    let mut gated = false;
     for (k, v) in url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
         match k.as_ref() {
             "no_store" => no_store = v == "1",
             "cookie" => cookie = v == "1",
             "bytes" => pad = v.parse().unwrap_or(0).min(16 << 20),
             "slow_ms" => slow = v.parse().unwrap_or(0).min(10_000),
+            "gate" => gated = v == "1",
             _ => {}
         }
     }
@@ -97,7 +122,11 @@ pub(super) async fn serve(
         if text.len() < pad {
             text.push_str(&" ".repeat(pad - text.len()));
         }
-        respond::json_text(StatusCode::OK, text)
+        if gated {
+            gated_json(text, gate)
+        } else {
+            respond::json_text(StatusCode::OK, text)
+        }
     };
     let h = resp.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&etag) {
@@ -118,5 +147,42 @@ pub(super) async fn serve(
 impl Resources {
     pub fn current(&self, name: &str) -> (u64, String) {
         self.get(name)
+    }
+}
+
+/// A JSON answer whose second half waits for a permit of `gate`.
+fn gated_json(text: String, gate: Arc<Semaphore>) -> Resp {
+    let (tx, rx) = mpsc::channel(2);
+    let bytes = Bytes::from(text);
+    let half = bytes.len() / 2;
+    tokio::spawn(async move {
+        if tx.send(bytes.slice(..half)).await.is_err() {
+            return;
+        }
+        if let Ok(permit) = gate.acquire().await {
+            permit.forget();
+            let _ = tx.send(bytes.slice(half..)).await;
+        }
+    });
+    let mut resp = http::Response::new(ChannelBody(rx).boxed());
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// Frames as a task sends them.
+struct ChannelBody(mpsc::Receiver<Bytes>);
+
+impl http_body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b))))
     }
 }
