@@ -98,7 +98,11 @@ async fn run(public_pem: &str, private_pem: &str, mix: &Mix, cache: &str) -> See
                 let req = http::Request::get(url).body(Empty::new()).unwrap();
                 let resp = client.request(req).await.unwrap();
                 assert!(resp.status().is_success(), "{}", resp.status());
-                match resp.headers().get("x-atomgit-proxy-cache").map(|v| v.as_bytes()) {
+                match resp
+                    .headers()
+                    .get("x-atomgit-proxy-cache")
+                    .map(|v| v.as_bytes())
+                {
                     Some(b"revalidated") => revalidated += 1,
                     Some(b"shared") => shared += 1,
                     _ => {}

@@ -56,7 +56,11 @@ async fn a_second_get_is_revalidated_and_a_change_is_seen() {
             second.header("content-length"),
             Some(first.body.len().to_string().as_str())
         );
-        assert_eq!(env.fake.requests_to(DOC), 2, "nothing served without asking");
+        assert_eq!(
+            env.fake.requests_to(DOC),
+            2,
+            "nothing served without asking"
+        );
 
         env.fake.set_resource("doc", "changed");
         let third = env.get(DOC).await;
@@ -133,7 +137,12 @@ async fn one_credential_never_sees_anothers_cached_body() {
         let env = env("", routes).await;
         let a = env.get("/a/etag/shared").await;
         assert_eq!(a.json()["owner"], "installation:14");
-        assert_eq!(env.get("/a/etag/shared").await.header("x-atomgit-proxy-cache"), Some("revalidated"));
+        assert_eq!(
+            env.get("/a/etag/shared")
+                .await
+                .header("x-atomgit-proxy-cache"),
+            Some("revalidated")
+        );
         let b = env.get("/b/etag/shared").await;
         assert_eq!(b.status, StatusCode::OK);
         assert_eq!(b.json()["owner"], "installation:18", "b's own answer");
@@ -170,7 +179,10 @@ async fn an_answer_over_max_entry_bytes_streams_whole_but_is_not_kept() {
         assert_eq!(if_none_match_sent(&env, DOC), None);
         // Small ones still are.
         assert_eq!(env.get(DOC).await.status, StatusCode::OK);
-        assert_eq!(env.get(DOC).await.header("x-atomgit-proxy-cache"), Some("revalidated"));
+        assert_eq!(
+            env.get(DOC).await.header("x-atomgit-proxy-cache"),
+            Some("revalidated")
+        );
         env.shutdown().await;
     })
     .await;
@@ -183,8 +195,7 @@ async fn twenty_identical_concurrent_gets_share_one_upstream_request() {
         // A warm token, so the twenty do not line up behind the mint.
         assert_eq!(env.get("/orgs/yanqianyu/warm").await.status, StatusCode::OK);
         let path = format!("{DOC}?slow_ms=500");
-        let replies =
-            futures_util::future::join_all((0..20).map(|_| env.get(&path))).await;
+        let replies = futures_util::future::join_all((0..20).map(|_| env.get(&path))).await;
         assert_eq!(env.fake.requests_to(DOC), 1, "one upstream request");
         let bodies: HashSet<&[u8]> = replies.iter().map(|r| &r.body[..]).collect();
         assert_eq!(bodies.len(), 1, "identical answers");

@@ -142,7 +142,11 @@ async fn a_403_with_remaining_0_is_passed_on_once_then_answered_locally() {
         env.fake.exhaust_budget(&TokenOwner::Installation(14));
         let first = env.get("/orgs/yanqianyu/a").await;
         assert_eq!(first.status, StatusCode::FORBIDDEN, "{}", first.text());
-        assert_eq!(first.header("x-atomgit-proxy-error"), None, "the platform's own");
+        assert_eq!(
+            first.header("x-atomgit-proxy-error"),
+            None,
+            "the platform's own"
+        );
         assert_eq!(first.header("x-ratelimit-remaining"), Some("0"));
         assert!(first.text().contains("rate limit"), "{}", first.text());
 
@@ -167,7 +171,11 @@ async fn a_429_with_retry_after_is_passed_on_once_and_held_to() {
         assert_eq!(env.get("/orgs/yanqianyu/a").await.status, StatusCode::OK);
         let refused = env.get("/orgs/yanqianyu/b").await;
         assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
-        assert_eq!(refused.header("x-atomgit-proxy-error"), None, "the platform's own");
+        assert_eq!(
+            refused.header("x-atomgit-proxy-error"),
+            None,
+            "the platform's own"
+        );
         assert_eq!(refused.header("retry-after"), Some("1"));
         let local = env.get("/orgs/yanqianyu/c").await;
         local.assert_proxy_error(StatusCode::TOO_MANY_REQUESTS, "rate_limited");
@@ -194,18 +202,19 @@ async fn thirty_concurrent_requests_are_spaced_to_per_second() {
             window: Duration::from_secs(3600),
             per_second: Some(6),
         });
-        let replies = futures_util::future::join_all(
-            (0..30).map(|i| {
-                let env = &env;
-                async move { env.get(&format!("/orgs/yanqianyu/r{i}")).await }
-            }),
-        )
+        let replies = futures_util::future::join_all((0..30).map(|i| {
+            let env = &env;
+            async move { env.get(&format!("/orgs/yanqianyu/r{i}")).await }
+        }))
         .await;
         for r in &replies {
             assert_eq!(r.status, StatusCode::OK, "{}", r.text());
         }
         let most = most_in_one_second(arrival_times(&env, "/orgs/yanqianyu"));
-        assert!(most <= 6, "{most} requests reached the platform in one second");
+        assert!(
+            most <= 6,
+            "{most} requests reached the platform in one second"
+        );
         let metrics = env.get("/_proxy/metrics").await.text();
         assert!(
             metrics.contains("atomgit_proxy_quota_wait_seconds_count 30"),

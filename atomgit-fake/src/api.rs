@@ -31,7 +31,7 @@ pub(super) async fn handle(shared: &FakeState, req: Request<Incoming>) -> Resp {
     // Every authenticated answer reports the credential's budget.
     let limits = match shared.lock().budgets.spend(&owner) {
         Ok(headers) => headers,
-        Err(refusal) => return refusal,
+        Err(refusal) => return *refusal,
     };
     let mut resp = answer(shared, req, owner).await;
     resp.headers_mut().extend(limits);

@@ -89,7 +89,10 @@ impl Budgets {
 
     /// Counts one API request: `Ok(headers)` to add to its answer, or the
     /// refusal to send instead.
-    pub fn spend(&mut self, owner: &TokenOwner) -> Result<Vec<(HeaderName, HeaderValue)>, Resp> {
+    pub fn spend(
+        &mut self,
+        owner: &TokenOwner,
+    ) -> Result<Vec<(HeaderName, HeaderValue)>, Box<Resp>> {
         let now = SystemTime::now();
         let limit = self.limit_of(owner);
         let per_second = self.settings.per_second;
@@ -130,7 +133,7 @@ impl Budgets {
         match refusal {
             Some(mut resp) => {
                 resp.headers_mut().extend(headers);
-                Err(resp)
+                Err(Box::new(resp))
             }
             None => Ok(headers),
         }

@@ -50,16 +50,13 @@ impl Resources {
         let entry = self
             .map
             .entry(name.to_owned())
-            .or_insert_with(|| first_version());
+            .or_insert_with(first_version);
         entry.0 += 1;
         entry.1 = content.to_owned();
     }
 
     fn get(&self, name: &str) -> (u64, String) {
-        self.map
-            .get(name)
-            .cloned()
-            .unwrap_or_else(first_version)
+        self.map.get(name).cloned().unwrap_or_else(first_version)
     }
 }
 

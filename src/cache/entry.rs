@@ -102,7 +102,12 @@ impl Entry {
     /// headers take the new values), keeping what describes the stored body.
     pub fn refreshed(&self, not_modified: &HeaderMap) -> Entry {
         let mut headers = self.headers.clone();
-        let keep = [CONTENT_LENGTH, CONTENT_TYPE, CONTENT_ENCODING, TRANSFER_ENCODING];
+        let keep = [
+            CONTENT_LENGTH,
+            CONTENT_TYPE,
+            CONTENT_ENCODING,
+            TRANSFER_ENCODING,
+        ];
         for name in not_modified.keys() {
             if keep.contains(name) {
                 continue;

@@ -103,7 +103,9 @@ impl Proxy {
         let forward_path = route.forward_path(path);
         let ctx = snap.context();
         let credentials = &self.shared.credentials;
-        let credential = credentials.key(&ctx, &route.credential, forward_path).await?;
+        let credential = credentials
+            .key(&ctx, &route.credential, forward_path)
+            .await?;
         // Not started until the quota lets the request go: a refused
         // request mints nothing.
         let token = credentials.token_for_key(&ctx, &credential);

@@ -7,8 +7,8 @@
 //! same trait (the GCRA of `bucket.rs` as one Lua script, the budget as a
 //! hash per credential); nothing above this file changes.
 
-use super::budget::{Blocked, Budget, RateLimit};
 use super::bucket::{Gcra, Rate, Slot};
+use super::budget::{Blocked, Budget, RateLimit};
 use crate::credentials::CacheKey;
 use dashmap::DashMap;
 use futures_util::future::BoxFuture;
@@ -20,8 +20,11 @@ use tokio::time::Instant;
 pub trait QuotaBackend: Send + Sync + 'static {
     /// Reserves the credential's next slot: `Ok` with when the request may
     /// go, or `Err` with how long past `rate.max_wait` the next slot is.
-    fn reserve<'a>(&'a self, credential: &'a CacheKey, rate: Rate)
-    -> BoxFuture<'a, Result<Slot, Duration>>;
+    fn reserve<'a>(
+        &'a self,
+        credential: &'a CacheKey,
+        rate: Rate,
+    ) -> BoxFuture<'a, Result<Slot, Duration>>;
 
     /// Gives back a slot its caller left before reaching. Called from
     /// `Drop`, so it cannot wait: a remote backend sends it in the background.

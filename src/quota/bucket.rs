@@ -118,7 +118,10 @@ mod tests {
         // Nothing was reserved by the refusal: after 200ms the next is due at 400ms.
         tokio::time::advance(Duration::from_millis(200)).await;
         let later = Instant::now();
-        assert_eq!(b.reserve(&r, later).unwrap().at - later, Duration::from_millis(200));
+        assert_eq!(
+            b.reserve(&r, later).unwrap().at - later,
+            Duration::from_millis(200)
+        );
     }
 
     #[tokio::test(start_paused = true)]

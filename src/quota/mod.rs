@@ -18,14 +18,14 @@
 //! - [`metrics`]: the quota and cache metrics.
 
 pub mod backend;
-pub mod budget;
 pub mod bucket;
+pub mod budget;
 pub mod metrics;
 
 use crate::credentials::CacheKey;
 use backend::{LocalBackend, QuotaBackend};
-pub use budget::RateLimit;
 pub use bucket::Rate;
+pub use budget::RateLimit;
 use http::{HeaderMap, StatusCode};
 use metrics::{CredentialLabel, QuotaMetrics, RejectLabels};
 use serde::Serialize;
@@ -217,9 +217,7 @@ impl Quota {
                     remaining: last.remaining,
                     used: last.used,
                     reset: last.reset,
-                    blocked_for_secs: b
-                        .blocked(now)
-                        .map(|bl| budget::retry_after_secs(bl.for_)),
+                    blocked_for_secs: b.blocked(now).map(|bl| budget::retry_after_secs(bl.for_)),
                 }
             })
             .collect();

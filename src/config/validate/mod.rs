@@ -4,8 +4,8 @@
 //! naming its field, so an operator fixes a config in one pass.
 
 mod limits;
-mod quota;
 mod network;
+mod quota;
 mod routes;
 mod yaml_errors;
 

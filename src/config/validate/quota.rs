@@ -48,7 +48,10 @@ pub(super) fn cache(raw: &ConfigFile, problems: &mut Problems) -> CacheConfig {
             CacheSizeFile::Text(t) => ByteSizeFile::Text(t.clone()),
         })
         .unwrap_or_else(|| {
-            problems.add(field, "expected a size written like 64MiB, 512KiB or 1048576");
+            problems.add(
+                field,
+                "expected a size written like 64MiB, 512KiB or 1048576",
+            );
             default
         }),
     };
