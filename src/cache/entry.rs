@@ -47,7 +47,9 @@ impl EntryKey {
             IF_RANGE,
             RANGE,
         ];
-        if callers_own.iter().any(|h| headers.contains_key(h)) {
+        if callers_own.iter().any(|h| headers.contains_key(h))
+            || has_token(headers, &CACHE_CONTROL, "no-store")
+        {
             return None;
         }
         let one = |name: &HeaderName| {
@@ -137,21 +139,7 @@ pub fn storable(status: StatusCode, headers: &HeaderMap, max_entry_bytes: usize)
     if headers.contains_key(SET_COOKIE) {
         return false;
     }
-    let has_token = |name: &HeaderName, token: &str| {
-        headers
-            .get_all(name)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| {
-                let t = t.trim();
-                t.eq_ignore_ascii_case(token)
-                    || t.split('=')
-                        .next()
-                        .is_some_and(|n| n.trim().eq_ignore_ascii_case(token))
-            })
-    };
-    if has_token(&CACHE_CONTROL, "no-store") || has_token(&VARY, "*") {
+    if has_token(headers, &CACHE_CONTROL, "no-store") || has_token(headers, &VARY, "*") {
         return false;
     }
     let announced = headers
@@ -159,6 +147,20 @@ pub fn storable(status: StatusCode, headers: &HeaderMap, max_entry_bytes: usize)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     announced.is_none_or(|n| n <= max_entry_bytes as u64)
+}
+
+/// Whether a comma-separated header lists `token` (alone or as `token=...`).
+fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| {
+            t.split('=')
+                .next()
+                .is_some_and(|n| n.trim().eq_ignore_ascii_case(token))
+        })
 }
 
 #[cfg(test)]
@@ -183,6 +185,9 @@ mod tests {
         assert!(key(&h).is_some());
         h.insert(IF_NONE_MATCH, HeaderValue::from_static("\"a\""));
         assert!(key(&h).is_none());
+        let mut h = HeaderMap::new();
+        h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        assert!(key(&h).is_none(), "the caller asked for nothing to be kept");
     }
 
     #[test]

@@ -45,7 +45,10 @@ pub(super) async fn spend(
         match cache.join(key) {
             Joined::Leader(l) => lead = Some(l),
             Joined::Follower(follow) => {
-                if let Some(entry) = follow.outcome().await {
+                // Bounded: a leader whose caller reads its body slowly must
+                // not hold every follower as long.
+                let wait = snap.config.upstream.response_timeout;
+                if let Ok(Some(entry)) = tokio::time::timeout(wait, follow.outcome()).await {
                     metrics.cache_result("shared");
                     let mut resp = respond_from(&entry, "shared");
                     forward::rewrite_for_caller(&mut resp, snap, &origin);

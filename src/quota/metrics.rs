@@ -76,6 +76,11 @@ impl QuotaMetrics {
             "Time requests waited for their slot in the credential's bucket",
             m.wait_seconds.clone(),
         );
+        // Every result shows from the start (at 0), so a dashboard's rate
+        // has a series before the first hit.
+        for result in ["hit", "miss", "revalidated", "shared"] {
+            m.cache.get_or_create(&CacheLabels { result });
+        }
         registry.register(
             "cache",
             "Conditional cache lookups and answers, by result",
