@@ -25,7 +25,8 @@
 //!   store, the token endpoint, the single-flight token cache.
 //! - [`upstream`]: pooled HTTP clients to the platform.
 //! - [`body`]: the response body type, and the caller's body on its way
-//!   upstream, watched for the caller's own faults.
+//!   upstream, watched for the caller's own faults; [`body::tee`] streams an
+//!   answer while copying it for the cache.
 //! - [`error`]: every error the proxy answers itself, mapped in one place.
 //! - [`metrics`]: the Prometheus registry and the per-request bookkeeping.
 //! - [`reload`]: building and swapping a new snapshot; the file watcher.

@@ -139,3 +139,71 @@ impl Budgets {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(headers: &[(HeaderName, HeaderValue)], name: &str) -> String {
+        headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.to_str().unwrap().to_owned())
+            .unwrap()
+    }
+
+    #[test]
+    fn the_window_is_counted_down_then_refused_with_403() {
+        let owner = TokenOwner::Installation(14);
+        let mut b = Budgets {
+            settings: FakeRateLimit {
+                limit: 100,
+                window: Duration::from_secs(60),
+                per_second: None,
+            },
+            ..Default::default()
+        };
+        b.limits.insert(owner.clone(), 2);
+        let first = b.spend(&owner).unwrap();
+        assert_eq!(value(&first, "x-ratelimit-limit"), "2");
+        assert_eq!(value(&first, "x-ratelimit-remaining"), "1");
+        assert_eq!(value(&first, "x-ratelimit-used"), "1");
+        let reset: u64 = value(&first, "x-ratelimit-reset").parse().unwrap();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        assert!((now + 59..=now + 61).contains(&reset), "{reset} vs {now}");
+        assert_eq!(
+            value(&b.spend(&owner).unwrap(), "x-ratelimit-remaining"),
+            "0"
+        );
+        let refused = b.spend(&owner).unwrap_err();
+        assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+        assert_eq!(refused.headers()["x-ratelimit-remaining"], "0");
+        // Others keep their own budget.
+        let other = b.spend(&TokenOwner::User("alice".into())).unwrap();
+        assert_eq!(value(&other, "x-ratelimit-remaining"), "99");
+    }
+
+    #[test]
+    fn past_the_per_second_limit_is_429_with_retry_after() {
+        let owner = TokenOwner::User("alice".into());
+        let mut b = Budgets {
+            settings: FakeRateLimit {
+                per_second: Some(1),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        assert!(b.spend(&owner).is_ok());
+        let refused = b.spend(&owner).unwrap_err();
+        assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(refused.headers()[RETRY_AFTER], "1");
+        assert_eq!(
+            refused.headers()["x-ratelimit-used"],
+            "1",
+            "a refusal is not counted"
+        );
+    }
+}

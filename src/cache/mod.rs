@@ -8,18 +8,16 @@
 //! asking the platform, so a cached answer is never staler than the
 //! platform says. Identical GETs in flight at once share one upstream
 //! request ([`inflight`]). Answers still stream to the caller while they
-//! are copied ([`tee`]).
+//! are copied ([`crate::body::tee`]).
 //!
 //! # Layout
 //! - [`entry`]: keys, stored entries, what may be stored.
-//! - [`tee`]: the body that streams and copies.
 //! - [`inflight`]: leaders and followers of identical GETs.
 
 pub mod entry;
 pub mod inflight;
-pub mod tee;
 
-use crate::body::Body;
+use crate::body::{Body, tee};
 use crate::config::CacheConfig;
 use bytes::Bytes;
 use entry::{Entry, EntryKey};

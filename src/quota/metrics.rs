@@ -79,7 +79,7 @@ impl QuotaMetrics {
         // Every result shows from the start (at 0), so a dashboard's rate
         // has a series before the first hit.
         for result in ["hit", "miss", "revalidated", "shared"] {
-            m.cache.get_or_create(&CacheLabels { result });
+            let _ = m.cache.get_or_create(&CacheLabels { result });
         }
         registry.register(
             "cache",
