@@ -70,15 +70,18 @@ impl Gcra {
         Ok(Slot { at })
     }
 
-    /// Gives back a slot its caller left before reaching: the next request
-    /// gets it. Later waiters keep their instants; the bucket's rate holds
-    /// because the slot given back is never used twice.
+    /// Gives back a slot its caller left before reaching, when it is the
+    /// last one reserved: the next request gets it. A slot with waiters
+    /// behind it stays unused (they sleep on their own instants and cannot
+    /// move up without being woken), which errs on the platform's side:
+    /// the rate is never exceeded.
     pub fn give_back(&mut self, rate: &Rate, slot: Slot, now: Instant) {
         if slot.at <= now {
             return;
         }
-        if let Some(tat) = self.tat {
-            self.tat = Some(tat.checked_sub(rate.interval()).unwrap_or(tat).max(now));
+        let burst = rate.interval() * rate.burst.max(1);
+        if self.tat == Some(slot.at + burst) {
+            self.tat = Some(slot.at + burst - rate.interval());
         }
     }
 }
@@ -151,5 +154,26 @@ mod tests {
         b.give_back(&r, second, now);
         let third = b.reserve(&r, now).unwrap();
         assert_eq!(third.at - now, Duration::from_millis(100));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slot_with_waiters_behind_it_is_not_reused() {
+        let r = rate(10, 1, 10_000);
+        let mut b = Gcra::default();
+        let now = Instant::now();
+        let _first = b.reserve(&r, now).unwrap();
+        let second = b.reserve(&r, now).unwrap();
+        let third = b.reserve(&r, now).unwrap();
+        b.give_back(&r, second, now);
+        // Not at 200ms beside the third: after it.
+        let fourth = b.reserve(&r, now).unwrap();
+        assert_eq!(fourth.at - now, Duration::from_millis(300));
+        // The last one is given back.
+        b.give_back(&r, fourth, now);
+        b.give_back(&r, third, now);
+        assert_eq!(
+            b.reserve(&r, now).unwrap().at - now,
+            Duration::from_millis(100)
+        );
     }
 }
