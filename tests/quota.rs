@@ -303,3 +303,27 @@ async fn the_budget_shows_in_metrics_and_readyz() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_users_budget_is_learned_under_the_user() {
+    bounded(60, "a user's budget", async {
+        let env =
+            common::users::UserEnv::start(common::users::fake_oauth(Duration::from_secs(3600)))
+                .await;
+        env.log_in().await;
+        env.use_user_route().await;
+        env.fake
+            .exhaust_budget(&TokenOwner::User(common::users::USER.to_owned()));
+        let spent = env.get("/as/alice/user").await;
+        assert_eq!(spent.status, StatusCode::FORBIDDEN, "the platform's 403");
+        let local = env.get("/as/alice/user").await;
+        local.assert_proxy_error(StatusCode::TOO_MANY_REQUESTS, "rate_limited");
+        let metrics = env.get("/_proxy/metrics").await.text();
+        assert!(
+            metrics.contains(r#"atomgit_proxy_ratelimit_remaining{credential="user:alice"} 0"#),
+            "{metrics}"
+        );
+        env.shutdown().await;
+    })
+    .await;
+}
