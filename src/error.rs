@@ -43,6 +43,9 @@ pub enum ProxyError {
     UpstreamUnreachable(String),
     #[error("the upstream sent no response headers within {0:?}")]
     UpstreamTimeout(Duration),
+    /// The credential's budget is spent, or no slot within `quota.max_wait`.
+    #[error(transparent)]
+    RateLimited(#[from] crate::quota::Rejected),
     /// The contract has no code of its own for this: a caller's fault.
     #[error("the request head is larger than limits.max_header_bytes ({limit} bytes)")]
     HeadTooLarge { limit: usize },
@@ -84,6 +87,7 @@ impl ProxyError {
             },
             ProxyError::UpstreamUnreachable(_) => (StatusCode::BAD_GATEWAY, "upstream_unreachable"),
             ProxyError::UpstreamTimeout(_) => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
+            ProxyError::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             ProxyError::HeadTooLarge { .. } => {
                 (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "bad_request")
             }
@@ -120,7 +124,16 @@ impl ProxyError {
     pub fn into_response(self, route: Option<&str>) -> Response<Body> {
         self.log(route);
         let (status, code) = self.status_and_code();
-        json_error(status, code, &self.to_string())
+        let mut resp = json_error(status, code, &self.to_string());
+        if let ProxyError::RateLimited(rejected) = &self {
+            let headers = resp.headers_mut();
+            let secs = crate::quota::budget::retry_after_secs(rejected.retry_after);
+            headers.insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
+            if let Some(last) = &rejected.last {
+                last.write_headers(headers);
+            }
+        }
+        resp
     }
 }
 

@@ -8,7 +8,12 @@
 //!   graceful shutdown.
 //! - [`proxy`]: the service: browser guards ([`proxy::guard`]), caller keys
 //!   ([`proxy::clients`]), route selection, header surgery
-//!   ([`proxy::headers`]) and the streaming forward.
+//!   ([`proxy::headers`]), the quota and cache around each exchange
+//!   (`proxy::spend`) and the streaming forward.
+//! - [`quota`]: each credential's budget as the platform reports it, and
+//!   the token bucket that spaces its requests, behind a backend interface.
+//! - [`cache`]: the conditional cache (revalidated 200s from 304s) and the
+//!   sharing of identical GETs in flight.
 //! - [`state`]: what every request shares: the current snapshot behind
 //!   `ArcSwap`, the credential caches and metrics.
 //! - [`config`]: the YAML file ([`config::file`]), validated once into the
@@ -23,7 +28,8 @@
 //!   locks, logins, shared installation tokens, encryption at rest).
 //! - [`upstream`]: pooled HTTP clients to the platform.
 //! - [`body`]: the response body type, and the caller's body on its way
-//!   upstream, watched for the caller's own faults.
+//!   upstream, watched for the caller's own faults; [`body::tee`] streams an
+//!   answer while copying it for the cache.
 //! - [`error`]: every error the proxy answers itself, mapped in one place.
 //! - [`metrics`]: the Prometheus registry and the per-request bookkeeping.
 //! - [`reload`]: building and swapping a new snapshot; the file watcher.
@@ -40,6 +46,7 @@
 pub mod admin;
 pub mod app;
 pub mod body;
+pub mod cache;
 pub mod config;
 pub mod credentials;
 #[cfg(feature = "dev")]
@@ -47,6 +54,7 @@ pub mod dev;
 pub mod error;
 pub mod metrics;
 pub mod proxy;
+pub mod quota;
 pub mod reload;
 pub mod routes;
 pub mod server;

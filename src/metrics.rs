@@ -55,6 +55,8 @@ pub struct Metrics {
     pub in_flight: Gauge,
     /// Accepted connections not yet closed (at most `limits.max_connections`).
     pub open_connections: Gauge,
+    /// The platform's budget per credential, quota refusals and waits, the cache.
+    pub quota: crate::quota::metrics::QuotaMetrics,
 }
 
 impl Default for Metrics {
@@ -101,7 +103,9 @@ impl Default for Metrics {
             "Inbound connections open",
             open_connections.clone(),
         );
+        let quota = crate::quota::metrics::QuotaMetrics::register(&mut registry);
         Metrics {
+            quota,
             registry,
             requests,
             upstream_seconds,

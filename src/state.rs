@@ -25,6 +25,9 @@ pub struct Snapshot {
     /// The platform user grants must belong to, to be used under this config
     /// (built once: the user token cache is keyed by it).
     pub grant_binding: Arc<GrantBinding>,
+    /// The conditional cache (`None` when `cache.max_bytes` is 0). Kept
+    /// across reloads unless the `cache:` settings change.
+    pub cache: Option<Arc<crate::cache::ResponseCache>>,
 }
 
 impl Snapshot {
@@ -52,7 +55,12 @@ impl Snapshot {
             )),
         };
         let grant_binding = Arc::new(GrantBinding::of(&config.app, &config.upstream));
+        let cache = match previous.and_then(|p| p.cache.as_ref()) {
+            Some(prev) if prev.config == config.cache => Some(prev.clone()),
+            _ => crate::cache::ResponseCache::new(config.cache).map(Arc::new),
+        };
         Ok(Snapshot {
+            cache,
             config,
             upstream,
             store,
@@ -90,6 +98,9 @@ pub struct Shared {
     pub credentials: Credentials,
     pub metrics: Metrics,
     pub reload: Mutex<ReloadStatus>,
+    /// Each credential's learned budget and token bucket; outside the
+    /// snapshot so a reload keeps what the platform said.
+    pub quota: crate::quota::Quota,
 }
 
 impl Shared {
@@ -99,6 +110,7 @@ impl Shared {
             credentials: Credentials::default(),
             metrics: Metrics::default(),
             reload: Mutex::new(ReloadStatus::default()),
+            quota: Default::default(),
         })
     }
 }

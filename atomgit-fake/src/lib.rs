@@ -18,11 +18,16 @@
 //! - `oauth_endpoints`: the authorize page and the OAuth token endpoint.
 //! - `api`: every other path, behind the injected bearer token.
 //! - `state`: `FakeState`, the settings and bookkeeping the endpoints share.
+//! - `ratelimit`: the platform's budget per credential (`x-ratelimit-*`,
+//!   403 past the window's budget, 429 past the per-second limit).
+//! - `resources`: documents with `ETag`/`Last-Modified` and 304s.
 //! - `respond`: response bodies and builders.
 
 mod api;
 mod app_endpoints;
 mod oauth_endpoints;
+mod ratelimit;
+mod resources;
 mod respond;
 mod state;
 #[cfg(test)]
@@ -42,6 +47,7 @@ use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
 use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
 
+pub use ratelimit::FakeRateLimit;
 use respond::Resp;
 use state::{FakeState, Inner, OAuthApp};
 
@@ -56,6 +62,8 @@ pub struct FakeOptions {
     /// Lifetime of `ats_` tokens.
     pub token_lifetime: Duration,
     pub oauth: FakeOAuth,
+    /// The budget of every credential (`x-ratelimit-*`).
+    pub rate_limit: FakeRateLimit,
 }
 
 impl Default for FakeOptions {
@@ -66,6 +74,7 @@ impl Default for FakeOptions {
             installations: Vec::new(),
             token_lifetime: Duration::from_secs(3600),
             oauth: FakeOAuth::default(),
+            rate_limit: FakeRateLimit::default(),
         }
     }
 }
@@ -127,10 +136,12 @@ pub struct Recorded {
     pub query: Option<String>,
     pub headers: http::HeaderMap,
     pub version: http::Version,
+    /// When it arrived (tokio's clock).
+    pub at: tokio::time::Instant,
 }
 
 /// Who a token the fake issued belongs to.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum TokenOwner {
     Installation(u64),
     User(String),
@@ -202,6 +213,11 @@ impl FakeAtomGit {
             refused_refreshes: 0,
             api_in_flight: 0,
             api_max_in_flight: 0,
+            budgets: ratelimit::Budgets {
+                settings: opts.rate_limit,
+                ..Default::default()
+            },
+            resources: Default::default(),
         };
         let oauth = OAuthApp {
             client_id: opts.oauth.client_id,
@@ -340,6 +356,44 @@ impl FakeAtomGit {
         self.shared.lock().access_lifetime = d;
     }
 
+    /// The budget every credential gets from now on (windows running keep
+    /// their end).
+    pub fn set_rate_limit(&self, settings: FakeRateLimit) {
+        self.shared.lock().budgets.settings = settings;
+    }
+
+    /// `owner`'s own requests per window, instead of the common limit.
+    pub fn set_limit_for(&self, owner: TokenOwner, limit: u64) {
+        self.shared.lock().budgets.limits.insert(owner, limit);
+    }
+
+    /// Spends `owner`'s whole window, as tools calling the platform without
+    /// the proxy would: its next request is refused with 403.
+    pub fn exhaust_budget(&self, owner: &TokenOwner) {
+        self.shared.lock().budgets.exhaust(owner);
+    }
+
+    /// Sets the content of resource `name` (`GET .../etag/{name}`); each
+    /// call makes a new version with new validators.
+    pub fn set_resource(&self, name: &str, content: &str) {
+        self.shared.lock().resources.set(name, content);
+    }
+
+    /// Lets the second half of `n` held-back `gate=1` bodies go.
+    pub fn open_gate(&self, n: usize) {
+        self.shared.lock().resources.gate.add_permits(n);
+    }
+
+    /// API requests received for exactly `path` (query ignored).
+    pub fn requests_to(&self, path: &str) -> usize {
+        self.shared
+            .lock()
+            .requests
+            .iter()
+            .filter(|r| r.path == path)
+            .count()
+    }
+
     /// Stops accepting and aborts the server task and its connections.
     pub fn shutdown(&self) {
         self.task.abort();
@@ -406,6 +460,7 @@ async fn route(shared: &FakeState, req: http::Request<Incoming>) -> Resp {
         query: req.uri().query().map(str::to_owned),
         headers: req.headers().clone(),
         version: req.version(),
+        at: tokio::time::Instant::now(),
     });
 
     if is_app_path(&path) {

@@ -68,6 +68,10 @@ pub(super) struct Inner {
     /// API requests being answered now, and the most there ever were.
     pub api_in_flight: usize,
     pub api_max_in_flight: usize,
+    /// Every credential's budget.
+    pub budgets: super::ratelimit::Budgets,
+    /// Resources with validators (`.../etag/{name}`).
+    pub resources: super::resources::Resources,
 }
 
 impl Inner {

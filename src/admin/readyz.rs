@@ -49,6 +49,9 @@ struct Detail {
     #[serde(skip_serializing_if = "Option::is_none")]
     store: Option<crate::store::StoreHealth>,
     credentials: Vec<CredentialReadiness>,
+    /// Each credential's budget as the platform last reported it (remaining,
+    /// reset), and whether the proxy is answering 429 for it meanwhile.
+    quota: Vec<crate::quota::CredentialQuota>,
 }
 
 #[derive(Serialize)]
@@ -194,6 +197,7 @@ pub async fn readyz(
             },
             store,
             credentials,
+            quota: shared.quota.snapshot(),
         }),
     };
     let status = if ready {

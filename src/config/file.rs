@@ -45,9 +45,42 @@ pub struct ConfigFile {
     /// loopback, listen addresses and routes' `match.host`): the DNS
     /// rebinding defence.
     pub allowed_hosts: Option<Vec<String>>,
+    /// A token bucket per credential: `per_second`, `burst`, `max_wait`.
+    pub quota: Option<QuotaFile>,
+    /// The conditional cache: `max_bytes`, `max_entry_bytes`.
+    pub cache: Option<CacheFile>,
     /// Checked in order; first match wins.
     #[serde(default)]
     pub routes: Vec<RouteFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaFile {
+    /// Requests per second per credential; default 10, 0 turns smoothing off.
+    pub per_second: Option<u32>,
+    /// Requests at once after a quiet spell; default `per_second`.
+    pub burst: Option<u32>,
+    /// Longest wait for a slot before 429; default `5s`.
+    pub max_wait: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheFile {
+    /// Bytes all entries may hold; default `64MiB`, 0 turns caching off.
+    pub max_bytes: Option<CacheSizeFile>,
+    /// The largest body kept; default `1MiB`.
+    pub max_entry_bytes: Option<CacheSizeFile>,
+}
+
+/// A `cache:` size, written like [`ByteSizeFile`]; a type of its own so a
+/// wrongly shaped value is reported under `cache`, not `limits`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum CacheSizeFile {
+    Number(u64),
+    Text(String),
 }
 
 #[derive(Debug, Deserialize)]

@@ -79,6 +79,50 @@ pub struct Config {
     pub browser: BrowserPolicy,
     /// Compiled routes, in file order.
     pub routes: RouteTable,
+    /// How each credential's requests are spaced (`quota:`).
+    pub quota: QuotaConfig,
+    /// The conditional cache (`cache:`).
+    pub cache: CacheConfig,
+}
+
+/// The `quota:` settings: a token bucket per credential.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuotaConfig {
+    /// Sustained requests per second per credential; 0 turns smoothing off.
+    pub per_second: u32,
+    /// Requests that may go at once after a quiet spell.
+    pub burst: u32,
+    /// How long a request may wait for its slot before 429 `rate_limited`.
+    pub max_wait: Duration,
+}
+
+impl Default for QuotaConfig {
+    fn default() -> Self {
+        // The platform's own per-second limit (ATOMGIT_API.md section 6).
+        QuotaConfig {
+            per_second: 10,
+            burst: 10,
+            max_wait: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The `cache:` settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheConfig {
+    /// Bytes all entries may hold; 0 turns the cache and GET sharing off.
+    pub max_bytes: u64,
+    /// The largest body kept (and shared).
+    pub max_entry_bytes: usize,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            max_bytes: 64 << 20,
+            max_entry_bytes: 1 << 20,
+        }
+    }
 }
 
 /// Caps on what callers can make the proxy hold.

@@ -121,6 +121,38 @@ impl Credentials {
         }
     }
 
+    /// What identifies the credential a request to `forward_path` uses (the
+    /// quota and the conditional cache are kept per credential).
+    pub async fn key(
+        &self,
+        ctx: &Context<'_>,
+        credential: &RouteCredential,
+        forward_path: &str,
+    ) -> Result<CacheKey, CredentialError> {
+        Ok(match credential {
+            RouteCredential::Installation(selector) => CacheKey::Installation {
+                app: ctx.app.fingerprint,
+                id: self.installation_id(ctx, selector, forward_path).await?,
+            },
+            RouteCredential::User(user) => CacheKey::User {
+                user: user.clone(),
+                platform: ctx.grant_binding.clone(),
+            },
+        })
+    }
+
+    /// A token for the credential `key` names (see [`Credentials::key`]).
+    pub async fn token_for_key(
+        &self,
+        ctx: &Context<'_>,
+        key: &CacheKey,
+    ) -> Result<Token, CredentialError> {
+        match key {
+            CacheKey::Installation { id, .. } => self.installation_token(ctx, *id).await,
+            CacheKey::User { user, .. } => self.user_token(ctx, user).await,
+        }
+    }
+
     /// A token for `user`, from the grant store, refreshed when due.
     pub async fn user_token(
         &self,

@@ -14,7 +14,6 @@ use crate::upstream::error_chain;
 use http::header::{AUTHORIZATION, HOST};
 use http::uri::Authority;
 use http::{Request, Response, Version};
-use http_body_util::Either;
 use hyper::body::Incoming;
 
 /// Where the caller reached the proxy, for rewriting links back to it. Only
@@ -73,14 +72,16 @@ pub fn inbound_host<B>(req: &Request<B>) -> Result<Option<Authority>, ProxyError
     Ok(Some(authority))
 }
 
+/// Sends `req` to `uri` with `token` and returns the platform's answer,
+/// hop-by-hop headers removed (links are rewritten by the caller, see
+/// [`rewrite_for_caller`], once it knows which answer the caller gets).
 pub async fn send(
     req: Request<Incoming>,
     uri: http::Uri,
     snap: &Snapshot,
     token: &Token,
-    origin: CallerOrigin<'_>,
     metrics: &Metrics,
-) -> Result<Response<Body>, ProxyError> {
+) -> Result<Response<Incoming>, ProxyError> {
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     strip_caller_credentials(&mut parts.headers);
@@ -123,8 +124,12 @@ pub async fn send(
         .observe(started.elapsed().as_secs_f64());
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    rewrite_links(&mut parts.headers, &snap.upstream.base_url, || {
+    Ok(Response::from_parts(parts, body))
+}
+
+/// Points the answer's `Link`/`Location` back at the proxy the caller used.
+pub fn rewrite_for_caller(resp: &mut Response<Body>, snap: &Snapshot, origin: &CallerOrigin<'_>) {
+    rewrite_links(resp.headers_mut(), &snap.upstream.base_url, || {
         origin.base()
     });
-    Ok(Response::from_parts(parts, Either::Left(body)))
 }

@@ -7,6 +7,7 @@ pub mod clients;
 mod forward;
 pub mod guard;
 pub mod headers;
+mod spend;
 
 use crate::body::Body;
 use crate::error::ProxyError;
@@ -100,16 +101,19 @@ impl Proxy {
             })?;
         *route_name = Some(route.name.clone());
         let forward_path = route.forward_path(path);
-        let token = self
-            .shared
-            .credentials
-            .token(&snap.context(), &route.credential, forward_path)
+        let ctx = snap.context();
+        let credentials = &self.shared.credentials;
+        let credential = credentials
+            .key(&ctx, &route.credential, forward_path)
             .await?;
+        // Not started until the quota lets the request go: a refused
+        // request mints nothing.
+        let token = credentials.token_for_key(&ctx, &credential);
         let uri = snap
             .upstream
             .forward_uri(req.uri(), forward_path)
             .map_err(|e| ProxyError::BadRequest(format!("cannot build the upstream URI: {e}")))?;
         let origin = forward::CallerOrigin::new(host.clone(), conn, route.reverse_prefix());
-        forward::send(req, uri, snap, &token, origin, &self.shared.metrics).await
+        spend::spend(&self.shared, snap, &credential, req, uri, token, origin).await
     }
 }

@@ -5,6 +5,7 @@
 
 mod limits;
 mod network;
+mod quota;
 mod routes;
 mod yaml_errors;
 
@@ -112,6 +113,8 @@ fn build(raw: ConfigFile, base: &Path, problems: &mut Problems) -> Option<Config
         problems,
     );
     let limits = limits::limits(&raw, problems);
+    let quota = quota::quota(&raw, problems);
+    let cache = quota::cache(&raw, problems);
     let clients = clients(raw.clients.as_deref().unwrap_or_default(), base, problems);
     if raw.clients.as_ref().is_some_and(Vec::is_empty) {
         problems.add(
@@ -194,6 +197,8 @@ fn build(raw: ConfigFile, base: &Path, problems: &mut Problems) -> Option<Config
         limits,
         browser,
         routes: RouteTable::new(routes),
+        quota,
+        cache,
     })
 }
 

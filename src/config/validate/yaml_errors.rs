@@ -218,6 +218,7 @@ fn untagged_field(type_name: &str) -> Option<&'static str> {
         "AppId" => "app.id",
         "FileMode" => "unix_socket_mode",
         "ByteSizeFile" => "limits.max_header_bytes",
+        "CacheSizeFile" => "cache",
         _ => return None,
     })
 }
@@ -238,6 +239,9 @@ fn expected_phrase(path: &str, serde_expected: Option<&str>) -> Option<&'static 
         "app.id" => Some("a numeric app id like 75"),
         "unix_socket_mode" => Some(r#"an octal file mode like "0660""#),
         "limits.max_header_bytes" => Some("a size like 64KiB or 65536"),
+        "cache" | "cache.max_bytes" | "cache.max_entry_bytes" => {
+            Some("sizes like 64MiB or 1048576 (max_bytes, max_entry_bytes)")
+        }
         "routes[].installation" => Some("auto, { id: N } or { account: NAME }"),
         "routes[].user" => Some("a user name"),
         s if s.ends_with(".file") => Some("a file path"),
@@ -399,7 +403,7 @@ mod tests {
             shown("bogus_setting: 1\n"),
             "line 4: (top level): unknown field `bogus_setting`; expected one of: listen, upstream, \
              upstream_ca_file, app, oauth, store, clients, unix_socket_mode, allow_unauthenticated, \
-             tokens, timeouts, limits, allowed_origins, allowed_hosts, routes"
+             tokens, timeouts, limits, allowed_origins, allowed_hosts, quota, cache, routes"
         );
         assert_eq!(
             shown("limits: { max_connections: -1 }\n"),
