@@ -43,6 +43,7 @@ pub mod credentials;
 pub mod dev;
 pub mod error;
 pub mod metrics;
+pub mod ops;
 pub mod proxy;
 pub mod reload;
 pub mod routes;

@@ -69,6 +69,19 @@ enum Command {
         config: PathBuf,
         /// The user name routes refer to with `user: NAME`.
         user: String,
+        /// Wait (up to the link's life) until the login is done and the
+        /// grant stored; exit 1 if the link expires first.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Exit 0 if a running proxy's /_proxy/healthz answers 200 (for Docker's
+    /// HEALTHCHECK): asks the first listener of the config, or the URL.
+    Healthcheck {
+        #[arg(short, long, env = "ATOMGIT_PROXY_CONFIG", conflicts_with = "url")]
+        config: Option<PathBuf>,
+        /// Base URL of the proxy, e.g. http://127.0.0.1:8080
+        #[arg(long)]
+        url: Option<String>,
     },
 }
 
@@ -102,8 +115,13 @@ fn init_logging(format: Option<LogFormat>) {
     } else {
         LogFormat::Json
     });
+    // Colour only for a person at a terminal who did not opt out
+    // (https://no-color.org): a log file or collector gets plain text.
+    let colour = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -124,11 +142,33 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             route,
             owner,
         } => token(config, &route, owner.as_deref()).await,
-        Command::Login { config, user } => login(config, &user),
+        Command::Login { config, user, wait } => login(config, &user, wait).await,
+        Command::Healthcheck { config, url } => Ok(healthcheck(config, url)),
     }
 }
 
-fn login(path: PathBuf, user: &str) -> anyhow::Result<ExitCode> {
+fn healthcheck(config: Option<PathBuf>, url: Option<String>) -> ExitCode {
+    use atomgit_proxy::ops::healthcheck as hc;
+    let target = match (config, url) {
+        (_, Some(url)) => hc::target_from_url(&url),
+        (Some(config), None) => hc::target_from_config(&config),
+        (None, None) => {
+            hc::target_from_url(&format!("http://{}", atomgit_proxy::config::DEFAULT_LISTEN))
+        }
+    };
+    match target.and_then(|t| hc::probe(&t)) {
+        Ok(()) => {
+            println!("ok");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("unhealthy: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn login(path: PathBuf, user: &str, wait: bool) -> anyhow::Result<ExitCode> {
     let config = Config::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
     let (Some(oauth), Some(store)) = (config.oauth.as_ref(), config.store_path.as_ref()) else {
         bail!(
@@ -145,10 +185,36 @@ fn login(path: PathBuf, user: &str) -> anyhow::Result<ExitCode> {
             "note: no route has `user: {user}`; the grant will be stored but unused until one does"
         );
     }
+    let started_ms = atomgit_proxy::credentials::grants::now_ms();
     let link = login_link::link_for(&oauth.redirect_uri, store, user)?;
     println!("{link}");
     eprintln!("Open this link in a browser within 10 minutes to log in as {user}; it works once.");
-    Ok(ExitCode::SUCCESS)
+    if !wait {
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!("Waiting for the login to finish...");
+    let waited = atomgit_proxy::ops::login_wait::wait_for_grant(
+        store,
+        user,
+        started_ms,
+        login_link::LINK_LIFETIME,
+    )
+    .await
+    .map_err(anyhow::Error::msg)?;
+    match waited {
+        Some(grant) => {
+            let until = chrono::DateTime::from_timestamp_millis(grant.access_expires_at_ms as i64)
+                .map_or_else(String::new, |t| {
+                    format!("; its token is good until {}", t.to_rfc3339())
+                });
+            println!("{user} is logged in: the grant is stored{until}");
+            Ok(ExitCode::SUCCESS)
+        }
+        None => {
+            eprintln!("the link expired before {user} logged in; run the command again");
+            Ok(ExitCode::FAILURE)
+        }
+    }
 }
 
 /// Validates the config and everything built from it: the upstream's TLS

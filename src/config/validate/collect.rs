@@ -1,0 +1,587 @@
+//! Every structural problem of a file in one run: unknown keys, values of
+//! the wrong kind and missing keys, each with its line.
+//!
+//! serde stops at the first error. So the text is read into a YAML value
+//! once, and then parsed into the file types again and again: each error is
+//! recorded, the offending key removed (or a missing one filled with a
+//! placeholder), and the parse retried, until it goes through or a bounded
+//! number of rounds is spent. What finally parses goes on to the semantic
+//! checks, whose problems on keys already reported are dropped (they would
+//! only be consequences of the removal or the placeholder).
+//!
+//! Lines: a YAML value has no positions, and serde_yaml's parser gives one
+//! only with an error. So a line is found by walking the original text with
+//! a visitor that fails on purpose at the wanted key; the failure carries the
+//! key's position.
+
+use super::yaml_errors::{self, Fix, Seg, Step, parse_path, safe_name};
+use crate::config::Problem;
+use crate::config::file::ConfigFile;
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_yaml::{Mapping, Value};
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+
+/// More rounds than any hand-written file has mistakes; bounds the work a
+/// hostile file can cause.
+const MAX_ROUNDS: usize = 200;
+
+/// What the structural pass found.
+pub(super) struct Structural {
+    /// The file types, once every structural problem was got past.
+    pub raw: Option<ConfigFile>,
+    pub problems: Vec<Problem>,
+    /// Internal paths (`routes[1].match.path_prefx`) that were reported:
+    /// semantic problems at or under them are consequences, not news.
+    pub reported: Vec<String>,
+    /// The document as written, for route names.
+    pub doc: Value,
+}
+
+pub(super) fn parse(text: &str) -> Structural {
+    let mut doc: Value = match serde_yaml::from_str(text) {
+        Ok(doc) => doc,
+        Err(e) => {
+            return Structural {
+                raw: None,
+                problems: syntax_problems(&e, text),
+                reported: Vec::new(),
+                doc: Value::Null,
+            };
+        }
+    };
+    let original = doc.clone();
+    let mut problems: Vec<Problem> = Vec::new();
+    let mut reported: Vec<String> = Vec::new();
+    let mut fills: HashMap<Vec<Step>, usize> = HashMap::new();
+    let mut seen: HashSet<(String, String)> = HashSet::new();
+    for _ in 0..MAX_ROUNDS {
+        let Ok(written) = serde_yaml::to_string(&doc) else {
+            break;
+        };
+        let e = match serde_yaml::from_str::<ConfigFile>(&written) {
+            Ok(raw) => {
+                return Structural {
+                    raw: Some(raw),
+                    problems,
+                    reported,
+                    doc: original,
+                };
+            }
+            Err(e) => e,
+        };
+        let (mut problem, fix) = yaml_errors::diagnose(&e, &written);
+        let target = match &fix {
+            Fix::Remove(at) | Fix::Fill(at) => Some(at.clone()),
+            Fix::Stop => None,
+        };
+        let key = target.as_deref().map(internal_path);
+        // A missing key that was removed (or a placeholder refused) was
+        // already reported under its own name.
+        let consequence = key.as_ref().is_some_and(|k| is_consequence(k, &reported));
+        if !consequence && seen.insert((problem.field.clone(), problem.message.clone())) {
+            problem.line = target.as_deref().and_then(|at| line_of_steps(text, at));
+            problems.push(problem);
+            reported.extend(key);
+        }
+        let applied = match fix {
+            Fix::Remove(at) => remove(&mut doc, &at),
+            Fix::Fill(at) => {
+                let tries = fills.entry(at.clone()).or_default();
+                *tries += 1;
+                placeholder(*tries).is_some_and(|v| fill(&mut doc, &at, v))
+            }
+            Fix::Stop => false,
+        };
+        if !applied {
+            break;
+        }
+    }
+    Structural {
+        raw: None,
+        problems,
+        reported,
+        doc: original,
+    }
+}
+
+/// Placeholders tried in turn for a missing key, until one has the kind the
+/// field wants: text (names, paths, ids), a mapping (sections), a secret
+/// source, a number, a list.
+fn placeholder(attempt: usize) -> Option<Value> {
+    let mut secret = Mapping::new();
+    secret.insert("value".into(), "placeholder".into());
+    [
+        Value::String(String::new()),
+        Value::Mapping(Mapping::new()),
+        Value::Mapping(secret),
+        Value::Number(0.into()),
+        Value::Sequence(Vec::new()),
+    ]
+    .into_iter()
+    .nth(attempt - 1)
+}
+
+fn internal_path(at: &[Step]) -> String {
+    let mut out = String::new();
+    for step in at {
+        match step {
+            Step::Key(k) if out.is_empty() => out.push_str(k),
+            Step::Key(k) => {
+                out.push('.');
+                out.push_str(k);
+            }
+            Step::Index(i) => out.push_str(&format!("[{i}]")),
+        }
+    }
+    out
+}
+
+fn parent<'v>(doc: &'v mut Value, at: &[Step]) -> Option<&'v mut Value> {
+    at.iter().try_fold(doc, |v, step| match (v, step) {
+        (Value::Mapping(m), Step::Key(k)) => m.get_mut(k.as_str()),
+        (Value::Sequence(s), Step::Index(i)) => s.get_mut(*i),
+        _ => None,
+    })
+}
+
+fn remove(doc: &mut Value, at: &[Step]) -> bool {
+    let Some((last, up)) = at.split_last() else {
+        return false;
+    };
+    match (parent(doc, up), last) {
+        (Some(Value::Mapping(m)), Step::Key(k)) => m.remove(k.as_str()).is_some(),
+        // An element cannot go (later indices would move): it is emptied.
+        (Some(Value::Sequence(s)), Step::Index(i)) if *i < s.len() => {
+            s[*i] = Value::Mapping(Mapping::new());
+            true
+        }
+        _ => false,
+    }
+}
+
+fn fill(doc: &mut Value, at: &[Step], value: Value) -> bool {
+    let Some((Step::Key(k), up)) = at.split_last() else {
+        return false;
+    };
+    let container = match parent(doc, up) {
+        Some(v) => v,
+        None => return false,
+    };
+    if container.is_null() {
+        *container = Value::Mapping(Mapping::new());
+    }
+    match container {
+        Value::Mapping(m) => {
+            m.insert(Value::String(k.clone()), value);
+            true
+        }
+        _ => false,
+    }
+}
+
+/// A document that is not YAML. Tabs in indentation are the usual cause, and
+/// libyaml's message for them ("found character that cannot start any
+/// token") helps nobody: each such line is named instead.
+fn syntax_problems(e: &serde_yaml::Error, text: &str) -> Vec<Problem> {
+    let tabs: Vec<Problem> = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| {
+            let indent = &l[..l.len() - l.trim_start().len()];
+            indent.contains('\t')
+        })
+        .take(10)
+        .map(|(i, _)| Problem {
+            field: "(yaml)".into(),
+            message: "is indented with a tab character; YAML indents with spaces only".into(),
+            line: Some(i + 1),
+        })
+        .collect();
+    if tabs.is_empty() {
+        vec![yaml_errors::yaml_problem(e, text)]
+    } else {
+        tabs
+    }
+}
+
+/// The line of the key at `field` (a shown path such as
+/// `routes[1].match.path_prefix`), or of the nearest enclosing key written.
+pub(super) fn line_of_field(text: &str, field: &str) -> Option<usize> {
+    let segs = parse_path(field)?;
+    (1..=segs.len())
+        .rev()
+        .find_map(|n| line_of(text, &segs[..n]))
+}
+
+fn line_of_steps(text: &str, at: &[Step]) -> Option<usize> {
+    let segs: Vec<Seg<'_>> = at
+        .iter()
+        .map(|s| match s {
+            Step::Key(k) => Seg::Key(k),
+            Step::Index(i) => Seg::Index(*i),
+        })
+        .collect();
+    (1..=segs.len())
+        .rev()
+        .find_map(|n| line_of(text, &segs[..n]))
+}
+
+/// The failure the finder raises on purpose; no document text in it.
+const FOUND: &str = "\u{1}found";
+
+fn line_of(text: &str, path: &[Seg<'_>]) -> Option<usize> {
+    if path.is_empty() {
+        return None;
+    }
+    let de = serde_yaml::Deserializer::from_str(text);
+    match Finder(path).deserialize(de) {
+        // serde_yaml puts the path in front of the message.
+        Err(e) if e.to_string().contains(FOUND) => e.location().map(|l| l.line()),
+        _ => None,
+    }
+}
+
+/// Walks to `path` and fails there: at the key for a key, at the element
+/// for an index.
+struct Finder<'p, 's>(&'p [Seg<'s>]);
+
+impl<'de> DeserializeSeed<'de> for Finder<'_, '_> {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl Finder<'_, '_> {
+    fn here<E: de::Error>(&self) -> Result<(), E> {
+        Err(E::custom(FOUND))
+    }
+
+    fn miss<E: de::Error>(&self) -> Result<(), E> {
+        Err(E::custom("not found"))
+    }
+}
+
+impl<'de> Visitor<'de> for Finder<'_, '_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("anything")
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+        if self.0.is_empty() {
+            self.here()
+        } else {
+            self.miss()
+        }
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+        if self.0.is_empty() {
+            self.here()
+        } else {
+            self.miss()
+        }
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+        if self.0.is_empty() {
+            self.here()
+        } else {
+            self.miss()
+        }
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+        if self.0.is_empty() {
+            self.here()
+        } else {
+            self.miss()
+        }
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
+        if self.0.is_empty() {
+            self.here()
+        } else {
+            self.miss()
+        }
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        if self.0.is_empty() {
+            self.here()
+        } else {
+            self.miss()
+        }
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let Some((Seg::Key(want), rest)) = self.0.split_first() else {
+            return if self.0.is_empty() {
+                self.here()
+            } else {
+                self.miss()
+            };
+        };
+        let seed = KeyIs {
+            want,
+            last: rest.is_empty(),
+        };
+        while let Some(hit) = map.next_key_seed(seed)? {
+            if hit {
+                return map.next_value_seed(Finder(rest));
+            }
+            map.next_value::<IgnoredAny>()?;
+        }
+        self.miss()
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let Some((Seg::Index(want), rest)) = self.0.split_first() else {
+            return if self.0.is_empty() {
+                self.here()
+            } else {
+                self.miss()
+            };
+        };
+        for _ in 0..*want {
+            if seq.next_element::<IgnoredAny>()?.is_none() {
+                return self.miss();
+            }
+        }
+        match seq.next_element_seed(Finder(rest))? {
+            Some(()) => Ok(()),
+            None => self.miss(),
+        }
+    }
+}
+
+/// A mapping key: whether it is the one wanted; fails on it when it is the
+/// path's last step, so the failure carries the key's position.
+#[derive(Clone, Copy)]
+struct KeyIs<'w> {
+    want: &'w str,
+    last: bool,
+}
+
+impl<'de> DeserializeSeed<'de> for KeyIs<'_> {
+    type Value = bool;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeyIs<'_> {
+    type Value = bool;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a key")
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<bool, E> {
+        match (v == self.want, self.last) {
+            (true, true) => Err(E::custom(FOUND)),
+            (hit, _) => Ok(hit),
+        }
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<bool, E> {
+        Ok(false)
+    }
+}
+
+/// Whether a semantic problem at `field` is a consequence of a structural
+/// one: at or under a reported key, or the absence of a key that a
+/// reported unknown sibling is a typo of.
+pub(super) fn is_consequence(field: &str, reported: &[String]) -> bool {
+    reported.iter().any(|r| {
+        field == r
+            || field.starts_with(&format!("{r}."))
+            || field.starts_with(&format!("{r}["))
+            || sibling_typo(field, r)
+    })
+}
+
+fn sibling_typo(field: &str, reported: &str) -> bool {
+    let split = |p: &str| {
+        p.rsplit_once('.')
+            .map(|(a, b)| (a.to_owned(), b.to_owned()))
+    };
+    match (split(field), split(reported)) {
+        (Some((a, x)), Some((b, y))) => a == b && yaml_errors::is_typo_of(&y, &x),
+        _ => false,
+    }
+}
+
+/// Shown fields name the route: `routes[1] (hanshu).match.path_prefix`.
+pub(super) fn name_routes(problems: &mut [Problem], doc: &Value) {
+    for p in problems.iter_mut() {
+        let Some(rest) = p.field.strip_prefix("routes[") else {
+            continue;
+        };
+        let Some((index, after)) = rest.split_once(']') else {
+            continue;
+        };
+        let Ok(i) = index.parse::<usize>() else {
+            continue;
+        };
+        let name = doc
+            .get("routes")
+            .and_then(|r| r.get(i))
+            .and_then(|r| r.get("name"))
+            .and_then(Value::as_str)
+            .filter(|n| shown_name(n));
+        if let Some(name) = name {
+            p.field = format!("routes[{i}] ({name}){after}");
+        }
+    }
+}
+
+/// Route names are labels in logs and metrics, not secrets; still, only a
+/// name of name characters is echoed.
+fn shown_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && (safe_name(name).is_some()
+            || name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')))
+}
+
+/// Sorted by line; problems without a line last, in the order found.
+pub(super) fn sort(problems: &mut [Problem]) {
+    problems.sort_by_key(|p| (p.line.is_none(), p.line));
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+    use std::path::Path;
+
+    fn problems(text: &str) -> Vec<String> {
+        let e = Config::from_yaml(text, Path::new("/nonexistent"), "t").unwrap_err();
+        e.problems.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn two_typos_a_missing_key_file_and_a_bad_route_are_all_reported_in_line_order() {
+        let text = "\
+listen: [\"127.0.0.1:0\"]
+app:
+  id: 75
+  private_key: { file: missing.pem }
+timeout:
+  connect: 5s
+routes:
+  - name: yanqianyu
+    match: { path_prefix: /orgs/yanqianyu }
+    installation: { id: 14 }
+  - name: hanshu
+    match: { path_prefix: as/hanshu }
+    installation: auto
+  - name: repos
+    match: { path_prefx: /repos }
+    installation: auto
+";
+        let shown = problems(text);
+        assert_eq!(shown.len(), 4, "{shown:#?}");
+        assert!(
+            shown[0].starts_with("line 4: app.private_key: cannot read "),
+            "{shown:#?}"
+        );
+        assert!(shown[0].contains("missing.pem"), "{shown:#?}");
+        assert!(
+            shown[1].starts_with(
+                "line 5: (top level): unknown field `timeout`; did you mean `timeouts`?"
+            ),
+            "{shown:#?}"
+        );
+        assert_eq!(
+            shown[2],
+            "line 12: routes[1] (hanshu).match.path_prefix: must start with /"
+        );
+        assert!(
+            shown[3].starts_with("line 15: routes[2] (repos).match: unknown field `path_prefx`; did you mean `path_prefix`?"),
+            "{shown:#?}"
+        );
+    }
+
+    #[test]
+    fn type_errors_missing_keys_and_unknown_keys_are_reported_together() {
+        let text = "\
+app:
+  id: [1]
+  private_key: { file: missing.pem }
+  bogus: 1
+limits: { max_connections: many }
+routes:
+  - match: { path_prefix: /a }
+    installation: { account: x, id: 3 }
+";
+        let shown = problems(text);
+        let fields: Vec<&str> = shown
+            .iter()
+            .map(|s| s.split(": ").nth(1).unwrap_or(""))
+            .collect();
+        assert!(fields.contains(&"app.id"), "{shown:#?}");
+        assert!(fields.contains(&"app"), "{shown:#?}");
+        assert!(fields.contains(&"limits.max_connections"), "{shown:#?}");
+        assert!(fields.contains(&"routes[0].name"), "{shown:#?}");
+        assert!(
+            shown
+                .iter()
+                .any(|s| s
+                    .starts_with("line 8: routes[0].installation: has 2 keys (`account`, `id`)")),
+            "{shown:#?}"
+        );
+        assert!(
+            shown.iter().any(|s| s.contains("missing.pem")),
+            "{shown:#?}"
+        );
+        let lines: Vec<usize> = shown
+            .iter()
+            .filter_map(|s| s.strip_prefix("line ")?.split(':').next()?.parse().ok())
+            .collect();
+        assert!(lines.windows(2).all(|w| w[0] <= w[1]), "{shown:#?}");
+    }
+
+    #[test]
+    fn newcomer_mistakes_get_plain_messages() {
+        let bare = "app:\n  id: 75\n  private_key: secrets/app.pem\n";
+        let shown = problems(bare);
+        assert_eq!(
+            shown,
+            vec![
+                "line 3: app.private_key: expected a mapping like { file: PATH }, { env: NAME } \
+                 or { value: \"...\" }, found a string; did you mean `{ file: secrets/app.pem }`?"
+            ]
+        );
+        let pasted = "app:\n  id: 75\n  private_key: ghp_s3cretValue\n";
+        let shown = problems(pasted).join("\n");
+        assert!(shown.contains("did you mean `{ file: PATH }`"), "{shown}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        let tabs = "app:\n\tid: 75\n";
+        assert_eq!(
+            problems(tabs),
+            vec!["line 2: (yaml): is indented with a tab character; YAML indents with spaces only"]
+        );
+    }
+
+    #[test]
+    fn lines_are_found_for_nested_keys() {
+        let text = "a: 1\nroutes:\n  - name: x\n    match:\n      path_prefix: /a\n  - name: y\n    match: { host: h }\n";
+        assert_eq!(super::line_of_field(text, "routes[1].match.host"), Some(7));
+        assert_eq!(
+            super::line_of_field(text, "routes[0].match.path_prefix"),
+            Some(5)
+        );
+        assert_eq!(
+            super::line_of_field(text, "routes[0].match.nothing"),
+            Some(4)
+        );
+        assert_eq!(super::line_of_field(text, "routes[1]"), Some(6));
+    }
+}
