@@ -23,6 +23,10 @@
 //!   upstream, watched for the caller's own faults.
 //! - [`error`]: every error the proxy answers itself, mapped in one place.
 //! - [`metrics`]: the Prometheus registry and the per-request bookkeeping.
+//! - [`activity`]: recent upstream errors and quota for the status page, and
+//!   the audit trail (`audit: true`).
+//! - [`ops`]: the operator commands beside `serve`: `healthcheck`, and
+//!   waiting for a login (`login --wait`).
 //! - [`reload`]: building and swapping a new snapshot; the file watcher.
 //! - `dev` (with the default `dev` feature): the zero-setup demo, run against
 //!   the fake AtomGit of the workspace's `atomgit-fake` crate (which the tests
@@ -34,6 +38,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod activity;
 pub mod admin;
 pub mod app;
 pub mod body;

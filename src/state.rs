@@ -83,6 +83,8 @@ impl Snapshot {
 pub struct ReloadStatus {
     /// `Some(problems)` when the last attempt failed.
     pub last_error: Option<String>,
+    /// When the last reload was attempted (`None`: none since the start).
+    pub at: Option<std::time::SystemTime>,
     /// The files the failed attempt's config names (itself first): the
     /// watcher retries when one of them changes, and not on other events.
     pub failed_files: Vec<std::path::PathBuf>,
@@ -96,6 +98,8 @@ pub struct Shared {
     pub reload: Mutex<ReloadStatus>,
     /// Logins started in a browser, waiting for the platform's callback.
     pub logins: PendingLogins,
+    /// Recent upstream errors and quota, for the status page.
+    pub activity: crate::activity::Activity,
 }
 
 impl Shared {
@@ -106,6 +110,7 @@ impl Shared {
             metrics: Metrics::default(),
             reload: Mutex::new(ReloadStatus::default()),
             logins: Default::default(),
+            activity: Default::default(),
         })
     }
 }

@@ -76,6 +76,8 @@ pub struct Config {
     pub browser: BrowserPolicy,
     /// Compiled routes, in file order.
     pub routes: RouteTable,
+    /// Write an audit line per forwarded request (target `audit`).
+    pub audit: bool,
 }
 
 /// Caps on what callers can make the proxy hold.

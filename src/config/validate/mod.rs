@@ -211,6 +211,7 @@ fn build(raw: ConfigFile, base: &Path, problems: &mut Problems) -> Option<Config
         limits,
         browser,
         routes: RouteTable::new(routes),
+        audit: raw.audit,
     })
 }
 
