@@ -92,9 +92,16 @@ impl Activity {
             .get::<crate::error::ErrorCode>()
             .map(|c| c.0);
         let upstream_fault = match code {
-            Some(c @ ("upstream_unreachable" | "upstream_timeout" | "token_endpoint_failed")) => {
-                Some(c)
-            }
+            // The platform failed, or refused a credential: what an
+            // operator looks for first.
+            Some(
+                c @ ("upstream_unreachable"
+                | "upstream_timeout"
+                | "token_endpoint_failed"
+                | "installation_not_found"
+                | "grant_revoked"
+                | "store_unavailable"),
+            ) => Some(c),
             Some(_) => None,
             None if status >= 500 => Some("upstream_5xx"),
             None => None,
