@@ -79,7 +79,8 @@ enum Command {
     Healthcheck {
         #[arg(short, long, env = "ATOMGIT_PROXY_CONFIG", conflicts_with = "url")]
         config: Option<PathBuf>,
-        /// Base URL of the proxy, e.g. http://127.0.0.1:8080
+        /// Base URL of the proxy, e.g. http://127.0.0.1:8080 (healthz is asked),
+        /// or a local endpoint such as http://127.0.0.1:8080/_proxy/readyz
         #[arg(long)]
         url: Option<String>,
     },

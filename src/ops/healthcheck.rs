@@ -60,7 +60,8 @@ pub fn target_from_config(path: &Path) -> Result<Target, String> {
     })
 }
 
-/// `http://host:port[/prefix]`: healthz under it, unless the URL names it.
+/// `http://host:port[/prefix]`: healthz under it, unless the URL names a
+/// local endpoint itself (`.../_proxy/readyz` for a readiness probe).
 pub fn target_from_url(url: &str) -> Result<Target, String> {
     let url = url::Url::parse(url).map_err(|e| format!("--url: {e}"))?;
     if url.scheme() != "http" {
@@ -69,7 +70,7 @@ pub fn target_from_url(url: &str) -> Result<Target, String> {
     let host = url.host_str().ok_or("--url: no host")?;
     let port = url.port_or_known_default().unwrap_or(80);
     let base = url.path().trim_end_matches('/');
-    let path = if base.ends_with(HEALTHZ) {
+    let path = if base.contains("/_proxy/") {
         base.to_owned()
     } else {
         format!("{base}{HEALTHZ}")
@@ -163,6 +164,7 @@ mod tests {
             "localhost:9/_proxy/healthz"
         );
         assert_eq!(t("http://h:1/prefix/"), "h:1/prefix/_proxy/healthz");
+        assert_eq!(t("http://h:1/_proxy/readyz"), "h:1/_proxy/readyz");
         assert!(target_from_url("https://h").is_err());
     }
 }
