@@ -194,9 +194,11 @@ fn newcomer_message(path: &str, node: &Value) -> Option<String> {
         ("app.private_key" | "app.client_secret" | "clients[].key", Value::String(s)) => {
             // A path is shown back only when it is plainly one: a secret
             // pasted here has no file extension of this kind.
-            let shown = looks_like_key_file(s)
-                .then_some(s.as_str())
-                .unwrap_or("PATH");
+            let shown = if looks_like_key_file(s) {
+                s.as_str()
+            } else {
+                "PATH"
+            };
             Some(format!(
                 "expected {SECRET_SHAPE}, found a string; did you mean `{{ file: {shown} }}`?"
             ))
