@@ -45,3 +45,46 @@ pub async fn wait_for_grant(
         tokio::time::sleep(POLL).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::credentials::grants::now_ms;
+    use std::sync::Arc;
+
+    fn grant(updated_at_ms: u64) -> Grant {
+        Grant {
+            access_token: "atu_x".into(),
+            access_expires_at_ms: updated_at_ms + 3_600_000,
+            refresh_token: "rt".into(),
+            refresh_expires_at_ms: None,
+            revoked: None,
+            updated_at_ms,
+            bound_to: None,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiting_ends_without_a_grant_when_the_time_is_up() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let store = dir.path().join("grants.json");
+        let waited = wait_for_grant(&store, "alice", now_ms(), Duration::from_secs(5)).await;
+        assert!(matches!(waited, Ok(None)), "{waited:?}");
+    }
+
+    #[tokio::test]
+    async fn only_a_grant_newer_than_the_wait_counts() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let path = dir.path().join("grants.json");
+        let store = Arc::new(GrantStore::open(&path).expect("a store"));
+        let start = now_ms();
+        store
+            .put("alice", grant(start - 60_000))
+            .await
+            .expect("put");
+        assert!(stored_since(&path, "alice", start).expect("read").is_none());
+        store.put("alice", grant(start + 1)).await.expect("put");
+        let found = wait_for_grant(&path, "alice", start, Duration::from_secs(5)).await;
+        assert!(matches!(found, Ok(Some(_))), "{found:?}");
+    }
+}

@@ -85,6 +85,16 @@ pub(super) fn parse(text: &str) -> Structural {
             reported.extend(key);
         }
         let applied = match fix {
+            // A list element cannot go (later indices would move): it is
+            // replaced by placeholders in turn, and dropped only when none fits.
+            Fix::Remove(at) if matches!(at.last(), Some(Step::Index(_))) => {
+                let tries = fills.entry(at.clone()).or_default();
+                *tries += 1;
+                match placeholder(*tries) {
+                    Some(v) => replace(&mut doc, &at, v),
+                    None => remove(&mut doc, &at),
+                }
+            }
             Fix::Remove(at) => remove(&mut doc, &at),
             Fix::Fill(at) => {
                 let tries = fills.entry(at.clone()).or_default();
@@ -151,12 +161,21 @@ fn remove(doc: &mut Value, at: &[Step]) -> bool {
     };
     match (parent(doc, up), last) {
         (Some(Value::Mapping(m)), Step::Key(k)) => m.remove(k.as_str()).is_some(),
-        // An element cannot go (later indices would move): it is emptied.
         (Some(Value::Sequence(s)), Step::Index(i)) if *i < s.len() => {
-            s[*i] = Value::Mapping(Mapping::new());
+            s.remove(*i);
             true
         }
         _ => false,
+    }
+}
+
+fn replace(doc: &mut Value, at: &[Step], value: Value) -> bool {
+    match parent(doc, at) {
+        Some(slot) => {
+            *slot = value;
+            true
+        }
+        None => false,
     }
 }
 
@@ -546,6 +565,42 @@ routes:
             .filter_map(|s| s.strip_prefix("line ")?.split(':').next()?.parse().ok())
             .collect();
         assert!(lines.windows(2).all(|w| w[0] <= w[1]), "{shown:#?}");
+    }
+
+    #[test]
+    fn a_bad_list_element_does_not_stop_the_other_checks() {
+        let text = "\
+listen: [1, \"127.0.0.1:0\"]
+app:
+  id: 75
+  private_key: { file: missing.pem }
+routes:
+  - just a string
+  - name: b
+    match: { path_prefix: /b, methods: [GET, [x]] }
+    installation: auto
+";
+        let shown = problems(text);
+        assert!(
+            shown.iter().any(|s| s.starts_with("line 1: listen[0]: ")),
+            "{shown:#?}"
+        );
+        assert!(
+            shown.iter().any(|s| s.starts_with("line 6: routes[0]: ")),
+            "{shown:#?}"
+        );
+        assert!(
+            shown
+                .iter()
+                .any(|s| s.starts_with("line 8: routes[1] (b).match.methods[1]: ")),
+            "{shown:#?}"
+        );
+        // The parse went through: the semantic checks ran too.
+        assert!(
+            shown.iter().any(|s| s.contains("missing.pem")),
+            "{shown:#?}"
+        );
+        assert_eq!(shown.len(), 4, "{shown:#?}");
     }
 
     #[test]
