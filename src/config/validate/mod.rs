@@ -4,8 +4,10 @@
 //! naming its field, so an operator fixes a config in one pass.
 
 mod collect;
+mod hints;
 mod keys;
 mod limits;
+mod lines;
 mod network;
 mod routes;
 mod yaml_errors;
@@ -61,7 +63,7 @@ pub(super) fn parse_and_validate(text: &str, base: &Path) -> Result<Config, Reje
             .filter(|p| !collect::is_consequence(&p.field, &parsed.reported))
             .collect();
         for p in &mut semantic {
-            p.line = p.line.or_else(|| collect::line_of_field(text, &p.field));
+            p.line = p.line.or_else(|| lines::line_of_field(text, &p.field));
         }
         locate_lines(&mut semantic, text);
         found.extend(semantic);

@@ -10,11 +10,13 @@
 //! only when it looks like a field name (short, `[a-z0-9_]`): a pasted secret
 //! never does.
 
+use super::hints;
 use crate::config::Problem;
 use serde_yaml::Value;
 
 /// Secret sources: the shape every secret field wants.
-const SECRET_SHAPE: &str = r#"a mapping like { file: PATH }, { env: NAME } or { value: "..." }"#;
+pub(super) const SECRET_SHAPE: &str =
+    r#"a mapping like { file: PATH }, { env: NAME } or { value: "..." }"#;
 
 /// Where a problem at the document's root is reported.
 const TOP_LEVEL: &str = "(top level)";
@@ -132,7 +134,7 @@ pub(super) fn diagnose(e: &serde_yaml::Error, text: &str) -> (Problem, Fix) {
     let node = doc
         .as_ref()
         .and_then(|doc| parse_path(&path).and_then(|segs| walk(doc, &segs)));
-    if let Some(message) = node.and_then(|node| newcomer_message(&path, node)) {
+    if let Some(message) = node.and_then(|node| hints::newcomer_message(&path, node)) {
         let problem = Problem {
             field: path.clone(),
             message,
@@ -163,7 +165,7 @@ pub(super) fn diagnose(e: &serde_yaml::Error, text: &str) -> (Problem, Fix) {
                 Some(n) => format!("unknown field `{n}`"),
                 None => "an unknown field (its name is not shown)".to_owned(),
             };
-            let message = match known.iter().find(|k| is_typo_of(name, k)) {
+            let message = match known.iter().find(|k| hints::is_typo_of(name, k)) {
                 Some(k) if safe_name(name).is_some() => format!("{what}; did you mean `{k}`?"),
                 _ if known.is_empty() => what,
                 _ => format!("{what}; expected one of: {}", known.join(", ")),
@@ -186,74 +188,8 @@ pub(super) fn diagnose(e: &serde_yaml::Error, text: &str) -> (Problem, Fix) {
     (problem, fix)
 }
 
-/// Messages for the mistakes newcomers make, where serde's own would say
-/// only that the kind of value is wrong.
-fn newcomer_message(path: &str, node: &Value) -> Option<String> {
-    let shape = shape_of(path);
-    match (shape.as_str(), node) {
-        ("app.private_key" | "app.client_secret" | "clients[].key", Value::String(s)) => {
-            // A path is shown back only when it is plainly one: a secret
-            // pasted here has no file extension of this kind.
-            let shown = if looks_like_key_file(s) {
-                s.as_str()
-            } else {
-                "PATH"
-            };
-            Some(format!(
-                "expected {SECRET_SHAPE}, found a string; did you mean `{{ file: {shown} }}`?"
-            ))
-        }
-        ("routes[].installation", Value::Mapping(m)) if m.len() > 1 => {
-            let keys: Vec<&str> = m
-                .keys()
-                .filter_map(Value::as_str)
-                .filter_map(safe_name)
-                .collect();
-            Some(format!(
-                "has {} keys ({}); a route's installation is exactly one of \
-                 {{ id: N }}, {{ account: NAME }} or auto",
-                m.len(),
-                keys.iter()
-                    .map(|k| format!("`{k}`"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))
-        }
-        _ => None,
-    }
-}
-
-/// `secrets/app.pem`, `./key.pem`, `/etc/x/app.key`: a relative or absolute
-/// path ending in a key-file extension, of path characters only.
-fn looks_like_key_file(s: &str) -> bool {
-    let exts = [".pem", ".key", ".txt", ".secret"];
-    s.len() <= 120
-        && exts.iter().any(|e| s.ends_with(e))
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'.' | b'_' | b'-'))
-}
-
-/// Whether an unknown key is a likely typo of `known`: at most two edits
-/// apart (and not a very short key, where everything is two edits apart).
-pub(super) fn is_typo_of(unknown: &str, known: &str) -> bool {
-    if unknown.len() < 4 {
-        return false;
-    }
-    let (a, b): (Vec<char>, Vec<char>) = (unknown.chars().collect(), known.chars().collect());
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.iter().enumerate() {
-        let mut cur = vec![i + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let sub = prev[j] + usize::from(ca != cb);
-            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
-        }
-        prev = cur;
-    }
-    prev[b.len()] <= 2
-}
-
 /// `routes[3].match.host` as `routes[].match.host`.
-fn shape_of(path: &str) -> String {
+pub(super) fn shape_of(path: &str) -> String {
     let shape: String = parse_path(path)
         .unwrap_or_default()
         .iter()
