@@ -77,7 +77,9 @@ enum Command {
     /// Exit 0 if a running proxy's /_proxy/healthz answers 200 (for Docker's
     /// HEALTHCHECK): asks the first listener of the config, or the URL.
     Healthcheck {
-        #[arg(short, long, env = "ATOMGIT_PROXY_CONFIG", conflicts_with = "url")]
+        /// The config whose first listener is asked. `--url` wins over it
+        /// (so an image that sets ATOMGIT_PROXY_CONFIG can still probe a URL).
+        #[arg(short, long, env = "ATOMGIT_PROXY_CONFIG")]
         config: Option<PathBuf>,
         /// Base URL of the proxy, e.g. http://127.0.0.1:8080 (healthz is asked),
         /// or a local endpoint such as http://127.0.0.1:8080/_proxy/readyz

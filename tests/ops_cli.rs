@@ -41,6 +41,25 @@ async fn healthcheck_exits_zero_with_a_running_proxy_and_one_without() {
             String::from_utf8_lossy(&out.stderr)
         );
 
+        // In an image that sets ATOMGIT_PROXY_CONFIG, `--url` still works
+        // (the Kubernetes sidecar's readiness probe asks readyz this way).
+        let readyz = format!("{url}/_proxy/readyz");
+        let probe = tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_atomgit-proxy"))
+                .args(["healthcheck", "--url", &readyz])
+                .env("ATOMGIT_PROXY_CONFIG", "/nonexistent/config.yaml")
+                .output()
+                .expect("run healthcheck")
+        })
+        .await
+        .expect("the probe");
+        assert_eq!(
+            code(&probe),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&probe.stderr)
+        );
+
         env.stop_proxy().await;
         let out = run_cli(&["healthcheck", "--url", &url]).await;
         assert_eq!(code(&out), Some(1), "no proxy, yet healthy");
