@@ -172,3 +172,54 @@ async fn text_logs_carry_no_colour_codes_off_a_terminal() {
     );
     drop(taken);
 }
+
+/// `serve` on a taken port behind a pseudo-terminal (`script` from
+/// util-linux), with `NO_COLOR` set or not: what it writes.
+fn serve_on_a_terminal(no_color: Option<&str>) -> Option<String> {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let key = dir.path().join("app.pem");
+    std::fs::write(&key, common::private_key_pem()).expect("write the key");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    }
+    let path = dir.path().join("p.yaml");
+    let yaml = format!(
+        "listen: [\"{}\"]\napp: {{ id: 1, private_key: {{ file: app.pem }} }}\n",
+        taken.local_addr().expect("an address")
+    );
+    std::fs::write(&path, yaml).expect("write");
+    let command = format!(
+        "{} --log-format text serve -c {}",
+        env!("CARGO_BIN_EXE_atomgit-proxy"),
+        path.display()
+    );
+    let mut script = std::process::Command::new("script");
+    script.args(["-q", "-e", "-c", &command, "/dev/null"]);
+    script.env_remove("NO_COLOR").env("RUST_LOG", "info");
+    if let Some(v) = no_color {
+        script.env("NO_COLOR", v);
+    }
+    let out = script.output().ok()?;
+    Some(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[test]
+fn no_color_turns_colour_off_on_a_terminal() {
+    let Some(coloured) = serve_on_a_terminal(None) else {
+        eprintln!("note: no `script` command (util-linux): the terminal case is not tested");
+        return;
+    };
+    assert!(coloured.contains("WARN"), "{coloured:?}");
+    assert!(
+        coloured.contains('\u{1b}'),
+        "a terminal gets colour: {coloured:?}"
+    );
+    let plain = serve_on_a_terminal(Some("1")).expect("script ran before");
+    assert!(plain.contains("WARN"), "{plain:?}");
+    assert!(
+        !plain.contains('\u{1b}'),
+        "NO_COLOR=1 still coloured: {plain:?}"
+    );
+}
