@@ -32,6 +32,10 @@
 //!   answer while copying it for the cache.
 //! - [`error`]: every error the proxy answers itself, mapped in one place.
 //! - [`metrics`]: the Prometheus registry and the per-request bookkeeping.
+//! - [`activity`]: recent upstream errors and quota for the status page, and
+//!   the audit trail (`audit: true`).
+//! - [`ops`]: the operator commands beside `serve`: `healthcheck`, and
+//!   waiting for a login (`login --wait`).
 //! - [`reload`]: building and swapping a new snapshot; the file watcher.
 //! - `dev` (with the default `dev` feature): the zero-setup demo, run against
 //!   the fake AtomGit of the workspace's `atomgit-fake` crate (which the tests
@@ -43,6 +47,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod activity;
 pub mod admin;
 pub mod app;
 pub mod body;
@@ -53,6 +58,7 @@ pub mod credentials;
 pub mod dev;
 pub mod error;
 pub mod metrics;
+pub mod ops;
 pub mod proxy;
 pub mod quota;
 pub mod reload;

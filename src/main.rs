@@ -74,6 +74,22 @@ enum Command {
         config: PathBuf,
         /// The user name routes refer to with `user: NAME`.
         user: String,
+        /// Wait (up to the link's life) until the login is done and the
+        /// grant stored; exit 1 if the link expires first.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Exit 0 if a running proxy's /_proxy/healthz answers 200 (for Docker's
+    /// HEALTHCHECK): asks the first listener of the config, or the URL.
+    Healthcheck {
+        /// The config whose first listener is asked. `--url` wins over it
+        /// (so an image that sets ATOMGIT_PROXY_CONFIG can still probe a URL).
+        #[arg(short, long, env = "ATOMGIT_PROXY_CONFIG")]
+        config: Option<PathBuf>,
+        /// Base URL of the proxy, e.g. http://127.0.0.1:8080 (healthz is asked),
+        /// or a local endpoint such as http://127.0.0.1:8080/_proxy/readyz
+        #[arg(long)]
+        url: Option<String>,
     },
 }
 
@@ -124,8 +140,13 @@ fn init_logging(format: Option<LogFormat>) {
     } else {
         LogFormat::Json
     });
+    // Colour only for a person at a terminal who did not opt out
+    // (https://no-color.org): a log file or collector gets plain text.
+    let colour = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -146,8 +167,30 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             route,
             owner,
         } => token(config, &route, owner.as_deref()).await,
-        Command::Login { config, user } => login(config, &user),
+        Command::Login { config, user, wait } => login(config, &user, wait).await,
+        Command::Healthcheck { config, url } => Ok(healthcheck(config, url)),
         Command::Store { command } => store(command).await,
+    }
+}
+
+fn healthcheck(config: Option<PathBuf>, url: Option<String>) -> ExitCode {
+    use atomgit_proxy::ops::healthcheck as hc;
+    let target = match (config, url) {
+        (_, Some(url)) => hc::target_from_url(&url),
+        (Some(config), None) => hc::target_from_config(&config),
+        (None, None) => {
+            hc::target_from_url(&format!("http://{}", atomgit_proxy::config::DEFAULT_LISTEN))
+        }
+    };
+    match target.and_then(|t| hc::probe(&t)) {
+        Ok(()) => {
+            println!("ok");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("unhealthy: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -181,7 +224,7 @@ async fn store(command: StoreCommand) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn login(path: PathBuf, user: &str) -> anyhow::Result<ExitCode> {
+async fn login(path: PathBuf, user: &str, wait: bool) -> anyhow::Result<ExitCode> {
     let config = Config::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
     let (Some(oauth), true) = (
         config.oauth.as_ref(),
@@ -201,12 +244,40 @@ fn login(path: PathBuf, user: &str) -> anyhow::Result<ExitCode> {
             "note: no route has `user: {user}`; the grant will be stored but unused until one does"
         );
     }
+    let started_ms = atomgit_proxy::credentials::grants::now_ms();
     let key = atomgit_proxy::store::link_key_for(&config)
         .context("reading or creating the login-link key")?;
     let link = login_link::link_with_key(&oauth.redirect_uri, &key, user);
     println!("{link}");
     eprintln!("Open this link in a browser within 10 minutes to log in as {user}; it works once.");
-    Ok(ExitCode::SUCCESS)
+    if !wait {
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!("Waiting for the login to finish...");
+    let Some(store) = atomgit_proxy::store::open(&config, None).map_err(anyhow::Error::msg)? else {
+        bail!("{} has no `store:`", path.display());
+    };
+    let waited = atomgit_proxy::ops::login_wait::wait_for_grant(
+        &*store,
+        user,
+        started_ms,
+        login_link::LINK_LIFETIME,
+    )
+    .await;
+    match waited {
+        Some(grant) => {
+            let until = chrono::DateTime::from_timestamp_millis(grant.access_expires_at_ms as i64)
+                .map_or_else(String::new, |t| {
+                    format!("; its token is good until {}", t.to_rfc3339())
+                });
+            println!("{user} is logged in: the grant is stored{until}");
+            Ok(ExitCode::SUCCESS)
+        }
+        None => {
+            eprintln!("the link expired before {user} logged in; run the command again");
+            Ok(ExitCode::FAILURE)
+        }
+    }
 }
 
 /// Validates the config and everything built from it: the upstream's TLS

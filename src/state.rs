@@ -87,6 +87,8 @@ impl Snapshot {
 pub struct ReloadStatus {
     /// `Some(problems)` when the last attempt failed.
     pub last_error: Option<String>,
+    /// When the last reload was attempted (`None`: none since the start).
+    pub at: Option<std::time::SystemTime>,
     /// The files the failed attempt's config names (itself first): the
     /// watcher retries when one of them changes, and not on other events.
     pub failed_files: Vec<std::path::PathBuf>,
@@ -101,6 +103,8 @@ pub struct Shared {
     /// Each credential's learned budget and token bucket; outside the
     /// snapshot so a reload keeps what the platform said.
     pub quota: crate::quota::Quota,
+    /// Recent upstream errors and quota, for the status page.
+    pub activity: crate::activity::Activity,
 }
 
 impl Shared {
@@ -111,6 +115,7 @@ impl Shared {
             metrics: Metrics::default(),
             reload: Mutex::new(ReloadStatus::default()),
             quota: Default::default(),
+            activity: Default::default(),
         })
     }
 }

@@ -52,6 +52,9 @@ pub struct ConfigFile {
     /// Checked in order; first match wins.
     #[serde(default)]
     pub routes: Vec<RouteFile>,
+    /// One JSON line per forwarded request on the `audit` log target.
+    #[serde(default)]
+    pub audit: bool,
 }
 
 #[derive(Debug, Deserialize)]

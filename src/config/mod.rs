@@ -83,6 +83,8 @@ pub struct Config {
     pub quota: QuotaConfig,
     /// The conditional cache (`cache:`).
     pub cache: CacheConfig,
+    /// Write an audit line per forwarded request (target `audit`).
+    pub audit: bool,
 }
 
 /// The `quota:` settings: a token bucket per credential.

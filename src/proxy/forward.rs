@@ -119,10 +119,12 @@ pub async fn send(
         Ok(Err(e)) => return Err(ProxyError::UpstreamUnreachable(error_chain(&e))),
         Ok(Ok(resp)) => resp,
     };
-    metrics
-        .upstream_seconds
-        .observe(started.elapsed().as_secs_f64());
+    let elapsed = started.elapsed();
+    metrics.upstream_seconds.observe(elapsed.as_secs_f64());
     let (mut parts, body) = resp.into_parts();
+    parts
+        .extensions
+        .insert(crate::activity::UpstreamElapsed(elapsed));
     strip_hop_by_hop(&mut parts.headers);
     Ok(Response::from_parts(parts, body))
 }

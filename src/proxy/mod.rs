@@ -48,6 +48,11 @@ impl Proxy {
         let snapshot = self.shared.snapshot.load_full();
         let mut observed =
             crate::metrics::Observed::start(&self.shared.metrics, req.method(), req.uri().path());
+        let audit = crate::activity::AuditStart::begin(&snapshot.config, &req, || {
+            clients::identify(req.headers(), &snapshot.config.clients)
+                .ok()
+                .flatten()
+        });
         let resp = match self
             .try_handle(req, conn, &snapshot, &mut observed.route)
             .await
@@ -56,6 +61,14 @@ impl Proxy {
             Err(e) => e.into_response(observed.route.as_deref()),
         };
         observed.finish(&resp);
+        self.shared.activity.observe(observed.route.as_ref(), &resp);
+        if let Some(audit) = audit {
+            let (ctx, credentials) = (snapshot.context(), &self.shared.credentials);
+            let route = observed.route.as_ref();
+            audit
+                .finish(&ctx, &snapshot.config, credentials, route, &resp)
+                .await;
+        }
         resp
     }
 

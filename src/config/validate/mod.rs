@@ -3,7 +3,11 @@
 //! Validation never stops at the first error: `check` must list them all, each
 //! naming its field, so an operator fixes a config in one pass.
 
+mod collect;
+mod hints;
+mod keys;
 mod limits;
+mod lines;
 mod network;
 mod quota;
 mod routes;
@@ -41,24 +45,40 @@ pub(super) struct Rejected {
 }
 
 pub(super) fn parse_and_validate(text: &str, base: &Path) -> Result<Config, Rejected> {
-    let raw: ConfigFile = serde_yaml::from_str(text).map_err(|e| {
-        let mut problems = vec![yaml_errors::yaml_problem(&e, text)];
-        locate_lines(&mut problems, text);
-        Rejected {
-            problems,
-            files: Vec::new(),
+    let parsed = collect::parse(text);
+    let mut found = parsed.problems;
+    let mut files = Vec::new();
+    if let Some(raw) = parsed.raw {
+        files = referenced_files(&raw, base);
+        let mut problems = Problems::default();
+        let config = build(raw, base, &mut problems);
+        if found.is_empty()
+            && problems.0.is_empty()
+            && let Some(config) = config
+        {
+            return Ok(config);
         }
-    })?;
-    let files = referenced_files(&raw, base);
-    let mut problems = Problems::default();
-    let config = build(raw, base, &mut problems);
-    let mut found = problems.0;
-    if found.is_empty()
-        && let Some(config) = config
-    {
-        return Ok(config);
+        let mut semantic: Vec<Problem> = problems
+            .0
+            .into_iter()
+            .filter(|p| !collect::is_consequence(&p.field, &parsed.reported))
+            .collect();
+        for p in &mut semantic {
+            p.line = p.line.or_else(|| lines::line_of_field(text, &p.field));
+        }
+        locate_lines(&mut semantic, text);
+        found.extend(semantic);
     }
-    locate_lines(&mut found, text);
+    if found.is_empty() {
+        // Unreachable in practice: a config that did not build said why.
+        found.push(Problem {
+            field: "(file)".into(),
+            message: "cannot be read as a config".into(),
+            line: None,
+        });
+    }
+    collect::sort(&mut found);
+    collect::name_routes(&mut found, &parsed.doc);
     Err(Rejected {
         problems: found,
         files,
@@ -199,6 +219,7 @@ fn build(raw: ConfigFile, base: &Path, problems: &mut Problems) -> Option<Config
         routes: RouteTable::new(routes),
         quota,
         cache,
+        audit: raw.audit,
     })
 }
 
@@ -296,9 +317,12 @@ fn app(
     };
     let pem = secret(&raw.private_key, "app.private_key", base, problems);
     let key = pem.as_ref().and_then(|pem| parse_key(pem, problems));
+    // Only user routes use the client secret: an installation-only config
+    // (the example as shipped) must not fail on an unset variable.
     let client_secret = raw
         .client_secret
         .as_ref()
+        .filter(|_| needs_user)
         .and_then(|s| secret(s, "app.client_secret", base, problems));
     if needs_user {
         if raw.client_id.is_none() {
@@ -326,10 +350,7 @@ fn parse_key(pem: &Secret, problems: &mut Problems) -> Option<jsonwebtoken::Enco
         Ok(k) => k,
         // The PEM parser's errors can quote the armour's label: not shown.
         Err(_) => {
-            problems.add(
-                "app.private_key",
-                "expected an RSA private key in PEM (PKCS#1 or PKCS#8)",
-            );
+            problems.add("app.private_key", keys::why_not_rsa_private(pem.expose()));
             return None;
         }
     };
