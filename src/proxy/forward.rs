@@ -104,7 +104,7 @@ pub async fn send(
     // `Result` always holds a permit.)
     let exchange = async {
         let _slot = snap.upstream_slots.acquire().await;
-        snap.upstream.forward.request(req).await
+        snap.upstream.forward(req).await
     };
     let resp = match tokio::time::timeout(timeout, exchange).await {
         Err(_) => return Err(ProxyError::UpstreamTimeout(timeout)),
