@@ -4,8 +4,9 @@
 //! # Layout
 //! The modules in the order a request meets them:
 //! - [`app`]: a running proxy: start, signals, shutdown.
-//! - [`server`]: listeners, the accept loop, connection caps and timeouts,
-//!   graceful shutdown.
+//! - [`server`]: listeners, the accept loop, the worker threads (one
+//!   single-threaded runtime per core, each serving the connections handed
+//!   to it), connection caps and timeouts, graceful shutdown.
 //! - [`proxy`]: the service: browser guards ([`proxy::guard`]), caller keys
 //!   ([`proxy::clients`]), route selection, header surgery
 //!   ([`proxy::headers`]) and the streaming forward.
@@ -18,7 +19,8 @@
 //! - [`routes`]: compiled routes, matching, path checks.
 //! - [`credentials`]: the app JWT, installation tokens, user grants and their
 //!   store, the token endpoint, the single-flight token cache.
-//! - [`upstream`]: pooled HTTP clients to the platform.
+//! - [`upstream`]: pooled HTTP clients to the platform, and each worker
+//!   thread's own upstream connections.
 //! - [`body`]: the response body type, and the caller's body on its way
 //!   upstream, watched for the caller's own faults.
 //! - [`error`]: every error the proxy answers itself, mapped in one place.

@@ -112,10 +112,10 @@ pub async fn send(
         Ok(Err(e)) if caller_fault.happened() => {
             return Err(ProxyError::BadRequest(format!(
                 "the request body could not be read: {}",
-                error_chain(&e)
+                error_chain(&*e)
             )));
         }
-        Ok(Err(e)) => return Err(ProxyError::UpstreamUnreachable(error_chain(&e))),
+        Ok(Err(e)) => return Err(ProxyError::UpstreamUnreachable(error_chain(&*e))),
         Ok(Ok(resp)) => resp,
     };
     metrics

@@ -6,6 +6,7 @@
 //! then returns.
 //!
 //! # Layout
+//! - `workers.rs`: the worker threads that serve the accepted connections.
 //! - `connection.rs`: one connection's service and watchdog (timeouts, 431).
 //! - `activity.rs`: what a connection is doing, which the watchdog reads.
 

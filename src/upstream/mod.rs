@@ -6,9 +6,13 @@
 //! per upstream configuration and reused across reloads that leave it alone.
 //!
 //! On a worker thread (see `server/workers.rs`) forwarded requests go through
-//! that thread's own forwarding pool instead, so a connection is only ever
+//! that thread's own connections instead, so a connection is only ever
 //! driven by the thread whose requests use it: no request hops threads on
 //! its way upstream and back, and no pool lock is shared between threads.
+//! To a plain-`http` upstream that is a list of HTTP/1 connections
+//! (`worker_pool.rs`); over TLS, a hyper-util client per worker.
+
+mod worker_pool;
 
 use crate::body::CallerBody;
 use crate::config::UpstreamConfig;
@@ -110,12 +114,23 @@ impl Upstream {
         })
     }
 
-    /// Sends a forwarded request: through this thread's own pool on a
-    /// worker, else through the shared one.
-    pub fn forward(&self, req: http::Request<CallerBody>) -> ResponseFuture {
+    /// Sends a forwarded request: through this thread's own connections on a
+    /// worker, else through the shared pool.
+    pub async fn forward(
+        &self,
+        req: http::Request<CallerBody>,
+    ) -> Result<http::Response<hyper::body::Incoming>, worker_pool::BoxError> {
         if !ON_WORKER.get() {
-            return self.forward.request(req);
+            return Ok(self.forward.request(req).await?);
         }
+        if self.config.scheme == http::uri::Scheme::HTTP {
+            return worker_pool::send(self, req).await;
+        }
+        Ok(self.worker_client(req).await?)
+    }
+
+    /// This worker's own hyper-util client for this upstream.
+    fn worker_client(&self, req: http::Request<CallerBody>) -> ResponseFuture {
         WORKER_POOLS.with_borrow_mut(|pools| {
             let mine = |(owner, _): &(Weak<()>, ForwardPool)| {
                 std::ptr::eq(owner.as_ptr(), Arc::as_ptr(&self.alive))
