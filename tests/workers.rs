@@ -1,6 +1,7 @@
 //! Thread per core: the binary serves on `ATOMGIT_PROXY_WORKERS` worker
 //! threads, spreads connections over all of them, and drains every one on
-//! SIGTERM; `0` serves on the main runtime.
+//! SIGTERM; `0` serves on the main runtime; a worker's own upstream
+//! connections follow a reload to a new upstream.
 
 mod common;
 
@@ -20,7 +21,7 @@ const ROUTES: &str = "
 /// What `ps` shows for a worker thread (`comm` keeps 15 bytes).
 const WORKER_COMM: &str = "atomgit-proxy-w";
 
-fn serve(dir: &Path, upstream: &str, listen: &str, workers: &str) -> Child {
+fn write_config(dir: &Path, upstream: &str, listen: &str) -> std::path::PathBuf {
     std::fs::write(dir.join("app.pem"), private_key_pem()).unwrap();
     let text = config_yaml_with(
         listen,
@@ -31,6 +32,11 @@ fn serve(dir: &Path, upstream: &str, listen: &str, workers: &str) -> Child {
     );
     let config = dir.join("config.yaml");
     std::fs::write(&config, text).unwrap();
+    config
+}
+
+fn serve(dir: &Path, upstream: &str, listen: &str, workers: &str) -> Child {
+    let config = write_config(dir, upstream, listen);
     Command::new(env!("CARGO_BIN_EXE_atomgit-proxy"))
         .args(["--log-format", "json", "serve", "-c"])
         .arg(&config)
@@ -152,4 +158,55 @@ async fn zero_workers_serve_on_the_main_runtime() {
     let reply = get(&addr, "/slow/10").await.unwrap();
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
     fake.shutdown();
+}
+
+fn reloads_ok(metrics: &str) -> u64 {
+    metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("atomgit_proxy_config_reloads_total") && l.contains("outcome=\"ok\"")
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_reload_to_another_upstream_leaves_the_workers_old_connections() {
+    let old = start_fake(&[(14, "yanqianyu")], Duration::from_secs(3600)).await;
+    let new = start_fake(&[(14, "yanqianyu")], Duration::from_secs(3600)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", dead_port());
+    // One worker: the request after the reload meets the kept connection.
+    let child = serve(dir.path(), &old.url(), &addr, "1");
+    wait_healthy(&addr).await;
+    assert_eq!(get(&addr, "/slow/1").await.unwrap().status, StatusCode::OK);
+
+    write_config(dir.path(), &new.url(), &addr);
+    // The watcher sees the edit; SIGHUP makes sure.
+    let hup = std::process::Command::new("kill")
+        .args(["-s", "HUP", &child.id().unwrap().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    bounded(10, "the reload", async {
+        while reloads_ok(&get(&addr, "/_proxy/metrics").await.unwrap().text()) < 1 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    get(&addr, "/slow/2").await.unwrap();
+    let seen = |fake: &atomgit_fake::FakeAtomGit, path: &str| {
+        fake.api_requests().iter().any(|r| r.path == path)
+    };
+    assert!(
+        seen(&new, "/slow/2"),
+        "the new upstream did not get the request"
+    );
+    assert!(
+        !seen(&old, "/slow/2"),
+        "the old upstream's connection was reused"
+    );
+    drop(child);
+    old.shutdown();
+    new.shutdown();
 }
