@@ -4,8 +4,9 @@
 //! # Layout
 //! The modules in the order a request meets them:
 //! - [`app`]: a running proxy: start, signals, shutdown.
-//! - [`server`]: listeners, the accept loop, connection caps and timeouts,
-//!   graceful shutdown.
+//! - [`server`]: listeners, the accept loop, the worker threads (one
+//!   single-threaded runtime per core, each serving the connections handed
+//!   to it), connection caps and timeouts, graceful shutdown.
 //! - [`proxy`]: the service: browser guards ([`proxy::guard`]), caller keys
 //!   ([`proxy::clients`]), route selection, header surgery
 //!   ([`proxy::headers`]), the quota and cache around each exchange
@@ -26,7 +27,8 @@
 //! - [`store`]: the state replicas share behind one trait: the grant file,
 //!   or Redis for a fleet (grants with compare-and-set, refresh and mint
 //!   locks, logins, shared installation tokens, encryption at rest).
-//! - [`upstream`]: pooled HTTP clients to the platform.
+//! - [`upstream`]: pooled HTTP clients to the platform, and each worker
+//!   thread's own upstream connections.
 //! - [`body`]: the response body type, and the caller's body on its way
 //!   upstream, watched for the caller's own faults; [`body::tee`] streams an
 //!   answer while copying it for the cache.

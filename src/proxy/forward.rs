@@ -105,7 +105,7 @@ pub async fn send(
     // `Result` always holds a permit.)
     let exchange = async {
         let _slot = snap.upstream_slots.acquire().await;
-        snap.upstream.forward.request(req).await
+        snap.upstream.forward(req).await
     };
     let resp = match tokio::time::timeout(timeout, exchange).await {
         Err(_) => return Err(ProxyError::UpstreamTimeout(timeout)),
@@ -113,10 +113,10 @@ pub async fn send(
         Ok(Err(e)) if caller_fault.happened() => {
             return Err(ProxyError::BadRequest(format!(
                 "the request body could not be read: {}",
-                error_chain(&e)
+                error_chain(&*e)
             )));
         }
-        Ok(Err(e)) => return Err(ProxyError::UpstreamUnreachable(error_chain(&e))),
+        Ok(Err(e)) => return Err(ProxyError::UpstreamUnreachable(error_chain(&*e))),
         Ok(Ok(resp)) => resp,
     };
     let elapsed = started.elapsed();

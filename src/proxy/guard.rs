@@ -17,7 +17,7 @@ use crate::config::BrowserPolicy;
 use crate::error::ProxyError;
 use crate::routes::strip_port;
 use http::header::ORIGIN;
-use http::{HeaderMap, Method};
+use http::{HeaderMap, HeaderName, Method};
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// Headers through which frameworks let a `POST` act as another method; the
@@ -27,6 +27,13 @@ pub const METHOD_OVERRIDES: [&str; 3] = [
     "x-http-method-override",
     "x-http-method",
     "x-method-override",
+];
+
+/// [`METHOD_OVERRIDES`] as header names, so that looking them up parses nothing.
+static OVERRIDE_HEADERS: [HeaderName; 3] = [
+    HeaderName::from_static(METHOD_OVERRIDES[0]),
+    HeaderName::from_static(METHOD_OVERRIDES[1]),
+    HeaderName::from_static(METHOD_OVERRIDES[2]),
 ];
 
 /// The endpoints that browsers reach by the platform's redirect.
@@ -72,8 +79,8 @@ pub fn refuse_method(method: &Method) -> Result<(), ProxyError> {
 /// without allocating, when none is sent: the common case.
 pub fn method_overrides(headers: &HeaderMap) -> Result<Vec<Method>, ProxyError> {
     let mut found = Vec::new();
-    for name in METHOD_OVERRIDES {
-        for value in headers.get_all(name) {
+    for (name, header) in METHOD_OVERRIDES.iter().zip(&OVERRIDE_HEADERS) {
+        for value in headers.get_all(header) {
             let text = value.to_str().map_err(|_| bad_override(name))?;
             for item in text.split(',').map(str::trim).filter(|i| !i.is_empty()) {
                 let method = Method::from_bytes(item.to_ascii_uppercase().as_bytes())

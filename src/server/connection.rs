@@ -9,7 +9,8 @@
 //! late head is dropped at once: a graceful close would go on reading it.
 
 use super::Stream;
-use super::activity::{Activity, Expiry, Held, Timeouts, Watched};
+use super::activity::{self, Activity, Expiry, Timeouts, Watched};
+use super::workers::Load;
 use crate::error::ProxyError;
 use crate::proxy::{ConnInfo, Proxy};
 use http::{Request, Version};
@@ -38,11 +39,33 @@ pub(super) struct Settings {
     pub shutdown_grace: Duration,
 }
 
-/// The connection's place under `limits.max_connections`, and its count in
-/// the open-connections gauge; both given back when the task ends, however
-/// it ends.
-struct Slot {
+/// What a connection holds until it closes: its place under
+/// `limits.max_connections` and, on a worker, its count in that worker's load.
+pub(super) struct Held {
     _permit: OwnedSemaphorePermit,
+    _load: Option<Load>,
+}
+
+impl Held {
+    pub fn new(permit: OwnedSemaphorePermit) -> Held {
+        Held {
+            _permit: permit,
+            _load: None,
+        }
+    }
+
+    pub fn on_worker(self, load: Load) -> Held {
+        Held {
+            _load: Some(load),
+            ..self
+        }
+    }
+}
+
+/// What a connection holds, and its count in the open-connections gauge;
+/// all given back when the task ends, however it ends.
+struct Slot {
+    _held: Held,
     open: Gauge,
 }
 
@@ -55,7 +78,7 @@ impl Drop for Slot {
 /// Serves `io` on its own task until it closes.
 pub(super) fn spawn(
     io: Stream,
-    permit: OwnedSemaphorePermit,
+    held: Held,
     builder: &auto::Builder<TokioExecutor>,
     proxy: &Proxy,
     info: ConnInfo,
@@ -64,10 +87,7 @@ pub(super) fn spawn(
 ) {
     let open = proxy.shared().metrics.open_connections.clone();
     open.inc();
-    let slot = Slot {
-        _permit: permit,
-        open,
-    };
+    let slot = Slot { _held: held, open };
     let activity = Activity::new();
     let service = {
         let (proxy, activity) = (proxy.clone(), activity.clone());
@@ -83,7 +103,7 @@ pub(super) fn spawn(
                 } else {
                     proxy.handle(req, &info).await
                 };
-                Ok::<_, Infallible>(resp.map(|body| Held::new(body, in_flight)))
+                Ok::<_, Infallible>(resp.map(|body| activity::Held::new(body, in_flight)))
             }
         })
     };

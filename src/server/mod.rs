@@ -6,11 +6,15 @@
 //! then returns.
 //!
 //! # Layout
+//! - `workers.rs`: the worker threads that serve the accepted connections.
 //! - `connection.rs`: one connection's service and watchdog (timeouts, 431).
 //! - `activity.rs`: what a connection is doing, which the watchdog reads.
 
 mod activity;
 mod connection;
+mod workers;
+
+pub use workers::{WORKERS_ENV, count as worker_count};
 
 use crate::config::ListenAddr;
 use crate::proxy::{ConnInfo, Proxy};
@@ -121,13 +125,18 @@ pub async fn run(
     let cap = limits.max_connections.clamp(1, MAX_CONNECTIONS_CAP);
     let slots = Arc::new(Semaphore::new(cap));
     let (stop_tx, stop_rx) = watch::channel(false);
+    let serve = workers::Serve {
+        proxy,
+        settings,
+        stop: stop_rx.clone(),
+    };
+    let workers = Arc::new(workers::Workers::start(workers::count(), serve));
     let mut loops = tokio::task::JoinSet::new();
     for listener in listeners {
         loops.spawn(accept_loop(
             listener,
-            proxy.clone(),
+            workers.clone(),
             slots.clone(),
-            settings,
             stop_rx.clone(),
         ));
     }
@@ -143,6 +152,10 @@ pub async fn run(
             grace_s = grace.as_secs(),
             "in-flight requests did not finish within the grace period; closing them"
         );
+    }
+    // The accept loops are done, so this is the last reference.
+    if let Some(workers) = Arc::into_inner(workers) {
+        workers.finish().await;
     }
 }
 
@@ -182,12 +195,10 @@ const H2_HEADER_OVERHEAD_ALLOWANCE: usize = 32 * 128;
 /// kernel's backlog, where they cost nothing and hurt no open connection.
 async fn accept_loop(
     listener: Listener,
-    proxy: Proxy,
+    workers: Arc<workers::Workers>,
     slots: Arc<Semaphore>,
-    settings: connection::Settings,
     mut stop: watch::Receiver<bool>,
 ) {
-    let builder = builder(&settings);
     let local = match &listener {
         Listener::Tcp(l) => l.local_addr().ok(),
         Listener::Unix(..) => None,
@@ -216,7 +227,7 @@ async fn accept_loop(
             }
         };
         let info = ConnInfo { local };
-        connection::spawn(io, permit, &builder, &proxy, info, settings, stop.clone());
+        workers.assign(io, connection::Held::new(permit), info);
     }
     if let Listener::Unix(_, path) = &listener {
         let _ = std::fs::remove_file(path);

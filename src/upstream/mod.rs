@@ -4,15 +4,26 @@
 //! pools: one for forwarded requests, whose bodies stream straight from the
 //! caller, and one for the proxy's own small token calls. Both are built once
 //! per upstream configuration and reused across reloads that leave it alone.
+//!
+//! On a worker thread (see `server/workers.rs`) forwarded requests go through
+//! that thread's own connections instead, so a connection is only ever
+//! driven by the thread whose requests use it: no request hops threads on
+//! its way upstream and back, and no pool lock is shared between threads.
+//! To a plain-`http` upstream that is a list of HTTP/1 connections
+//! (`worker_pool.rs`); over TLS, a hyper-util client per worker.
+
+mod worker_pool;
 
 use crate::body::CallerBody;
 use crate::config::UpstreamConfig;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use std::cell::{Cell, RefCell};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 type Connector = HttpsConnector<HttpConnector>;
@@ -28,10 +39,39 @@ pub struct Upstream {
     pub host_header: http::HeaderValue,
     /// `{origin}{base_path}`: what `Link`/`Location` rewriting looks for.
     pub base_url: String,
-    /// Forwarding pool: request bodies are the callers' streams, watched.
-    pub forward: Client<Connector, CallerBody>,
+    /// Forwarding pool off the worker threads: request bodies are the
+    /// callers' streams, watched.
+    forward: Client<Connector, CallerBody>,
     /// Token-call pool: small, fully known bodies.
     api: Client<Connector, Full<Bytes>>,
+    /// What a worker's own forwarding pool is built with.
+    connector: Connector,
+    /// Identifies these clients in the workers' pools; a pool whose
+    /// `Upstream` is gone (a reload replaced it) is dropped.
+    alive: Arc<()>,
+}
+
+/// A forwarding pool on one worker thread.
+type ForwardPool = Client<Connector, CallerBody>;
+
+thread_local! {
+    /// Set on the worker threads, whose forwarded requests use their own pools.
+    static ON_WORKER: Cell<bool> = const { Cell::new(false) };
+    /// This worker's forwarding pools, one per live `Upstream` (one, except
+    /// just after a reload that changed the upstream).
+    static WORKER_POOLS: RefCell<Vec<(Weak<()>, ForwardPool)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Makes this thread's forwarded requests use pools of its own.
+pub fn mark_worker_thread() {
+    ON_WORKER.set(true);
+}
+
+fn forward_pool(connector: Connector) -> ForwardPool {
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_timer(TokioTimer::new())
+        .build(connector)
 }
 
 /// Why an upstream call failed before a response arrived.
@@ -56,14 +96,11 @@ pub struct ApiResponse {
 impl Upstream {
     pub fn new(config: UpstreamConfig) -> Result<Upstream, String> {
         let connector = connector(&config)?;
-        let forward = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_timer(TokioTimer::new())
-            .build(connector.clone());
+        let forward = forward_pool(connector.clone());
         let api = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_timer(TokioTimer::new())
-            .build(connector);
+            .build(connector.clone());
         let host_header =
             http::HeaderValue::from_str(config.authority.as_str()).map_err(|e| e.to_string())?;
         Ok(Upstream {
@@ -72,6 +109,42 @@ impl Upstream {
             config,
             forward,
             api,
+            connector,
+            alive: Arc::new(()),
+        })
+    }
+
+    /// Sends a forwarded request: through this thread's own connections on a
+    /// worker, else through the shared pool.
+    pub async fn forward(
+        &self,
+        req: http::Request<CallerBody>,
+    ) -> Result<http::Response<hyper::body::Incoming>, worker_pool::BoxError> {
+        if !ON_WORKER.get() {
+            return Ok(self.forward.request(req).await?);
+        }
+        if self.config.scheme == http::uri::Scheme::HTTP {
+            return worker_pool::send(self, req).await;
+        }
+        Ok(self.worker_client(req).await?)
+    }
+
+    /// This worker's own hyper-util client for this upstream.
+    fn worker_client(&self, req: http::Request<CallerBody>) -> ResponseFuture {
+        WORKER_POOLS.with_borrow_mut(|pools| {
+            let mine = |(owner, _): &(Weak<()>, ForwardPool)| {
+                std::ptr::eq(owner.as_ptr(), Arc::as_ptr(&self.alive))
+            };
+            if let Some((_, pool)) = pools.iter().find(|p| mine(p)) {
+                return pool.request(req);
+            }
+            // First request here since this upstream was built: forget the
+            // pools of upstreams that are gone, and make this one's.
+            pools.retain(|(owner, _)| owner.strong_count() > 0);
+            let pool = forward_pool(self.connector.clone());
+            let fut = pool.request(req);
+            pools.push((Arc::downgrade(&self.alive), pool));
+            fut
         })
     }
 

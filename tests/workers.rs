@@ -1,0 +1,212 @@
+//! Thread per core: the binary serves on `ATOMGIT_PROXY_WORKERS` worker
+//! threads, spreads connections over all of them, and drains every one on
+//! SIGTERM; `0` serves on the main runtime; a worker's own upstream
+//! connections follow a reload to a new upstream.
+
+mod common;
+
+use common::*;
+use http::StatusCode;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::process::{Child, Command};
+
+const ROUTES: &str = "
+- name: slow
+  match: { path_prefix: /slow }
+  installation: { id: 14 }
+";
+
+/// What `ps` shows for a worker thread (`comm` keeps 15 bytes).
+const WORKER_COMM: &str = "atomgit-proxy-w";
+
+fn write_config(dir: &Path, upstream: &str, listen: &str) -> std::path::PathBuf {
+    std::fs::write(dir.join("app.pem"), private_key_pem()).unwrap();
+    let text = config_yaml_with(
+        listen,
+        upstream,
+        "private_key: { file: app.pem }",
+        "",
+        ROUTES,
+    );
+    let config = dir.join("config.yaml");
+    std::fs::write(&config, text).unwrap();
+    config
+}
+
+fn serve(dir: &Path, upstream: &str, listen: &str, workers: &str) -> Child {
+    let config = write_config(dir, upstream, listen);
+    Command::new(env!("CARGO_BIN_EXE_atomgit-proxy"))
+        .args(["--log-format", "json", "serve", "-c"])
+        .arg(&config)
+        .env("ATOMGIT_PROXY_WORKERS", workers)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+async fn get(addr: &str, path: &str) -> Option<Reply> {
+    let url = format!("http://{addr}{path}");
+    try_send(&client(), request(http::Method::GET, &url, &[], full("")))
+        .await
+        .ok()
+}
+
+async fn wait_healthy(addr: &str) {
+    bounded(30, "the proxy to come up", async {
+        while get(addr, "/_proxy/healthz")
+            .await
+            .is_none_or(|r| r.status != StatusCode::OK)
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+}
+
+/// Each worker thread's id and how often it has woken up (`voluntary_ctxt_switches`):
+/// an idle worker sleeps in `epoll_wait`, so the count only moves when it serves.
+fn workers_of(pid: u32) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let task = task.unwrap().path();
+        let comm = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
+        if comm.trim() != WORKER_COMM {
+            continue;
+        }
+        let status = std::fs::read_to_string(task.join("status")).unwrap_or_default();
+        let wakeups = status
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        out.push((task.display().to_string(), wakeups));
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn every_worker_serves_and_sigterm_drains_them_all() {
+    let fake = start_fake(&[(14, "yanqianyu")], Duration::from_secs(3600)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", dead_port());
+    let mut child = serve(dir.path(), &fake.url(), &addr, "3");
+    let pid = child.id().unwrap();
+    wait_healthy(&addr).await;
+    let before = workers_of(pid);
+    assert_eq!(before.len(), 3, "worker threads: {before:?}");
+
+    // Six connections at once, each with a slow request: two per worker.
+    let requests: Vec<_> = (0..6)
+        .map(|_| {
+            let addr = addr.clone();
+            tokio::spawn(async move { get(&addr, "/slow/1500").await })
+        })
+        .collect();
+    bounded(10, "the slow requests reach the fake", async {
+        while fake
+            .api_requests()
+            .iter()
+            .filter(|r| r.path == "/slow/1500")
+            .count()
+            < 6
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let during = workers_of(pid);
+    for ((task, was), (_, now)) in before.iter().zip(&during) {
+        assert!(
+            now > was,
+            "worker {task} served nothing: {before:?} -> {during:?}"
+        );
+    }
+
+    // SIGTERM with requests in flight on every worker: all of them finish.
+    let ok = std::process::Command::new("kill")
+        .args(["-s", "TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    for request in requests {
+        let reply = bounded(20, "an in-flight request", request)
+            .await
+            .unwrap()
+            .expect("an answer, not a dropped connection");
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    }
+    let status = bounded(20, "the proxy to exit", child.wait())
+        .await
+        .unwrap();
+    assert!(status.success(), "exit status {status:?}");
+    fake.shutdown();
+}
+
+#[tokio::test]
+async fn zero_workers_serve_on_the_main_runtime() {
+    let fake = start_fake(&[(14, "yanqianyu")], Duration::from_secs(3600)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", dead_port());
+    let child = serve(dir.path(), &fake.url(), &addr, "0");
+    wait_healthy(&addr).await;
+    assert!(workers_of(child.id().unwrap()).is_empty());
+    let reply = get(&addr, "/slow/10").await.unwrap();
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    fake.shutdown();
+}
+
+fn reloads_ok(metrics: &str) -> u64 {
+    metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("atomgit_proxy_config_reloads_total") && l.contains("outcome=\"ok\"")
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_reload_to_another_upstream_leaves_the_workers_old_connections() {
+    let old = start_fake(&[(14, "yanqianyu")], Duration::from_secs(3600)).await;
+    let new = start_fake(&[(14, "yanqianyu")], Duration::from_secs(3600)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", dead_port());
+    // One worker: the request after the reload meets the kept connection.
+    let child = serve(dir.path(), &old.url(), &addr, "1");
+    wait_healthy(&addr).await;
+    assert_eq!(get(&addr, "/slow/1").await.unwrap().status, StatusCode::OK);
+
+    write_config(dir.path(), &new.url(), &addr);
+    // The watcher sees the edit; SIGHUP makes sure.
+    let hup = std::process::Command::new("kill")
+        .args(["-s", "HUP", &child.id().unwrap().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    bounded(10, "the reload", async {
+        while reloads_ok(&get(&addr, "/_proxy/metrics").await.unwrap().text()) < 1 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    get(&addr, "/slow/2").await.unwrap();
+    let seen = |fake: &atomgit_fake::FakeAtomGit, path: &str| {
+        fake.api_requests().iter().any(|r| r.path == path)
+    };
+    assert!(
+        seen(&new, "/slow/2"),
+        "the new upstream did not get the request"
+    );
+    assert!(
+        !seen(&old, "/slow/2"),
+        "the old upstream's connection was reused"
+    );
+    drop(child);
+    old.shutdown();
+    new.shutdown();
+}
