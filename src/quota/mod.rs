@@ -8,22 +8,26 @@
 //!   a request sleeps once until its slot, in arrival order, up to
 //!   `quota.max_wait`; a caller that hangs up gives its slot back.
 //!
-//! The state lives behind [`backend::QuotaBackend`]: per process today
-//! ([`backend::LocalBackend`]); a Redis backend shares it across a fleet.
+//! The state lives behind [`backend::QuotaBackend`]: per process
+//! ([`backend::LocalBackend`]), or shared by a fleet in Redis when
+//! `store.redis` is configured ([`redis_backend::RedisBackend`]).
 //!
 //! # Layout
 //! - [`budget`]: `x-ratelimit-*` and `Retry-After`, and when they block.
 //! - [`bucket`]: the GCRA slot arithmetic.
 //! - [`backend`]: the backend interface and the in-process store.
+//! - [`redis_backend`]: the fleet's shared bucket and budget (Lua scripts).
 //! - [`metrics`]: the quota and cache metrics.
 
 pub mod backend;
 pub mod bucket;
 pub mod budget;
 pub mod metrics;
+pub mod redis_backend;
+mod redis_scripts;
 
 use crate::credentials::CacheKey;
-use backend::{LocalBackend, QuotaBackend};
+use backend::{LocalBackend, QuotaBackend, Refusal};
 pub use bucket::Rate;
 pub use budget::RateLimit;
 use http::{HeaderMap, StatusCode};
@@ -106,13 +110,28 @@ impl Quota {
         Quota { backend }
     }
 
+    /// The quota for `snap`: shared by the fleet in Redis when the store is
+    /// Redis, else per process.
+    pub fn for_snapshot(snap: &crate::state::Snapshot) -> Quota {
+        let conn = snap.store.as_ref().and_then(|s| s.redis());
+        match (conn, &snap.config.store_redis) {
+            (Some(conn), Some(redis)) => {
+                Quota::with_backend(Arc::new(redis_backend::RedisBackend::new(
+                    conn,
+                    crate::store::keys::Keys::new(&redis.key_prefix),
+                )))
+            }
+            _ => Quota::default(),
+        }
+    }
+
     /// Refuses the request while the credential's budget is spent.
     pub async fn check_budget(
         &self,
         key: &CacheKey,
         metrics: &QuotaMetrics,
     ) -> Result<(), Rejected> {
-        match self.backend.blocked(key).await {
+        match self.backend.blocked(key) {
             None => Ok(()),
             Some(blocked) => Err(reject(
                 metrics,
@@ -125,30 +144,42 @@ impl Quota {
     }
 
     /// Waits for the request's slot in the credential's bucket (`rate` is
-    /// `None` when smoothing is off). Dropping the future while it sleeps
-    /// gives the slot back.
+    /// `None` when smoothing is off), refusing it when the backend knows the
+    /// budget is spent (a fleet learns it here, in the same round trip).
+    /// Dropping the future while it sleeps gives the slot back.
     pub async fn wait_turn(
         &self,
         key: &CacheKey,
         rate: Option<Rate>,
         metrics: &QuotaMetrics,
     ) -> Result<(), Rejected> {
-        let Some(rate) = rate else {
-            return Ok(());
-        };
         let started = tokio::time::Instant::now();
         let slot = match self.backend.reserve(key, rate).await {
-            Ok(slot) => slot,
-            Err(short) => {
+            Ok(Some(slot)) => slot,
+            Ok(None) => return Ok(()),
+            Err(Refusal::Blocked(blocked)) => {
+                return Err(reject(
+                    metrics,
+                    key,
+                    RejectReason::Budget,
+                    blocked.for_,
+                    blocked.last,
+                ));
+            }
+            Err(Refusal::Full(short)) => {
                 // The first slot free is `max_wait + short` away.
+                let max_wait = rate.map_or(Duration::ZERO, |r| r.max_wait);
                 return Err(reject(
                     metrics,
                     key,
                     RejectReason::MaxWait,
-                    rate.max_wait + short,
+                    max_wait + short,
                     None,
                 ));
             }
+        };
+        let Some(rate) = rate else {
+            return Ok(());
         };
         if slot.at > started {
             let mut held = HeldSlot {
