@@ -88,7 +88,13 @@ pub struct CredentialQuota {
 
 /// The quota of every credential.
 pub struct Quota {
+    current: arc_swap::ArcSwap<Current>,
+}
+
+/// The backend in use, and the store it follows (`None`: per process).
+struct Current {
     backend: Arc<dyn QuotaBackend>,
+    store: Option<String>,
 }
 
 impl Default for Quota {
@@ -107,22 +113,40 @@ pub fn label(key: &CacheKey) -> String {
 
 impl Quota {
     pub fn with_backend(backend: Arc<dyn QuotaBackend>) -> Quota {
-        Quota { backend }
+        let current = Current {
+            backend,
+            store: None,
+        };
+        Quota {
+            current: arc_swap::ArcSwap::from_pointee(current),
+        }
     }
 
     /// The quota for `snap`: shared by the fleet in Redis when the store is
     /// Redis, else per process.
     pub fn for_snapshot(snap: &crate::state::Snapshot) -> Quota {
-        let conn = snap.store.as_ref().and_then(|s| s.redis());
-        match (conn, &snap.config.store_redis) {
-            (Some(conn), Some(redis)) => {
-                Quota::with_backend(Arc::new(redis_backend::RedisBackend::new(
-                    conn,
-                    crate::store::keys::Keys::new(&redis.key_prefix),
-                )))
-            }
-            _ => Quota::default(),
+        let quota = Quota::default();
+        quota.follow(snap);
+        quota
+    }
+
+    /// Moves to `snap`'s store when a reload changed it (what was learned
+    /// starts over there); keeps everything when it did not.
+    pub fn follow(&self, snap: &crate::state::Snapshot) {
+        let shared = redis_backend::RedisBackend::for_snapshot(snap);
+        let store = shared.as_ref().map(|(identity, _)| identity.clone());
+        if self.current.load().store == store {
+            return;
         }
+        let backend: Arc<dyn QuotaBackend> = match shared {
+            Some((_, redis)) => Arc::new(redis),
+            None => Arc::new(LocalBackend::default()),
+        };
+        self.current.store(Arc::new(Current { backend, store }));
+    }
+
+    fn backend(&self) -> Arc<dyn QuotaBackend> {
+        self.current.load().backend.clone()
     }
 
     /// Refuses the request while the credential's budget is spent.
@@ -131,7 +155,7 @@ impl Quota {
         key: &CacheKey,
         metrics: &QuotaMetrics,
     ) -> Result<(), Rejected> {
-        match self.backend.blocked(key) {
+        match self.backend().blocked(key) {
             None => Ok(()),
             Some(blocked) => Err(reject(
                 metrics,
@@ -154,7 +178,8 @@ impl Quota {
         metrics: &QuotaMetrics,
     ) -> Result<(), Rejected> {
         let started = tokio::time::Instant::now();
-        let slot = match self.backend.reserve(key, rate).await {
+        let backend = self.backend();
+        let slot = match backend.reserve(key, rate).await {
             Ok(Some(slot)) => slot,
             Ok(None) => return Ok(()),
             Err(Refusal::Blocked(blocked)) => {
@@ -183,7 +208,7 @@ impl Quota {
         };
         if slot.at > started {
             let mut held = HeldSlot {
-                backend: &*self.backend,
+                backend: &*backend,
                 key,
                 rate,
                 slot: Some(slot),
@@ -211,7 +236,7 @@ impl Quota {
         if seen.is_none() && retry_after.is_none() {
             return;
         }
-        self.backend.record(key, status, seen, retry_after).await;
+        self.backend().record(key, status, seen, retry_after).await;
         if let Some(seen) = seen {
             let label = CredentialLabel {
                 credential: label(key),
@@ -237,7 +262,7 @@ impl Quota {
     pub fn snapshot(&self) -> Vec<CredentialQuota> {
         let now = SystemTime::now();
         let mut all: Vec<CredentialQuota> = self
-            .backend
+            .backend()
             .budgets()
             .into_iter()
             .map(|(key, b)| {

@@ -89,6 +89,15 @@ impl RedisBackend {
         }
     }
 
+    /// The shared backend `snap`'s store calls for, with the store's
+    /// identity; `None` without `store.redis`.
+    pub fn for_snapshot(snap: &crate::state::Snapshot) -> Option<(String, RedisBackend)> {
+        let store = snap.store.as_ref()?;
+        let prefix = &snap.config.store_redis.as_ref()?.key_prefix;
+        let backend = RedisBackend::new(store.redis()?, Keys::new(prefix));
+        Some((store.identity().to_owned(), backend))
+    }
+
     fn usable(&self) -> bool {
         let paused = self.paused_until.lock().unwrap_or_else(|p| p.into_inner());
         paused.is_none_or(|until| Instant::now() >= until)
