@@ -364,3 +364,44 @@ async fn with_redis_down_each_replica_still_spaces_its_own_requests() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_reload_onto_redis_moves_the_quota_there() {
+    bounded(30, "the quota follows the store", async {
+        let redis = RedisServer::start().await;
+        let fake = start_fleet_fake(fake_oauth(HOUR), HOUR).await;
+        let fleet = Fleet::start(1, &fake, &redis.url(), PREFIX).await;
+        let config = atomgit_proxy::config::Config::load(fleet.config(0)).expect("a config");
+        let snap = atomgit_proxy::state::Snapshot::build(config, None).expect("a snapshot");
+        let metrics = atomgit_proxy::quota::metrics::QuotaMetrics::register(
+            &mut prometheus_client::registry::Registry::default(),
+        );
+        // Another replica saw the budget spent.
+        let reset = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 60;
+        let spent = RateLimit {
+            remaining: Some(0),
+            reset: Some(reset),
+            ..RateLimit::default()
+        };
+        let other = backend(&redis).await;
+        other
+            .record(&key(14), StatusCode::OK, Some(spent), None)
+            .await;
+        // Started without store.redis: this process knows nothing of it.
+        let quota = atomgit_proxy::quota::Quota::default();
+        assert!(quota.wait_turn(&key(14), None, &metrics).await.is_ok());
+        // A reload onto the Redis store: the fleet's budget applies.
+        quota.follow(&snap);
+        let refused = quota.wait_turn(&key(14), None, &metrics).await;
+        assert!(refused.is_err(), "the shared budget is spent");
+        // Following the same store again keeps what was learned.
+        quota.follow(&snap);
+        assert!(quota.check_budget(&key(14), &metrics).await.is_err());
+        fleet.shutdown().await;
+    })
+    .await;
+}
