@@ -12,7 +12,8 @@
 //!   ([`proxy::headers`]), the quota and cache around each exchange
 //!   (`proxy::spend`) and the streaming forward.
 //! - [`quota`]: each credential's budget as the platform reports it, and
-//!   the token bucket that spaces its requests, behind a backend interface.
+//!   the token bucket that spaces its requests, behind a backend interface:
+//!   per process, or shared by a fleet in Redis (`quota::redis_backend`).
 //! - [`cache`]: the conditional cache (revalidated 200s from 304s) and the
 //!   sharing of identical GETs in flight.
 //! - [`state`]: what every request shares: the current snapshot behind

@@ -77,6 +77,7 @@ pub fn reload(shared: &Shared) -> Result<(), String> {
             }
             let listen_changed = next.config.listen != current.config.listen;
             let app = next.config.app.fingerprint;
+            shared.quota.follow(&next);
             shared.snapshot.store(Arc::new(next));
             // Tokens minted under another app identity must not be used
             // again; everything else is kept, so a reload mints nothing.

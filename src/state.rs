@@ -109,12 +109,13 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(snapshot: Snapshot) -> Arc<Shared> {
+        let quota = crate::quota::Quota::for_snapshot(&snapshot);
         Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             credentials: Credentials::default(),
             metrics: Metrics::default(),
             reload: Mutex::new(ReloadStatus::default()),
-            quota: Default::default(),
+            quota,
             activity: Default::default(),
         })
     }

@@ -3,9 +3,8 @@
 //! [`QuotaBackend`] is what the proxy asks: reserve a slot in a credential's
 //! bucket, give one back, record an answer's `x-ratelimit-*`, and whether a
 //! credential is held back. [`LocalBackend`] keeps that state in this
-//! process. A fleet sharing one budget plugs in a Redis backend behind the
-//! same trait (the GCRA of `bucket.rs` as one Lua script, the budget as a
-//! hash per credential); nothing above this file changes.
+//! process; a fleet sharing one budget uses the Redis backend
+//! (`redis_backend.rs`) behind the same trait.
 
 use super::bucket::{Gcra, Rate, Slot};
 use super::budget::{Blocked, Budget, RateLimit};
@@ -16,15 +15,27 @@ use http::StatusCode;
 use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
+/// Why [`QuotaBackend::reserve`] let a request not go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The credential's budget is spent (as the whole fleet knows it).
+    Blocked(Blocked),
+    /// No slot within `rate.max_wait`: the next is this much past it.
+    Full(Duration),
+}
+
 /// The quota state behind the proxy, per credential.
 pub trait QuotaBackend: Send + Sync + 'static {
-    /// Reserves the credential's next slot: `Ok` with when the request may
-    /// go, or `Err` with how long past `rate.max_wait` the next slot is.
+    /// Admits a request: refuses it while the credential is blocked, else
+    /// reserves its slot in the bucket (`rate` is `None` when smoothing is
+    /// off: `Ok(None)`). A shared backend does both in one round trip, so
+    /// this is the authoritative check; [`QuotaBackend::blocked`] is the
+    /// cheap early one.
     fn reserve<'a>(
         &'a self,
         credential: &'a CacheKey,
-        rate: Rate,
-    ) -> BoxFuture<'a, Result<Slot, Duration>>;
+        rate: Option<Rate>,
+    ) -> BoxFuture<'a, Result<Option<Slot>, Refusal>>;
 
     /// Gives back a slot its caller left before reaching. Called from
     /// `Drop`, so it cannot wait: a remote backend sends it in the background.
@@ -39,8 +50,9 @@ pub trait QuotaBackend: Send + Sync + 'static {
         retry_after: Option<Duration>,
     ) -> BoxFuture<'a, ()>;
 
-    /// `Some` while the credential's requests can only fail upstream.
-    fn blocked<'a>(&'a self, credential: &'a CacheKey) -> BoxFuture<'a, Option<Blocked>>;
+    /// `Some` while the credential's requests can only fail upstream, as far
+    /// as this process knows without asking anyone (no I/O).
+    fn blocked(&self, credential: &CacheKey) -> Option<Blocked>;
 
     /// What is known of every credential's budget, for readiness and status.
     fn budgets(&self) -> Vec<(CacheKey, Budget)>;
@@ -62,12 +74,20 @@ pub struct LocalBackend {
     states: DashMap<CacheKey, State>,
 }
 
-impl QuotaBackend for LocalBackend {
-    fn reserve<'a>(
-        &'a self,
-        credential: &'a CacheKey,
-        rate: Rate,
-    ) -> BoxFuture<'a, Result<Slot, Duration>> {
+impl LocalBackend {
+    /// [`QuotaBackend::reserve`] without the future (the Redis backend
+    /// falls back to it).
+    pub fn reserve_now(
+        &self,
+        credential: &CacheKey,
+        rate: Option<Rate>,
+    ) -> Result<Option<Slot>, Refusal> {
+        if let Some(blocked) = self.blocked(credential) {
+            return Err(Refusal::Blocked(blocked));
+        }
+        let Some(rate) = rate else {
+            return Ok(None);
+        };
         let now = Instant::now();
         let reserved = match self.states.get_mut(credential) {
             Some(mut state) => state.bucket.reserve(&rate, now),
@@ -78,7 +98,17 @@ impl QuotaBackend for LocalBackend {
                 .bucket
                 .reserve(&rate, now),
         };
-        Box::pin(std::future::ready(reserved))
+        reserved.map(Some).map_err(Refusal::Full)
+    }
+}
+
+impl QuotaBackend for LocalBackend {
+    fn reserve<'a>(
+        &'a self,
+        credential: &'a CacheKey,
+        rate: Option<Rate>,
+    ) -> BoxFuture<'a, Result<Option<Slot>, Refusal>> {
+        Box::pin(std::future::ready(self.reserve_now(credential, rate)))
     }
 
     fn give_back(&self, credential: &CacheKey, rate: Rate, slot: Slot) {
@@ -105,12 +135,10 @@ impl QuotaBackend for LocalBackend {
         Box::pin(std::future::ready(()))
     }
 
-    fn blocked<'a>(&'a self, credential: &'a CacheKey) -> BoxFuture<'a, Option<Blocked>> {
-        let blocked = self
-            .states
+    fn blocked(&self, credential: &CacheKey) -> Option<Blocked> {
+        self.states
             .get(credential)
-            .and_then(|s| s.budget.blocked(SystemTime::now()));
-        Box::pin(std::future::ready(blocked))
+            .and_then(|s| s.budget.blocked(SystemTime::now()))
     }
 
     fn budgets(&self) -> Vec<(CacheKey, Budget)> {

@@ -49,6 +49,9 @@ pub struct Gcra {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Slot {
     pub at: Instant,
+    /// The bucket's new tat in the shared clock's microseconds, when the
+    /// slot came from Redis: what giving it back compares against.
+    pub shared_tat: Option<u64>,
 }
 
 impl Gcra {
@@ -67,7 +70,10 @@ impl Gcra {
             return Err(wait - rate.max_wait);
         }
         self.tat = Some(new_tat);
-        Ok(Slot { at })
+        Ok(Slot {
+            at,
+            shared_tat: None,
+        })
     }
 
     /// Gives back a slot its caller left before reaching, when it is the

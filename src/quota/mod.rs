@@ -8,22 +8,26 @@
 //!   a request sleeps once until its slot, in arrival order, up to
 //!   `quota.max_wait`; a caller that hangs up gives its slot back.
 //!
-//! The state lives behind [`backend::QuotaBackend`]: per process today
-//! ([`backend::LocalBackend`]); a Redis backend shares it across a fleet.
+//! The state lives behind [`backend::QuotaBackend`]: per process
+//! ([`backend::LocalBackend`]), or shared by a fleet in Redis when
+//! `store.redis` is configured ([`redis_backend::RedisBackend`]).
 //!
 //! # Layout
 //! - [`budget`]: `x-ratelimit-*` and `Retry-After`, and when they block.
 //! - [`bucket`]: the GCRA slot arithmetic.
 //! - [`backend`]: the backend interface and the in-process store.
+//! - [`redis_backend`]: the fleet's shared bucket and budget (Lua scripts).
 //! - [`metrics`]: the quota and cache metrics.
 
 pub mod backend;
 pub mod bucket;
 pub mod budget;
 pub mod metrics;
+pub mod redis_backend;
+mod redis_scripts;
 
 use crate::credentials::CacheKey;
-use backend::{LocalBackend, QuotaBackend};
+use backend::{LocalBackend, QuotaBackend, Refusal};
 pub use bucket::Rate;
 pub use budget::RateLimit;
 use http::{HeaderMap, StatusCode};
@@ -84,7 +88,13 @@ pub struct CredentialQuota {
 
 /// The quota of every credential.
 pub struct Quota {
+    current: arc_swap::ArcSwap<Current>,
+}
+
+/// The backend in use, and the store it follows (`None`: per process).
+struct Current {
     backend: Arc<dyn QuotaBackend>,
+    store: Option<String>,
 }
 
 impl Default for Quota {
@@ -103,7 +113,40 @@ pub fn label(key: &CacheKey) -> String {
 
 impl Quota {
     pub fn with_backend(backend: Arc<dyn QuotaBackend>) -> Quota {
-        Quota { backend }
+        let current = Current {
+            backend,
+            store: None,
+        };
+        Quota {
+            current: arc_swap::ArcSwap::from_pointee(current),
+        }
+    }
+
+    /// The quota for `snap`: shared by the fleet in Redis when the store is
+    /// Redis, else per process.
+    pub fn for_snapshot(snap: &crate::state::Snapshot) -> Quota {
+        let quota = Quota::default();
+        quota.follow(snap);
+        quota
+    }
+
+    /// Moves to `snap`'s store when a reload changed it (what was learned
+    /// starts over there); keeps everything when it did not.
+    pub fn follow(&self, snap: &crate::state::Snapshot) {
+        let shared = redis_backend::RedisBackend::for_snapshot(snap);
+        let store = shared.as_ref().map(|(identity, _)| identity.clone());
+        if self.current.load().store == store {
+            return;
+        }
+        let backend: Arc<dyn QuotaBackend> = match shared {
+            Some((_, redis)) => Arc::new(redis),
+            None => Arc::new(LocalBackend::default()),
+        };
+        self.current.store(Arc::new(Current { backend, store }));
+    }
+
+    fn backend(&self) -> Arc<dyn QuotaBackend> {
+        self.current.load().backend.clone()
     }
 
     /// Refuses the request while the credential's budget is spent.
@@ -112,7 +155,7 @@ impl Quota {
         key: &CacheKey,
         metrics: &QuotaMetrics,
     ) -> Result<(), Rejected> {
-        match self.backend.blocked(key).await {
+        match self.backend().blocked(key) {
             None => Ok(()),
             Some(blocked) => Err(reject(
                 metrics,
@@ -125,34 +168,47 @@ impl Quota {
     }
 
     /// Waits for the request's slot in the credential's bucket (`rate` is
-    /// `None` when smoothing is off). Dropping the future while it sleeps
-    /// gives the slot back.
+    /// `None` when smoothing is off), refusing it when the backend knows the
+    /// budget is spent (a fleet learns it here, in the same round trip).
+    /// Dropping the future while it sleeps gives the slot back.
     pub async fn wait_turn(
         &self,
         key: &CacheKey,
         rate: Option<Rate>,
         metrics: &QuotaMetrics,
     ) -> Result<(), Rejected> {
-        let Some(rate) = rate else {
-            return Ok(());
-        };
         let started = tokio::time::Instant::now();
-        let slot = match self.backend.reserve(key, rate).await {
-            Ok(slot) => slot,
-            Err(short) => {
+        let backend = self.backend();
+        let slot = match backend.reserve(key, rate).await {
+            Ok(Some(slot)) => slot,
+            Ok(None) => return Ok(()),
+            Err(Refusal::Blocked(blocked)) => {
+                return Err(reject(
+                    metrics,
+                    key,
+                    RejectReason::Budget,
+                    blocked.for_,
+                    blocked.last,
+                ));
+            }
+            Err(Refusal::Full(short)) => {
                 // The first slot free is `max_wait + short` away.
+                let max_wait = rate.map_or(Duration::ZERO, |r| r.max_wait);
                 return Err(reject(
                     metrics,
                     key,
                     RejectReason::MaxWait,
-                    rate.max_wait + short,
+                    max_wait + short,
                     None,
                 ));
             }
         };
+        let Some(rate) = rate else {
+            return Ok(());
+        };
         if slot.at > started {
             let mut held = HeldSlot {
-                backend: &*self.backend,
+                backend: &*backend,
                 key,
                 rate,
                 slot: Some(slot),
@@ -180,7 +236,7 @@ impl Quota {
         if seen.is_none() && retry_after.is_none() {
             return;
         }
-        self.backend.record(key, status, seen, retry_after).await;
+        self.backend().record(key, status, seen, retry_after).await;
         if let Some(seen) = seen {
             let label = CredentialLabel {
                 credential: label(key),
@@ -206,7 +262,7 @@ impl Quota {
     pub fn snapshot(&self) -> Vec<CredentialQuota> {
         let now = SystemTime::now();
         let mut all: Vec<CredentialQuota> = self
-            .backend
+            .backend()
             .budgets()
             .into_iter()
             .map(|(key, b)| {
@@ -269,117 +325,4 @@ impl Drop for HeldSlot<'_> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::{AppFingerprint, Secret};
-    use std::time::Duration;
-    use tokio::time::Instant;
-
-    fn key() -> CacheKey {
-        CacheKey::Installation {
-            app: AppFingerprint::of(75, "http://x", &Secret::new("k")),
-            id: 14,
-        }
-    }
-
-    fn metrics() -> QuotaMetrics {
-        QuotaMetrics::register(&mut prometheus_client::registry::Registry::default())
-    }
-
-    const RATE: Rate = Rate {
-        per_second: 10,
-        burst: 1,
-        max_wait: Duration::from_secs(1),
-    };
-
-    #[tokio::test(start_paused = true)]
-    async fn waiters_go_in_arrival_order_one_slot_apart() {
-        let quota = Arc::new(Quota::default());
-        let metrics = Arc::new(metrics());
-        let started = Instant::now();
-        let mut tasks = Vec::new();
-        for i in 0..5u32 {
-            let (quota, metrics) = (quota.clone(), metrics.clone());
-            tasks.push(tokio::spawn(async move {
-                quota.wait_turn(&key(), Some(RATE), &metrics).await.unwrap();
-                (i, started.elapsed())
-            }));
-            // Arrival order is the spawn order.
-            tokio::task::yield_now().await;
-        }
-        for (n, task) in tasks.into_iter().enumerate() {
-            let (i, waited) = task.await.unwrap();
-            assert_eq!(i as usize, n);
-            assert_eq!(waited, Duration::from_millis(100) * i);
-        }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_caller_who_hangs_up_gives_its_slot_back() {
-        let quota = Quota::default();
-        let metrics = metrics();
-        let started = Instant::now();
-        quota.wait_turn(&key(), Some(RATE), &metrics).await.unwrap();
-        // The second waits 100ms for its slot; it is dropped after 10ms.
-        let gone = tokio::time::timeout(
-            Duration::from_millis(10),
-            quota.wait_turn(&key(), Some(RATE), &metrics),
-        )
-        .await;
-        assert!(gone.is_err(), "still waiting when dropped");
-        // The next one takes the slot it left: at 100ms, not 200ms.
-        quota.wait_turn(&key(), Some(RATE), &metrics).await.unwrap();
-        assert_eq!(started.elapsed(), Duration::from_millis(100));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn past_max_wait_is_refused_with_the_time_to_a_free_slot() {
-        let quota = Arc::new(Quota::default());
-        let metrics = Arc::new(metrics());
-        let rate = Rate {
-            max_wait: Duration::from_millis(150),
-            ..RATE
-        };
-        // Slots at 0 and 100ms, held by waiters that stay.
-        let mut waiting = Vec::new();
-        for _ in 0..2 {
-            let (quota, metrics) = (quota.clone(), metrics.clone());
-            waiting.push(tokio::spawn(async move {
-                quota.wait_turn(&key(), Some(rate), &metrics).await
-            }));
-            tokio::task::yield_now().await;
-        }
-        let refused = quota
-            .wait_turn(&key(), Some(rate), &metrics)
-            .await
-            .unwrap_err();
-        assert_eq!(refused.reason, RejectReason::MaxWait);
-        assert_eq!(refused.retry_after, Duration::from_millis(200));
-        for w in waiting {
-            assert!(w.await.unwrap().is_ok());
-        }
-    }
-
-    #[tokio::test]
-    async fn a_spent_budget_is_refused_with_its_last_values() {
-        let quota = Quota::default();
-        let metrics = metrics();
-        let reset = SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs()
-            + 60;
-        let mut h = HeaderMap::new();
-        h.insert(budget::LIMIT, 5000.into());
-        h.insert(budget::REMAINING, 0.into());
-        h.insert(budget::RESET, reset.into());
-        quota.record(&key(), StatusCode::OK, &h, &metrics).await;
-        let refused = quota.check_budget(&key(), &metrics).await.unwrap_err();
-        assert_eq!(refused.reason, RejectReason::Budget);
-        assert!(refused.retry_after <= Duration::from_secs(60));
-        assert_eq!(refused.last.unwrap().remaining, Some(0));
-        let shown = quota.snapshot();
-        assert_eq!(shown[0].credential, "installation:14");
-        assert!(shown[0].blocked_for_secs.is_some());
-    }
-}
+mod tests;

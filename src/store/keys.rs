@@ -10,7 +10,13 @@
 //! {prefix}{inst:APP:ID}:mint       mint lock: owner id, lease in PX
 //! {prefix}{login:STATE}            a pending login's user, PX 10 min
 //! {prefix}{link:NONCE}             a used login link, until the link expires
+//! {prefix}{quota:CRED}:bucket      the credential's GCRA tat (µs), PX = until idle
+//! {prefix}{quota:CRED}:budget      hash: limit, remaining, used, reset,
+//!                                  blocked_until (ms); expires at reset
 //! ```
+//!
+//! `CRED` is `inst:APP:ID` or `user:NAME:BINDING` (see
+//! `quota/redis_backend.rs`).
 
 /// Builds every key of one fleet (one prefix).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +69,16 @@ impl Keys {
         format!("{}{{link:{}}}", self.prefix, tag_safe(nonce))
     }
 
+    /// The quota bucket of the credential `name` shares across the fleet.
+    pub fn quota_bucket(&self, name: &str) -> String {
+        format!("{}{{quota:{}}}:bucket", self.prefix, tag_safe(name))
+    }
+
+    /// The quota budget (the learned `x-ratelimit-*`) of credential `name`.
+    pub fn quota_budget(&self, name: &str) -> String {
+        format!("{}{{quota:{}}}:budget", self.prefix, tag_safe(name))
+    }
+
     /// A `SCAN MATCH` pattern for every grant key of this fleet.
     pub fn grant_pattern(&self) -> String {
         let mut glob = String::new();
@@ -103,6 +119,14 @@ mod tests {
         assert_eq!(k.user_of_grant(&k.grant("a{b}%")).as_deref(), Some("a{b}%"));
         assert_eq!(k.grant("a{b}"), "atomgit-proxy:{user:a%7Bb%7D}:grant");
         assert_eq!(k.user_of_grant("other:{user:x}:grant"), None);
+        assert_eq!(
+            k.quota_bucket("inst:ab12:7"),
+            "atomgit-proxy:{quota:inst:ab12:7}:bucket"
+        );
+        assert_eq!(
+            k.quota_budget("user:a}b:9f"),
+            "atomgit-proxy:{quota:user:a%7Db:9f}:budget"
+        );
         assert_eq!(Keys::new("f*:").grant_pattern(), "f\\*:{user:*}:grant");
     }
 }

@@ -59,6 +59,17 @@ pub const ENCRYPTION_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 
 impl Fleet {
     pub async fn start(n: usize, fake: &FakeAtomGit, redis_url: &str, key_prefix: &str) -> Fleet {
+        Fleet::start_with(n, fake, redis_url, key_prefix, "").await
+    }
+
+    /// [`Fleet::start`] with extra top-level YAML (e.g. `quota:`).
+    pub async fn start_with(
+        n: usize,
+        fake: &FakeAtomGit,
+        redis_url: &str,
+        key_prefix: &str,
+        extra: &str,
+    ) -> Fleet {
         let dir = tempfile::tempdir().expect("a temporary folder");
         std::fs::write(dir.path().join("app.pem"), &app_key().0).expect("write app.pem");
         std::fs::write(dir.path().join("store.key"), ENCRYPTION_KEY).expect("write store.key");
@@ -77,7 +88,7 @@ impl Fleet {
         let mut replicas = Vec::new();
         for (i, listener) in listeners.into_iter().enumerate() {
             let config_path = dir.path().join(format!("replica{i}.yaml"));
-            let yaml = fleet_config(addrs[i], callback, fake, redis_url, key_prefix);
+            let yaml = fleet_config(addrs[i], callback, fake, redis_url, key_prefix, extra);
             std::fs::write(&config_path, yaml).expect("write a config");
             let config = Config::load(&config_path)
                 .unwrap_or_else(|e| panic!("the fleet config is invalid: {e}"));
@@ -120,7 +131,7 @@ impl Fleet {
     ) -> PathBuf {
         let callback = self.replicas[1.min(self.replicas.len() - 1)].addr;
         let path = self.dir.path().join(format!("extra-{}.yaml", addr.port()));
-        let yaml = fleet_config(addr, callback, fake, redis_url, key_prefix);
+        let yaml = fleet_config(addr, callback, fake, redis_url, key_prefix, "");
         std::fs::write(&path, yaml).expect("write a config");
         path
     }
@@ -149,6 +160,7 @@ fn fleet_config(
     fake: &FakeAtomGit,
     redis_url: &str,
     key_prefix: &str,
+    extra: &str,
 ) -> String {
     let defaults = FakeOAuth::default();
     let upstream = fake.url();
@@ -164,8 +176,9 @@ fn fleet_config(
             client_id = defaults.client_id,
             client_secret = defaults.client_secret,
         ),
-        &format!(
-            r#"
+        &(super::reindent(
+            &format!(
+                r#"
             oauth:
               authorize_url: {upstream}/login/oauth/authorize
               redirect_uri: http://{callback}/_proxy/oauth/callback
@@ -177,7 +190,9 @@ fn fleet_config(
             timeouts:
               shutdown: 5s
             "#
-        ),
+            ),
+            0,
+        ) + &super::reindent(extra, 0)),
         "
         - name: yanqianyu
           match: { path_prefix: /orgs/yanqianyu }
