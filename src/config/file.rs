@@ -45,6 +45,8 @@ pub struct ConfigFile {
     /// loopback, listen addresses and routes' `match.host`): the DNS
     /// rebinding defence.
     pub allowed_hosts: Option<Vec<String>>,
+    /// Sent as `X-Api-Version` on forwarded requests that carry none.
+    pub api_version: Option<String>,
     /// Checked in order; first match wins.
     #[serde(default)]
     pub routes: Vec<RouteFile>,
@@ -162,6 +164,8 @@ pub struct RouteFile {
     #[serde(default, with = "serde_yaml::with::singleton_map")]
     pub installation: Option<InstallationFile>,
     pub user: Option<String>,
+    /// This route's `X-Api-Version`, over the top-level `api_version`.
+    pub api_version: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

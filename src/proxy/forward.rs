@@ -13,7 +13,10 @@ use crate::state::Snapshot;
 use crate::upstream::error_chain;
 use http::header::{AUTHORIZATION, HOST};
 use http::uri::Authority;
-use http::{Request, Response, Version};
+use http::{HeaderValue, Request, Response, Version};
+
+/// The platform's API version header (`ATOMGIT_API.md` section 7).
+const X_API_VERSION: &str = "x-api-version";
 use http_body_util::Either;
 use hyper::body::Incoming;
 
@@ -80,10 +83,17 @@ pub async fn send(
     token: &Token,
     origin: CallerOrigin<'_>,
     metrics: &Metrics,
+    api_version: Option<&HeaderValue>,
 ) -> Result<Response<Body>, ProxyError> {
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     strip_caller_credentials(&mut parts.headers);
+    // The caller's own version wins: it knows what shape it expects.
+    if let Some(version) = api_version
+        && !parts.headers.contains_key(X_API_VERSION)
+    {
+        parts.headers.insert(X_API_VERSION, version.clone());
+    }
     parts.headers.insert(AUTHORIZATION, token.header().clone());
     parts
         .headers

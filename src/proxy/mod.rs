@@ -110,6 +110,15 @@ impl Proxy {
             .forward_uri(req.uri(), forward_path)
             .map_err(|e| ProxyError::BadRequest(format!("cannot build the upstream URI: {e}")))?;
         let origin = forward::CallerOrigin::new(host.clone(), conn, route.reverse_prefix());
-        forward::send(req, uri, snap, &token, origin, &self.shared.metrics).await
+        forward::send(
+            req,
+            uri,
+            snap,
+            &token,
+            origin,
+            &self.shared.metrics,
+            route.api_version.as_ref(),
+        )
+        .await
     }
 }

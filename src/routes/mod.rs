@@ -34,6 +34,9 @@ pub struct Route {
     pub strip_prefix: bool,
     /// What the request is sent as.
     pub credential: RouteCredential,
+    /// `X-Api-Version` to send when the caller sends none (the route's, else
+    /// the top-level one), built once at load.
+    pub api_version: Option<http::HeaderValue>,
 }
 
 /// Who a route acts as. A user grant is just one more variant here; the
@@ -272,6 +275,7 @@ mod tests {
             clients: None,
             strip_prefix: false,
             credential: RouteCredential::Installation(InstallationSelector::Auto),
+            api_version: None,
         }
     }
 

@@ -155,7 +155,11 @@ fn build(raw: ConfigFile, base: &Path, problems: &mut Problems) -> Option<Config
     let files = referenced_files(&raw, base);
     let secret_files = secret_files(&raw, base);
     let client_names: HashSet<&str> = clients.iter().map(|c| &*c.name).collect();
-    let routes = routes::routes(&raw.routes, &client_names, problems);
+    let api_version = raw
+        .api_version
+        .as_deref()
+        .and_then(|v| routes::api_version_header(v, "api_version", problems));
+    let routes = routes::routes(&raw.routes, &client_names, api_version.as_ref(), problems);
     let needs_user = routes
         .iter()
         .any(|r| matches!(r.credential, RouteCredential::User(_)));

@@ -10,6 +10,7 @@ use std::sync::Arc;
 pub(super) fn routes(
     raw: &[RouteFile],
     clients: &HashSet<&str>,
+    api_version: Option<&http::HeaderValue>,
     problems: &mut Problems,
 ) -> Vec<Route> {
     let mut names = std::collections::HashMap::new();
@@ -127,6 +128,10 @@ pub(super) fn routes(
             }
             (None, Some(u)) => Some(RouteCredential::User(u.trim().into())),
         };
+        let route_api_version = match &r.api_version {
+            Some(v) => api_version_header(v, &at("api_version"), problems),
+            None => api_version.cloned(),
+        };
         if let (Some(prefix), Some(credential)) = (prefix, credential) {
             out.push(Route {
                 name: r.name.as_str().into(),
@@ -136,8 +141,30 @@ pub(super) fn routes(
                 clients: route_clients,
                 strip_prefix: r.strip_prefix,
                 credential,
+                api_version: route_api_version,
             });
         }
     }
     out
+}
+
+/// An `api_version` value as the header it is sent as. The message never
+/// quotes the value.
+pub(super) fn api_version_header(
+    text: &str,
+    field: &str,
+    problems: &mut Problems,
+) -> Option<http::HeaderValue> {
+    let text = text.trim();
+    let ok = !text.is_empty() && text.len() <= 64 && text.bytes().all(|b| b.is_ascii_graphic());
+    match http::HeaderValue::from_str(text) {
+        Ok(v) if ok => Some(v),
+        _ => {
+            problems.add(
+                field,
+                "expected an API version like \"2023-02-21\" (printable ASCII, no spaces)",
+            );
+            None
+        }
+    }
 }
