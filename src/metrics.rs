@@ -55,6 +55,8 @@ pub struct Metrics {
     pub in_flight: Gauge,
     /// Accepted connections not yet closed (at most `limits.max_connections`).
     pub open_connections: Gauge,
+    /// Requests resent with a fresh token after the platform refused theirs.
+    pub token_retries: Counter,
 }
 
 impl Default for Metrics {
@@ -66,6 +68,12 @@ impl Default for Metrics {
         let reload_failed = Gauge::default();
         let in_flight = Gauge::default();
         let open_connections = Gauge::default();
+        let token_retries = Counter::default();
+        registry.register(
+            "token_retries",
+            "Requests resent once with a fresh token after the platform answered 401",
+            token_retries.clone(),
+        );
         registry.register(
             "requests",
             "Requests answered, by route, status and proxy error code",
@@ -104,6 +112,7 @@ impl Default for Metrics {
             reload_failed,
             in_flight,
             open_connections,
+            token_retries,
         }
     }
 }

@@ -25,7 +25,13 @@ pub(super) async fn handle(shared: &FakeState, req: Request<Incoming>) -> Resp {
     let _counted = InFlight::enter(shared);
     let owner = match authenticate(shared, req.headers()) {
         Ok(owner) => owner,
-        Err((status, msg)) => return respond::message(status, msg),
+        Err((status, msg)) => {
+            // Read the body first, as the platform's front end does: a
+            // refusal sent mid-upload would reach the proxy as a broken
+            // pipe instead of the 401 it is.
+            drain(req.into_body()).await;
+            return respond::message(status, msg);
+        }
     };
     let path = req.uri().path().to_owned();
     let query = req.uri().query().map(str::to_owned);
@@ -88,6 +94,17 @@ pub(super) async fn handle(shared: &FakeState, req: Request<Incoming>) -> Resp {
     }
 }
 
+/// Reads and discards a body, up to 16 MiB.
+async fn drain(mut body: Incoming) {
+    let mut left: usize = 16 << 20;
+    while let Some(Ok(frame)) = body.frame().await {
+        left = left.saturating_sub(frame.data_ref().map_or(0, |d| d.len()));
+        if left == 0 {
+            break;
+        }
+    }
+}
+
 /// Counts an API request as being answered until dropped (also when the
 /// caller hangs up and the handler is dropped half-way).
 struct InFlight<'a>(&'a FakeState);
@@ -129,6 +146,10 @@ fn authenticate(
         .ok_or(BAD)?;
     let mut inner = shared.lock();
     let (owner, expires) = match inner.tokens.get(token) {
+        Some(rec) if rec.revoked => {
+            inner.revoked_seen += 1;
+            return Err(BAD);
+        }
         Some(rec) => (rec.owner.clone(), rec.expires),
         None => return Err(BAD),
     };

@@ -201,6 +201,8 @@ impl FakeAtomGit {
             refused_refreshes: 0,
             api_in_flight: 0,
             api_max_in_flight: 0,
+            revoke_on_issue: false,
+            revoked_seen: 0,
         };
         let oauth = OAuthApp {
             client_id: opts.oauth.client_id,
@@ -326,6 +328,31 @@ impl FakeAtomGit {
     /// response headers), since it started.
     pub fn max_concurrent_api_requests(&self) -> usize {
         self.shared.lock().api_max_in_flight
+    }
+
+    /// Revokes one issued token early: the API refuses it with 401.
+    pub fn revoke_token(&self, token: &str) {
+        if let Some(rec) = self.shared.lock().tokens.get_mut(token) {
+            rec.revoked = true;
+        }
+    }
+
+    /// Revokes every token issued so far.
+    pub fn revoke_all_tokens(&self) {
+        for rec in self.shared.lock().tokens.values_mut() {
+            rec.revoked = true;
+        }
+    }
+
+    /// `true`: every token issued from now on is refused on use, as a
+    /// platform that revokes right after minting would.
+    pub fn set_revoke_on_issue(&self, on: bool) {
+        self.shared.lock().revoke_on_issue = on;
+    }
+
+    /// API calls refused because their token was revoked.
+    pub fn revoked_tokens_seen(&self) -> usize {
+        self.shared.lock().revoked_seen
     }
 
     /// Lifetime of `atu_` tokens issued from now on.

@@ -28,6 +28,8 @@ pub(super) const CODE_LIFETIME: Duration = Duration::from_secs(600);
 pub(super) struct TokenRecord {
     pub owner: TokenOwner,
     pub expires: Instant,
+    /// Revoked before its expiry: refused (401) on use.
+    pub revoked: bool,
 }
 
 /// An authorization code handed out by the authorize page.
@@ -65,6 +67,10 @@ pub(super) struct Inner {
     /// API requests being answered now, and the most there ever were.
     pub api_in_flight: usize,
     pub api_max_in_flight: usize,
+    /// Every token issued from now on is born revoked.
+    pub revoke_on_issue: bool,
+    /// API calls refused because their token was revoked.
+    pub revoked_seen: usize,
 }
 
 impl Inner {
@@ -86,8 +92,15 @@ impl Inner {
     pub fn issue_token(&mut self, prefix: &str, owner: TokenOwner, lifetime: Duration) -> String {
         let token = format!("{prefix}{}", random_hex(16));
         let expires = instant_after(lifetime);
-        self.tokens
-            .insert(token.clone(), TokenRecord { owner, expires });
+        let revoked = self.revoke_on_issue;
+        self.tokens.insert(
+            token.clone(),
+            TokenRecord {
+                owner,
+                expires,
+                revoked,
+            },
+        );
         token
     }
 }

@@ -231,6 +231,24 @@ impl<K: Eq + Hash + Clone> TokenCache<K> {
         self.slots.get(key).and_then(|s| s.state().token.clone())
     }
 
+    /// Drops `stale` (a token the platform refused) if the slot still holds
+    /// it, so the next [`TokenCache::get`] mints. Only that token: when a
+    /// burst of requests all saw it refused, the first drops it and mints,
+    /// and the rest find the new one instead of dropping it in turn.
+    /// Returns whether it was dropped.
+    pub fn discard(&self, key: &K, stale: &Token) -> bool {
+        let Some(slot) = self.slots.get(key).map(|s| s.clone()) else {
+            return false;
+        };
+        let mut st = slot.state();
+        if st.token.as_ref().is_some_and(|t| t.same_as(stale)) {
+            st.token = None;
+            true
+        } else {
+            false
+        }
+    }
+
     /// Drops the cached state for `key` (e.g. after a new login replaced a grant).
     pub fn forget(&self, key: &K) {
         self.slots.remove(key);
@@ -401,6 +419,25 @@ mod tests {
                 "{mints} mints of 3 s tokens in {SPAN:?} (mint time {mint_time:?})"
             );
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_token_is_dropped_once_by_a_burst() {
+        let cache = TokenCache::<u64>::default();
+        let count = Arc::new(AtomicUsize::new(0));
+        let first = cache.get(&1, minter(&count, false)).await.unwrap();
+        // The first of a burst drops it and mints; the others, seeing a
+        // token other than the one refused, keep the new one.
+        assert!(cache.discard(&1, &first));
+        let second = cache.get(&1, minter(&count, false)).await.unwrap();
+        assert!(!cache.discard(&1, &first));
+        assert_eq!(
+            cache.get(&1, minter(&count, false)).await.unwrap().value(),
+            second.value()
+        );
+        assert_eq!(second.value(), "ats_2");
+        assert_eq!(count.load(Ordering::SeqCst), 2);
+        assert!(!cache.discard(&2, &first), "an unknown key drops nothing");
     }
 
     #[tokio::test(start_paused = true)]

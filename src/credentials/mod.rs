@@ -116,16 +116,60 @@ impl Credentials {
         }
     }
 
+    /// A fresh token for `credential` after the platform refused `stale`
+    /// (401): `stale` is dropped if it is still the cached one, and the next
+    /// comes through the same single flight as any mint, so a burst of
+    /// refusals of one token causes one mint. A user's token is refreshed
+    /// with the grant's refresh token (under the store's lock), never
+    /// re-read from the store as it was.
+    pub async fn renew(
+        &self,
+        ctx: &Context<'_>,
+        credential: &RouteCredential,
+        forward_path: &str,
+        stale: &Token,
+    ) -> Result<Token, CredentialError> {
+        match credential {
+            RouteCredential::Installation(selector) => {
+                let id = self.installation_id(ctx, selector, forward_path).await?;
+                let key = CacheKey::Installation {
+                    app: ctx.app.fingerprint,
+                    id,
+                };
+                self.tokens.discard(&key, stale);
+                self.installation_token(ctx, id).await
+            }
+            RouteCredential::User(user) => {
+                self.tokens.discard(&self.user_key(ctx, user), stale);
+                self.user_token_after(ctx, user, Some(stale)).await
+            }
+        }
+    }
+
+    fn user_key(&self, ctx: &Context<'_>, user: &Arc<str>) -> CacheKey {
+        CacheKey::User {
+            user: user.clone(),
+            platform: ctx.grant_binding.clone(),
+        }
+    }
+
     /// A token for `user`, from the grant store, refreshed when due.
     pub async fn user_token(
         &self,
         ctx: &Context<'_>,
         user: &Arc<str>,
     ) -> Result<Token, CredentialError> {
-        let key = CacheKey::User {
-            user: user.clone(),
-            platform: ctx.grant_binding.clone(),
-        };
+        self.user_token_after(ctx, user, None).await
+    }
+
+    /// [`Credentials::user_token`], never answering with `refused`.
+    async fn user_token_after(
+        &self,
+        ctx: &Context<'_>,
+        user: &Arc<str>,
+        refused: Option<&Token>,
+    ) -> Result<Token, CredentialError> {
+        let key = self.user_key(ctx, user);
         if let Some(token) = self.tokens.fresh(&key) {
             return Ok(token);
         }
@@ -143,6 +187,7 @@ impl Credentials {
             user: user.clone(),
             binding: ctx.grant_binding.clone(),
             margin: ctx.refresh_margin,
+            refused: refused.cloned(),
         };
         self.tokens.get(&key, move || source.token()).await
     }

@@ -42,6 +42,9 @@ pub struct UserSource {
     /// The platform the grant must belong to (the snapshot's).
     pub binding: Arc<GrantBinding>,
     pub margin: Duration,
+    /// A token the platform refused (401): the stored grant holding it is
+    /// refreshed even when not yet due.
+    pub refused: Option<Token>,
 }
 
 /// Where a stored grant stands with respect to the platform of a config.
@@ -138,7 +141,9 @@ impl UserSource {
         }
         let grant = self.usable_grant().await?;
         let now = Instant::now();
-        let current = token_from_grant(&grant, self.margin, now).filter(|t| t.is_usable(now));
+        let current = token_from_grant(&grant, self.margin, now)
+            .filter(|t| t.is_usable(now))
+            .filter(|t| !self.refused.as_ref().is_some_and(|r| r.same_as(t)));
         if grant.refresh_expires_at_ms.is_some_and(|at| at <= now_ms()) {
             return Err(self
                 .revoke(grant, "the refresh token has expired".into())
@@ -193,6 +198,7 @@ impl UserSource {
         let now = Instant::now();
         token_from_grant(&grant, self.margin, now)
             .filter(|t| t.is_usable(now) && now < t.refresh_at)
+            .filter(|t| !self.refused.as_ref().is_some_and(|r| r.same_as(t)))
             .map(Ok)
     }
 
@@ -201,7 +207,9 @@ impl UserSource {
     fn still_usable(&self) -> Option<Token> {
         let grant = self.store.get(&self.user)?;
         let now = Instant::now();
-        token_from_grant(&grant, self.margin, now).filter(|t| t.is_usable(now))
+        token_from_grant(&grant, self.margin, now)
+            .filter(|t| t.is_usable(now))
+            .filter(|t| !self.refused.as_ref().is_some_and(|r| r.same_as(t)))
     }
 
     /// The user's stored grant, if it is alive and belongs to this platform.

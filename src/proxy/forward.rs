@@ -5,13 +5,14 @@
 
 use super::ConnInfo;
 use super::headers::{rewrite_links, strip_caller_credentials, strip_hop_by_hop};
-use crate::body::{Body, CallerBody};
+use super::retry::Heal;
+use crate::body::{Body, CallerBody, CallerFault};
 use crate::credentials::Token;
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
 use crate::state::Snapshot;
 use crate::upstream::error_chain;
-use http::header::{AUTHORIZATION, HOST};
+use http::header::HOST;
 use http::uri::Authority;
 use http::{HeaderValue, Request, Response, Version};
 
@@ -76,13 +77,16 @@ pub fn inbound_host<B>(req: &Request<B>) -> Result<Option<Authority>, ProxyError
     Ok(Some(authority))
 }
 
+/// Sends the caller's request upstream with `token` (resent once with a
+/// fresh one if the platform refuses it, see [`super::retry`]) and streams
+/// the answer back.
 pub async fn send(
     req: Request<Incoming>,
     uri: http::Uri,
     snap: &Snapshot,
-    token: &Token,
+    token: Token,
     origin: CallerOrigin<'_>,
-    metrics: &Metrics,
+    heal: Heal<'_>,
     api_version: Option<&HeaderValue>,
 ) -> Result<Response<Body>, ProxyError> {
     let (mut parts, body) = req.into_parts();
@@ -94,7 +98,6 @@ pub async fn send(
     {
         parts.headers.insert(X_API_VERSION, version.clone());
     }
-    parts.headers.insert(AUTHORIZATION, token.header().clone());
     parts
         .headers
         .insert(HOST, snap.upstream.host_header.clone());
@@ -102,9 +105,26 @@ pub async fn send(
     // The pool negotiates HTTP/2 by ALPN where the platform offers it; an
     // inbound HTTP/2 request must not force prior-knowledge HTTP/2 upstream.
     parts.version = Version::HTTP_11;
-    let (body, caller_fault) = CallerBody::new(body);
-    let req = Request::from_parts(parts, body);
+    let metrics = heal.metrics;
+    let resp = super::retry::exchange(parts, body, token, heal, |parts, body, fault| {
+        exchange_once(Request::from_parts(parts, body), fault, snap, metrics)
+    })
+    .await?;
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    rewrite_links(&mut parts.headers, &snap.upstream.base_url, || {
+        origin.base()
+    });
+    Ok(Response::from_parts(parts, Either::Left(body)))
+}
 
+/// One request to the platform, up to its response headers.
+async fn exchange_once(
+    req: Request<CallerBody>,
+    caller_fault: CallerFault,
+    snap: &Snapshot,
+    metrics: &Metrics,
+) -> Result<Response<Incoming>, ProxyError> {
     let timeout = snap.config.upstream.response_timeout;
     let started = tokio::time::Instant::now();
     // At most `limits.max_upstream_requests` at the platform; the rest wait
@@ -131,10 +151,5 @@ pub async fn send(
     metrics
         .upstream_seconds
         .observe(started.elapsed().as_secs_f64());
-    let (mut parts, body) = resp.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
-    rewrite_links(&mut parts.headers, &snap.upstream.base_url, || {
-        origin.base()
-    });
-    Ok(Response::from_parts(parts, Either::Left(body)))
+    Ok(resp)
 }

@@ -7,10 +7,11 @@ pub mod clients;
 mod forward;
 pub mod guard;
 pub mod headers;
+mod retry;
 
 use crate::body::Body;
 use crate::error::ProxyError;
-use crate::routes::Miss;
+use crate::routes::{InstallationSelector, Miss, RouteCredential};
 use crate::state::{Shared, Snapshot};
 use http::uri::Authority;
 use http::{Request, Response};
@@ -100,25 +101,29 @@ impl Proxy {
             })?;
         *route_name = Some(route.name.clone());
         let forward_path = route.forward_path(path);
-        let token = self
-            .shared
-            .credentials
-            .token(&snap.context(), &route.credential, forward_path)
+        let credentials = &self.shared.credentials;
+        let ctx = snap.context();
+        let token = credentials
+            .token(&ctx, &route.credential, forward_path)
             .await?;
         let uri = snap
             .upstream
             .forward_uri(req.uri(), forward_path)
             .map_err(|e| ProxyError::BadRequest(format!("cannot build the upstream URI: {e}")))?;
         let origin = forward::CallerOrigin::new(host.clone(), conn, route.reverse_prefix());
-        forward::send(
-            req,
-            uri,
-            snap,
-            &token,
-            origin,
-            &self.shared.metrics,
-            route.api_version.as_ref(),
-        )
-        .await
+        // The path outlives `req` only where the credential reads it (an
+        // `auto` route's owner); elsewhere this allocates nothing.
+        let owner_path = match &route.credential {
+            RouteCredential::Installation(InstallationSelector::Auto) => forward_path.to_owned(),
+            _ => String::new(),
+        };
+        let heal = retry::Heal {
+            credentials,
+            ctx,
+            credential: &route.credential,
+            forward_path: &owner_path,
+            metrics: &self.shared.metrics,
+        };
+        forward::send(req, uri, snap, token, origin, heal, route.api_version.as_ref()).await
     }
 }
