@@ -38,6 +38,13 @@ pub fn no_route_label() -> RouteLabel {
     RouteLabel(NONE.get_or_init(|| "-".into()).clone())
 }
 
+/// Labels of a per-app metric.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AppLabels {
+    /// The app's name (`default` for the `app:` shorthand).
+    pub app: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
     pub outcome: String,
@@ -57,6 +64,8 @@ pub struct Metrics {
     pub open_connections: Gauge,
     /// Requests resent with a fresh token after the platform refused theirs.
     pub token_retries: Counter,
+    /// The platform's clock minus ours, per app, once a refused JWT showed it.
+    pub clock_offset: Family<AppLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -69,6 +78,12 @@ impl Default for Metrics {
         let in_flight = Gauge::default();
         let open_connections = Gauge::default();
         let token_retries = Counter::default();
+        let clock_offset = Family::<AppLabels, Gauge>::default();
+        registry.register(
+            "clock_offset_seconds",
+            "The platform's clock minus this machine's, per app, as learned from a refused app JWT",
+            clock_offset.clone(),
+        );
         registry.register(
             "token_retries",
             "Requests resent once with a fresh token after the platform answered 401",
@@ -113,6 +128,7 @@ impl Default for Metrics {
             in_flight,
             open_connections,
             token_retries,
+            clock_offset,
         }
     }
 }

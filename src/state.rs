@@ -100,10 +100,11 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(snapshot: Snapshot) -> Arc<Shared> {
+        let metrics = Metrics::default();
         Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
-            credentials: Credentials::default(),
-            metrics: Metrics::default(),
+            credentials: Credentials::new(metrics.clock_offset.clone()),
+            metrics,
             reload: Mutex::new(ReloadStatus::default()),
             logins: Default::default(),
         })

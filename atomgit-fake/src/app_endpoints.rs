@@ -2,7 +2,9 @@
 //! and `POST /app/installations/{id}/access_tokens` (which mints `ats_` tokens).
 
 use http::header::AUTHORIZATION;
-use http::{HeaderMap, Method, StatusCode};
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
 use jsonwebtoken::{Algorithm, Validation};
 use serde_json::{Value, json};
 
@@ -14,8 +16,13 @@ use super::state::{FakeState, to_platform_time, wall_after};
 /// ten minutes plus a little slack for the caller's clock and the round trip.
 const MAX_EXP_AHEAD_SECS: i64 = 600 + 30;
 
+/// How far ahead of the fake's clock an `iat` may be.
+const IAT_SLACK_SECS: i64 = 30;
+
 /// Routes everything under `/app/`.
-pub(super) fn handle(shared: &FakeState, method: &Method, path: &str, headers: &HeaderMap) -> Resp {
+pub(super) async fn handle(shared: &FakeState, req: Request<Incoming>) -> Resp {
+    let (parts, body) = req.into_parts();
+    let (method, path, headers) = (&parts.method, parts.uri.path(), &parts.headers);
     if path == "/app/installations" {
         if method != Method::GET {
             return respond::message(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed");
@@ -33,7 +40,14 @@ pub(super) fn handle(shared: &FakeState, method: &Method, path: &str, headers: &
         .and_then(|rest| rest.strip_suffix("/access_tokens"))
         .and_then(|id| id.parse::<u64>().ok());
     match id {
-        Some(id) if method == Method::POST => mint(shared, id, headers),
+        Some(id) if method == Method::POST => {
+            // Small JSON; bounded so a bad caller cannot grow the fake.
+            let body = Limited::new(body, 64 * 1024).collect().await;
+            match body {
+                Ok(body) => mint(shared, id, headers, &body.to_bytes()),
+                Err(_) => respond::message(StatusCode::BAD_REQUEST, "unreadable body"),
+            }
+        }
         Some(_) => respond::message(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed"),
         None => respond::message(StatusCode::NOT_FOUND, "Not Found"),
     }
@@ -84,7 +98,11 @@ fn check_jwt(shared: &FakeState, headers: &HeaderMap) -> Result<(), String> {
         .get("exp")
         .and_then(|v| v.as_i64().or_else(|| v.as_f64().map(|f| f as i64)))
         .ok_or("'exp' claim is missing")?;
-    let now = chrono::Utc::now().timestamp();
+    let now = shared.now().timestamp();
+    let iat = claims.get("iat").and_then(Value::as_i64).unwrap_or(0);
+    if iat > now + IAT_SLACK_SECS {
+        return Err("'Issued at' claim ('iat') must be an Integer representing the time that the assertion was issued".into());
+    }
     if exp <= now {
         return Err("'Expiration time' claim ('exp') must be a numeric value representing the future time at which the assertion expires".into());
     }
@@ -142,7 +160,7 @@ fn list_installations(shared: &FakeState) -> Resp {
     respond::json(StatusCode::OK, &Value::Array(list))
 }
 
-fn mint(shared: &FakeState, id: u64, headers: &HeaderMap) -> Resp {
+fn mint(shared: &FakeState, id: u64, headers: &HeaderMap, _body: &[u8]) -> Resp {
     if let Err(why) = check_jwt(shared, headers) {
         return respond::message(StatusCode::UNAUTHORIZED, &why);
     }
@@ -163,7 +181,7 @@ fn mint(shared: &FakeState, id: u64, headers: &HeaderMap) -> Resp {
     respond::json(
         StatusCode::OK,
         &json!({
-            "expires_at": to_platform_time(wall_after(lifetime), true),
+            "expires_at": to_platform_time(shared.now() + (wall_after(lifetime) - chrono::Utc::now()), true),
             "permissions": permissions(),
             "repository_selection": "ALL",
             "token": token,

@@ -203,6 +203,7 @@ impl FakeAtomGit {
             api_max_in_flight: 0,
             revoke_on_issue: false,
             revoked_seen: 0,
+            clock_offset: 0,
         };
         let oauth = OAuthApp {
             client_id: opts.oauth.client_id,
@@ -350,6 +351,13 @@ impl FakeAtomGit {
         self.shared.lock().revoke_on_issue = on;
     }
 
+    /// Sets the fake's clock `secs` seconds off the real one (negative:
+    /// behind). It judges app JWTs on it, and writes `Date` and `expires_at`
+    /// on it.
+    pub fn set_clock_offset(&self, secs: i64) {
+        self.shared.lock().clock_offset = secs;
+    }
+
     /// API calls refused because their token was revoked.
     pub fn revoked_tokens_seen(&self) -> usize {
         self.shared.lock().revoked_seen
@@ -428,13 +436,21 @@ async fn route(shared: &FakeState, req: http::Request<Incoming>) -> Resp {
         version: req.version(),
     });
 
-    if is_app_path(&path) {
-        app_endpoints::handle(shared, req.method(), &path, req.headers())
+    let mut resp = dispatch(shared, req, &path).await;
+    // On the fake's own clock, which may be off (hyper adds none when one is set).
+    let date = shared.now().format("%a, %d %b %Y %H:%M:%S GMT").to_string();
+    respond::add_header(&mut resp, http::header::DATE, &date);
+    resp
+}
+
+async fn dispatch(shared: &FakeState, req: http::Request<Incoming>, path: &str) -> Resp {
+    if is_app_path(path) {
+        app_endpoints::handle(shared, req).await
     } else if path == "/login/oauth/authorize" {
         oauth_endpoints::authorize(shared, req.method(), req.uri().query())
     } else if path == "/login/oauth/access_token" {
         oauth_endpoints::access_token(shared, req).await
-    } else if is_oauth_path(&path) {
+    } else if is_oauth_path(path) {
         respond::message(http::StatusCode::NOT_FOUND, "Not Found")
     } else {
         api::handle(shared, req).await

@@ -71,6 +71,9 @@ pub(super) struct Inner {
     pub revoke_on_issue: bool,
     /// API calls refused because their token was revoked.
     pub revoked_seen: usize,
+    /// The fake's clock minus the real one, in seconds: JWTs are judged, and
+    /// `Date` and `expires_at` written, on the fake's clock.
+    pub clock_offset: i64,
 }
 
 impl Inner {
@@ -152,6 +155,12 @@ impl FakeState {
     /// ignored rather than turned into a second panic.
     pub fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Now on the fake's clock (see `Inner::clock_offset`).
+    pub fn now(&self) -> DateTime<Utc> {
+        let offset = self.lock().clock_offset;
+        Utc::now() + TimeDelta::seconds(offset)
     }
 }
 

@@ -46,6 +46,16 @@ struct Detail {
     credentials_ready: bool,
     config: ConfigReadiness,
     credentials: Vec<CredentialReadiness>,
+    apps: Vec<AppReadiness>,
+}
+
+/// One app identity, as readiness shows it.
+#[derive(Serialize)]
+struct AppReadiness {
+    name: String,
+    id: u64,
+    /// The platform's clock minus ours, once a refused JWT showed it.
+    clock_offset_seconds: i64,
 }
 
 #[derive(Serialize)]
@@ -186,6 +196,7 @@ pub async fn readyz(
                 last_reload_error,
             },
             credentials,
+            apps: apps(shared, snap),
         }),
     };
     let status = if ready {
@@ -194,6 +205,16 @@ pub async fn readyz(
         StatusCode::SERVICE_UNAVAILABLE
     };
     json(status, &body)
+}
+
+fn apps(shared: &Shared, snap: &Snapshot) -> Vec<AppReadiness> {
+    std::iter::once(&snap.config.app)
+        .map(|app| AppReadiness {
+            name: app.name.to_string(),
+            id: app.id,
+            clock_offset_seconds: shared.credentials.clock_offset(app),
+        })
+        .collect()
 }
 
 fn json(status: StatusCode, body: &Readiness) -> Response<Body> {

@@ -166,6 +166,9 @@ impl UpstreamConfig {
 
 /// The app identity.
 pub struct AppConfig {
+    /// The key under `apps:`, or `default` for the `app:` shorthand: how
+    /// routes, logs, metrics and `login --app` name it.
+    pub name: Arc<str>,
     /// The JWT issuer.
     pub id: u64,
     /// Parsed once; signing a JWT needs no parsing.
@@ -182,6 +185,7 @@ pub struct AppConfig {
 impl fmt::Debug for AppConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AppConfig")
+            .field("name", &self.name)
             .field("id", &self.id)
             .field("client_id", &self.client_id)
             .finish_non_exhaustive()

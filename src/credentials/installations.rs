@@ -6,8 +6,10 @@
 //! flood of calls to the platform. A directory older than [`MAX_AGE`] is
 //! refreshed in the background while its answers keep being used.
 
-use super::{CredentialError, Token};
-use crate::upstream::Upstream;
+use super::app_jwt::AppJwt;
+use super::{CredentialError, Token, clock};
+use crate::config::AppConfig;
+use crate::upstream::{ApiResponse, Upstream};
 use bytes::Bytes;
 use http_body_util::Full;
 use serde::Deserialize;
@@ -18,6 +20,12 @@ use tokio::time::Instant;
 
 pub const MISS_FLOOR: Duration = Duration::from_secs(30);
 pub const MAX_AGE: Duration = Duration::from_secs(600);
+
+/// What app calls are signed with: the app and its JWT (with its clock offset).
+pub struct AppSigner {
+    pub app: Arc<AppConfig>,
+    pub jwt: Arc<AppJwt>,
+}
 
 #[derive(Deserialize)]
 struct Installation {
@@ -185,16 +193,40 @@ impl Directory {
     }
 }
 
+/// An app (JWT) call, retried once on the platform's clock when the
+/// platform refused the JWT and its clock is off (see `clock.rs`).
+async fn app_call(
+    upstream: &Upstream,
+    signer: &AppSigner,
+    method: http::Method,
+    path: &str,
+) -> Result<ApiResponse, CredentialError> {
+    let mut retried = false;
+    loop {
+        let jwt = signer.jwt.get(&signer.app).map_err(|e| {
+            CredentialError::Internal(format!("cannot sign the app JWT: {e}"))
+        })?;
+        let req = request(upstream, method.clone(), path, &jwt)?;
+        let resp = upstream
+            .call(req)
+            .await
+            .map_err(CredentialError::from_call)?;
+        if resp.status != http::StatusCode::UNAUTHORIZED || retried {
+            return Ok(resp);
+        }
+        match clock::platform_offset(&resp.headers) {
+            Some(seen) if signer.jwt.correct(&signer.app, seen) => retried = true,
+            _ => return Ok(resp),
+        }
+    }
+}
+
 /// `GET /app/installations`.
 pub async fn list(
     upstream: Arc<Upstream>,
-    jwt: String,
+    signer: AppSigner,
 ) -> Result<HashMap<String, u64>, CredentialError> {
-    let req = request(&upstream, http::Method::GET, "/app/installations", &jwt)?;
-    let resp = upstream
-        .call(req)
-        .await
-        .map_err(CredentialError::from_call)?;
+    let resp = app_call(&upstream, &signer, http::Method::GET, "/app/installations").await?;
     if !resp.status.is_success() {
         return Err(CredentialError::TokenEndpoint(format!(
             "GET /app/installations answered {}",
@@ -213,16 +245,12 @@ pub async fn list(
 /// `POST /app/installations/{id}/access_tokens`.
 pub async fn mint(
     upstream: Arc<Upstream>,
-    jwt: String,
+    signer: AppSigner,
     id: u64,
     margin: Duration,
 ) -> Result<Token, CredentialError> {
     let path = format!("/app/installations/{id}/access_tokens");
-    let req = request(&upstream, http::Method::POST, &path, &jwt)?;
-    let resp = upstream
-        .call(req)
-        .await
-        .map_err(CredentialError::from_call)?;
+    let resp = app_call(&upstream, &signer, http::Method::POST, &path).await?;
     if resp.status == http::StatusCode::NOT_FOUND {
         return Err(CredentialError::InstallationNotFound(format!("id {id}")));
     }
@@ -242,7 +270,9 @@ pub async fn mint(
             body.expires_at
         ))
     })?;
-    let lifetime = super::token::lifetime_until(expires_at.into());
+    // Timed on the platform's clock, which wrote `expires_at`.
+    let offset = chrono::TimeDelta::seconds(signer.jwt.offset());
+    let lifetime = super::token::lifetime_until((expires_at - offset).into());
     if lifetime.is_zero() {
         return Err(CredentialError::TokenEndpoint(format!(
             "POST {path}: the token it issued has already expired (check this machine's clock)"

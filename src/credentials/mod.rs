@@ -6,6 +6,7 @@
 
 mod app_jwt;
 pub mod cache;
+pub mod clock;
 pub mod grants;
 pub mod grants_file;
 pub mod installations;
@@ -20,7 +21,10 @@ use crate::routes::{InstallationSelector, RouteCredential, owner_from_path};
 use crate::upstream::{CallError, Upstream};
 use app_jwt::AppJwt;
 use cache::TokenCache;
+use crate::metrics::AppLabels;
 use dashmap::DashMap;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use grants::{GrantBinding, GrantStore};
 use installations::Directory;
 use std::sync::Arc;
@@ -80,6 +84,9 @@ pub enum CacheKey {
 /// Every credential's cached state.
 #[derive(Default)]
 pub struct Credentials {
+    /// `atomgit_proxy_clock_offset_seconds{app}`, shared with the metrics
+    /// registry: each app's JWT sets its own.
+    clock_offsets: Family<AppLabels, Gauge>,
     /// Minted tokens.
     tokens: TokenCache<CacheKey>,
     /// One signed JWT per app identity.
@@ -100,6 +107,14 @@ pub struct Context<'a> {
 }
 
 impl Credentials {
+    /// Credentials whose clock offsets are reported in `clock_offsets`.
+    pub fn new(clock_offsets: Family<AppLabels, Gauge>) -> Self {
+        Credentials {
+            clock_offsets,
+            ..Credentials::default()
+        }
+    }
+
     /// A token for `credential`, as a request to `forward_path` needs it.
     pub async fn token(
         &self,
@@ -236,15 +251,13 @@ impl Credentials {
     }
 
     fn lister(&self, ctx: &Context<'_>) -> installations::Lister {
-        let (jwts, app, upstream) = (self.jwt(ctx.app), ctx.app.clone(), ctx.upstream.clone());
+        let (jwt, app, upstream) = (self.jwt(ctx.app), ctx.app.clone(), ctx.upstream.clone());
         Arc::new(move || {
-            let (jwt, upstream) = (jwts.get(&app), upstream.clone());
-            Box::pin(async move {
-                let jwt = jwt.map_err(|e| {
-                    CredentialError::Internal(format!("cannot sign the app JWT: {e}"))
-                })?;
-                installations::list(upstream, jwt).await
-            })
+            let signer = installations::AppSigner {
+                app: app.clone(),
+                jwt: jwt.clone(),
+            };
+            Box::pin(installations::list(upstream.clone(), signer))
         })
     }
 
@@ -261,18 +274,14 @@ impl Credentials {
         if let Some(token) = self.tokens.fresh(&key) {
             return Ok(token);
         }
-        let (jwts, app, upstream, margin) = (
-            self.jwt(ctx.app),
-            ctx.app.clone(),
-            ctx.upstream.clone(),
-            ctx.refresh_margin,
-        );
+        let signer = installations::AppSigner {
+            app: ctx.app.clone(),
+            jwt: self.jwt(ctx.app),
+        };
+        let (upstream, margin) = (ctx.upstream.clone(), ctx.refresh_margin);
         self.tokens
             .get(&key, move || async move {
-                let jwt = jwts.get(&app).map_err(|e| {
-                    CredentialError::Internal(format!("cannot sign the app JWT: {e}"))
-                })?;
-                Ok(installations::mint(upstream, jwt, id, margin).await?)
+                Ok(installations::mint(upstream, signer, id, margin).await?)
             })
             .await
     }
@@ -281,7 +290,21 @@ impl Credentials {
         if let Some(jwt) = self.jwts.get(&app.fingerprint) {
             return jwt.clone();
         }
-        self.jwts.entry(app.fingerprint).or_default().clone()
+        self.jwts
+            .entry(app.fingerprint)
+            .or_insert_with(|| {
+                let gauge = self.clock_offsets.get_or_create(&AppLabels {
+                    app: app.name.to_string(),
+                });
+                Arc::new(AppJwt::new(gauge.clone()))
+            })
+            .clone()
+    }
+
+    /// The platform's clock minus ours for `app`, in seconds, as learned
+    /// from refused app calls (0 until one).
+    pub fn clock_offset(&self, app: &AppConfig) -> i64 {
+        self.jwts.get(&app.fingerprint).map_or(0, |j| j.offset())
     }
 
     /// Forgets everything minted under app identities other than `current`:

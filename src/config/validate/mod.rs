@@ -306,6 +306,7 @@ fn app(
     let (id, key, pem) = (id?, key?, pem?);
     let upstream_base = upstream.map(UpstreamConfig::base_url).unwrap_or_default();
     Some(AppConfig {
+        name: "default".into(),
         id,
         key,
         fingerprint: AppFingerprint::of(id, &upstream_base, &pem),

@@ -399,7 +399,7 @@ mod tests {
             shown("bogus_setting: 1\n"),
             "line 4: (top level): unknown field `bogus_setting`; expected one of: listen, upstream, \
              upstream_ca_file, app, oauth, store, clients, unix_socket_mode, allow_unauthenticated, \
-             tokens, timeouts, limits, allowed_origins, allowed_hosts, routes"
+             tokens, timeouts, limits, allowed_origins, allowed_hosts, api_version, routes"
         );
         assert_eq!(
             shown("limits: { max_connections: -1 }\n"),
