@@ -246,9 +246,14 @@ async fn token(path: PathBuf, route_name: &str, owner: Option<&str>) -> anyhow::
     };
     let shared = Shared::new(Snapshot::build(config, None).map_err(anyhow::Error::msg)?);
     let snap = shared.snapshot.load_full();
+    let route = snap
+        .config
+        .routes
+        .get(route_name)
+        .context("the route is in the config just loaded")?;
     let token = shared
         .credentials
-        .token(&snap.context(), &credential, &path_for_owner)
+        .token(&snap.context_for(route), &credential, &path_for_owner)
         .await
         .with_context(|| format!("route `{route_name}`"))?;
     println!("{}", token.value());

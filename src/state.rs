@@ -74,6 +74,15 @@ impl Snapshot {
             oauth: self.config.oauth.as_ref(),
             store: self.store.as_ref(),
             grant_binding: &self.grant_binding,
+            scope: None,
+        }
+    }
+
+    /// What the credential layer needs for `route`'s credential.
+    pub fn context_for<'a>(&'a self, route: &'a crate::routes::Route) -> Context<'a> {
+        Context {
+            scope: route.scope.as_ref(),
+            ..self.context()
         }
     }
 }

@@ -169,6 +169,7 @@ fn route(n: usize, prefix: String) -> Route {
         strip_prefix: false,
         credential: RouteCredential::Installation(InstallationSelector::Id(n as u64)),
         api_version: None,
+        scope: None,
     }
 }
 

@@ -43,6 +43,10 @@ pub(super) async fn handle(shared: &FakeState, req: Request<Incoming>) -> Resp {
             if !in_scope(&path, account.as_deref()) {
                 return respond::message(StatusCode::FORBIDDEN, "installation not permitted");
             }
+            // A scoped token does not see other repositories at all.
+            if !in_repositories(&path, repositories_of(shared, req.headers()).as_deref()) {
+                return respond::message(StatusCode::NOT_FOUND, "Not Found");
+            }
             account
         }
         TokenOwner::User(_) => None,
@@ -153,11 +157,39 @@ fn authenticate(
         Some(rec) => (rec.owner.clone(), rec.expires),
         None => return Err(BAD),
     };
+
     if Instant::now() >= expires {
         inner.expired_seen += 1;
         return Err((StatusCode::UNAUTHORIZED, "token expired"));
     }
     Ok(owner)
+}
+
+/// The repositories the request's (already authenticated) token is
+/// limited to.
+fn repositories_of(shared: &FakeState, headers: &HeaderMap) -> Option<Vec<String>> {
+    let token = headers
+        .get(AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")?;
+    shared.lock().tokens.get(token)?.repositories.clone()
+}
+
+/// Whether `/repos/{owner}/{repo}/...` names a repository in `allowed`
+/// (`None`: any; paths not under `/repos/` pass).
+fn in_repositories(path: &str, allowed: Option<&[String]>) -> bool {
+    let Some(allowed) = allowed else {
+        return true;
+    };
+    let mut segments = path.split('/').skip(1);
+    match (segments.next(), segments.next(), segments.next()) {
+        (Some("repos"), Some(_), Some(repo)) => {
+            let repo = percent_decode_str(repo).decode_utf8_lossy().to_lowercase();
+            allowed.contains(&repo)
+        }
+        _ => true,
+    }
 }
 
 /// Installation tokens only reach their own account's `/orgs/{org}`,

@@ -160,31 +160,72 @@ fn list_installations(shared: &FakeState) -> Resp {
     respond::json(StatusCode::OK, &Value::Array(list))
 }
 
-fn mint(shared: &FakeState, id: u64, headers: &HeaderMap, _body: &[u8]) -> Resp {
+fn mint(shared: &FakeState, id: u64, headers: &HeaderMap, body: &[u8]) -> Resp {
     if let Err(why) = check_jwt(shared, headers) {
         return respond::message(StatusCode::UNAUTHORIZED, &why);
     }
+    let asked: Value = if body.is_empty() {
+        Value::Null
+    } else {
+        match serde_json::from_slice(body) {
+            Ok(v) => v,
+            Err(_) => return respond::message(StatusCode::BAD_REQUEST, "Problems parsing JSON"),
+        }
+    };
     let mut inner = shared.lock();
+    inner.mint_bodies.push(asked.clone());
     if let Some(code) = inner.failure {
         return respond::text(
             respond::status_or_500(code),
             "injected failure of the token endpoint",
         );
     }
-    if inner.account_of(id).is_none() {
+    let Some(account) = inner.account_of(id).map(str::to_owned) else {
         return respond::message(StatusCode::NOT_FOUND, "Not Found");
-    }
+    };
     let lifetime = inner.token_lifetime;
     let token = inner.issue_token("ats_", TokenOwner::Installation(id), lifetime);
     *inner.mints.entry(id).or_default() += 1;
+    // GitHub-App semantics: the token gets what was asked, within what the
+    // app has; unless the fake is told to ignore the scope.
+    let scoped = !inner.ignore_scope;
+    let repositories = asked
+        .get("repositories")
+        .and_then(Value::as_array)
+        .filter(|_| scoped)
+        .map(|r| {
+            r.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_lowercase)
+                .collect::<Vec<_>>()
+        });
+    let granted = match asked.get("permissions").and_then(Value::as_object) {
+        Some(p) if scoped => Value::Object(
+            p.iter()
+                .filter(|(k, _)| permissions().get(k.as_str()).is_some())
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        ),
+        _ => permissions(),
+    };
+    if let Some(rec) = inner.tokens.get_mut(&token) {
+        rec.repositories = repositories.clone();
+    }
     drop(inner);
-    respond::json(
-        StatusCode::OK,
-        &json!({
-            "expires_at": to_platform_time(shared.now() + (wall_after(lifetime) - chrono::Utc::now()), true),
-            "permissions": permissions(),
-            "repository_selection": "ALL",
-            "token": token,
-        }),
-    )
+    let mut answer = json!({
+        "expires_at": to_platform_time(shared.now() + (wall_after(lifetime) - chrono::Utc::now()), true),
+        "permissions": granted,
+        "repository_selection": "ALL",
+        "token": token,
+    });
+    if let Some(repos) = repositories {
+        answer["repository_selection"] = json!("selected");
+        answer["repositories"] = Value::Array(
+            repos
+                .iter()
+                .map(|r| json!({ "name": r, "full_name": format!("{account}/{r}") }))
+                .collect(),
+        );
+    }
+    respond::json(StatusCode::OK, &answer)
 }

@@ -204,6 +204,8 @@ impl FakeAtomGit {
             revoke_on_issue: false,
             revoked_seen: 0,
             clock_offset: 0,
+            mint_bodies: Vec::new(),
+            ignore_scope: false,
         };
         let oauth = OAuthApp {
             client_id: opts.oauth.client_id,
@@ -356,6 +358,23 @@ impl FakeAtomGit {
     /// on it.
     pub fn set_clock_offset(&self, secs: i64) {
         self.shared.lock().clock_offset = secs;
+    }
+
+    /// The JSON bodies mints were sent with, oldest first (`Null` for none).
+    pub fn mint_bodies(&self) -> Vec<serde_json::Value> {
+        self.shared.lock().mint_bodies.clone()
+    }
+
+    /// `true`: mints ignore the scope they ask for and issue a token for
+    /// every repository with every permission, as a platform without
+    /// down-scoping would.
+    pub fn set_ignore_scope(&self, on: bool) {
+        self.shared.lock().ignore_scope = on;
+    }
+
+    /// The repositories a scoped token is limited to (`None`: unscoped).
+    pub fn token_repositories(&self, token: &str) -> Option<Vec<String>> {
+        self.shared.lock().tokens.get(token)?.repositories.clone()
     }
 
     /// API calls refused because their token was revoked.

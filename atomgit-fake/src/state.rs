@@ -30,6 +30,8 @@ pub(super) struct TokenRecord {
     pub expires: Instant,
     /// Revoked before its expiry: refused (401) on use.
     pub revoked: bool,
+    /// A scoped token reaches only these repositories (lowercased).
+    pub repositories: Option<Vec<String>>,
 }
 
 /// An authorization code handed out by the authorize page.
@@ -74,6 +76,10 @@ pub(super) struct Inner {
     /// The fake's clock minus the real one, in seconds: JWTs are judged, and
     /// `Date` and `expires_at` written, on the fake's clock.
     pub clock_offset: i64,
+    /// Bodies of `POST /app/installations/{id}/access_tokens`, in order.
+    pub mint_bodies: Vec<serde_json::Value>,
+    /// Mints ignore the scope they are asked for (full token, `ALL`).
+    pub ignore_scope: bool,
 }
 
 impl Inner {
@@ -102,6 +108,7 @@ impl Inner {
                 owner,
                 expires,
                 revoked,
+                repositories: None,
             },
         );
         token

@@ -20,7 +20,7 @@
 
 use crate::body::Body;
 use crate::error::ProxyError;
-use crate::routes::{InstallationSelector, RouteCredential};
+use crate::routes::{InstallationSelector, Route, RouteCredential};
 use crate::state::{Shared, Snapshot};
 use http::{Response, StatusCode};
 use serde::Serialize;
@@ -88,18 +88,24 @@ pub async fn check_credentials(
     snap: &Arc<Snapshot>,
     wait: Duration,
 ) -> Vec<CredentialReadiness> {
-    let mut seen: Vec<(RouteCredential, Vec<String>)> = Vec::new();
+    // One check per credential: same selector, scope and app.
+    let mut seen: Vec<(Route, Vec<String>)> = Vec::new();
     for route in snap.config.routes.iter() {
-        match seen.iter_mut().find(|(c, _)| *c == route.credential) {
+        let same = |r: &Route| r.credential == route.credential && r.scope == route.scope;
+        match seen.iter_mut().find(|(r, _)| same(r)) {
             Some((_, routes)) => routes.push(route.name.to_string()),
-            None => seen.push((route.credential.clone(), vec![route.name.to_string()])),
+            None => seen.push((route.clone(), vec![route.name.to_string()])),
         }
     }
     let deadline = tokio::time::Instant::now() + wait;
-    let checks = seen.into_iter().map(|(credential, routes)| {
+    let checks = seen.into_iter().map(|(route, routes)| {
+        let credential = match &route.scope {
+            Some(scope) => format!("{} scoped to {scope}", route.credential),
+            None => route.credential.to_string(),
+        };
         // Its own task, so a check cut off by the deadline still records its
         // outcome (a listing, unlike a mint, runs in the caller's task).
-        let task = tokio::spawn(check(shared.clone(), snap.clone(), credential.clone()));
+        let task = tokio::spawn(check(shared.clone(), snap.clone(), route));
         async move {
             let (ready, error, reason, pending) =
                 match tokio::time::timeout_at(deadline, task).await {
@@ -126,7 +132,7 @@ pub async fn check_credentials(
                     ),
                 };
             CredentialReadiness {
-                credential: credential.to_string(),
+                credential,
                 routes,
                 ready,
                 error,
@@ -141,11 +147,11 @@ pub async fn check_credentials(
 async fn check(
     shared: Arc<Shared>,
     snap: Arc<Snapshot>,
-    credential: RouteCredential,
+    route: Route,
 ) -> Result<(), crate::credentials::CredentialError> {
     let creds = &shared.credentials;
-    let ctx = snap.context();
-    match &credential {
+    let ctx = snap.context_for(&route);
+    match &route.credential {
         RouteCredential::Installation(InstallationSelector::Auto) => {
             creds.check_listing(&ctx).await
         }

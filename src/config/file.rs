@@ -161,7 +161,6 @@ pub struct RouteFile {
     pub matcher: MatchFile,
     #[serde(default)]
     pub strip_prefix: bool,
-    #[serde(default, with = "serde_yaml::with::singleton_map")]
     pub installation: Option<InstallationFile>,
     pub user: Option<String>,
     /// This route's `X-Api-Version`, over the top-level `api_version`.
@@ -177,11 +176,53 @@ pub struct MatchFile {
     pub clients: Option<Vec<String>>,
 }
 
-/// `{ id: 14 }`, `{ account: name }` or the word `auto`.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "lowercase", deny_unknown_fields)]
+/// `{ id: 14 }`, `{ account: name }` or `{ auto: true }`, each optionally
+/// scoped (`repositories`, `permissions`), or the word `auto`.
+#[derive(Debug)]
 pub enum InstallationFile {
+    /// The word `auto`.
     Auto,
-    Id(u64),
-    Account(String),
+    Spec(InstallationSpecFile),
+}
+
+/// The mapping form of `installation:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstallationSpecFile {
+    pub id: Option<u64>,
+    pub account: Option<String>,
+    /// `auto: true`: the owner named by the path, like the word `auto`.
+    pub auto: Option<bool>,
+    /// Repository names (under the installation's account) the token is
+    /// limited to.
+    pub repositories: Option<Vec<String>>,
+    /// Permission name to `read` or `write`: the token gets no more.
+    pub permissions: Option<std::collections::BTreeMap<String, String>>,
+}
+
+impl<'de> Deserialize<'de> for InstallationFile {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = InstallationFile;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("auto or a mapping")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                match v {
+                    "auto" => Ok(InstallationFile::Auto),
+                    // The value is never quoted: it could be a pasted secret.
+                    _ => Err(E::invalid_value(
+                        serde::de::Unexpected::Other("a word other than auto"),
+                        &self,
+                    )),
+                }
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                InstallationSpecFile::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(InstallationFile::Spec)
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }

@@ -9,6 +9,7 @@
 use super::app_jwt::AppJwt;
 use super::{CredentialError, Token, clock};
 use crate::config::AppConfig;
+use crate::routes::TokenScope;
 use crate::upstream::{ApiResponse, Upstream};
 use bytes::Bytes;
 use http_body_util::Full;
@@ -200,13 +201,14 @@ async fn app_call(
     signer: &AppSigner,
     method: http::Method,
     path: &str,
+    body: Option<Bytes>,
 ) -> Result<ApiResponse, CredentialError> {
     let mut retried = false;
     loop {
         let jwt = signer.jwt.get(&signer.app).map_err(|e| {
             CredentialError::Internal(format!("cannot sign the app JWT: {e}"))
         })?;
-        let req = request(upstream, method.clone(), path, &jwt)?;
+        let req = request(upstream, method.clone(), path, &jwt, body.clone())?;
         let resp = upstream
             .call(req)
             .await
@@ -226,7 +228,14 @@ pub async fn list(
     upstream: Arc<Upstream>,
     signer: AppSigner,
 ) -> Result<HashMap<String, u64>, CredentialError> {
-    let resp = app_call(&upstream, &signer, http::Method::GET, "/app/installations").await?;
+    let resp = app_call(
+        &upstream,
+        &signer,
+        http::Method::GET,
+        "/app/installations",
+        None,
+    )
+    .await?;
     if !resp.status.is_success() {
         return Err(CredentialError::TokenEndpoint(format!(
             "GET /app/installations answered {}",
@@ -247,10 +256,12 @@ pub async fn mint(
     upstream: Arc<Upstream>,
     signer: AppSigner,
     id: u64,
+    scope: Option<Arc<TokenScope>>,
     margin: Duration,
 ) -> Result<Token, CredentialError> {
     let path = format!("/app/installations/{id}/access_tokens");
-    let resp = app_call(&upstream, &signer, http::Method::POST, &path).await?;
+    let body = scope.as_ref().map(|s| Bytes::from(s.body().to_string()));
+    let resp = app_call(&upstream, &signer, http::Method::POST, &path, body).await?;
     if resp.status == http::StatusCode::NOT_FOUND {
         return Err(CredentialError::InstallationNotFound(format!("id {id}")));
     }
@@ -260,7 +271,19 @@ pub async fn mint(
             resp.status
         )));
     }
-    let body: AccessToken = serde_json::from_slice(&resp.body).map_err(|e| {
+    let answer: serde_json::Value = serde_json::from_slice(&resp.body).map_err(|e| {
+        CredentialError::TokenEndpoint(format!("POST {path}: unexpected answer: {e}"))
+    })?;
+    if let Some(scope) = &scope {
+        // Fail closed: a token broader than asked never reaches the API.
+        scope.check(&answer).map_err(|why| {
+            CredentialError::TokenEndpoint(format!(
+                "POST {path}: the platform did not honour the token scope ({scope}): {why}; \
+                 the token is not used"
+            ))
+        })?;
+    }
+    let body: AccessToken = serde_json::from_value(answer).map_err(|e| {
         CredentialError::TokenEndpoint(format!("POST {path}: unexpected answer: {e}"))
     })?;
     // Never assume a lifetime: read it from the answer.
@@ -293,6 +316,7 @@ fn request(
     method: http::Method,
     path: &str,
     jwt: &str,
+    body: Option<Bytes>,
 ) -> Result<http::Request<Full<Bytes>>, CredentialError> {
     let uri = upstream
         .uri(path)
@@ -300,13 +324,17 @@ fn request(
     let mut auth = http::HeaderValue::try_from(format!("Bearer {jwt}"))
         .map_err(|e| CredentialError::Internal(e.to_string()))?;
     auth.set_sensitive(true);
-    http::Request::builder()
+    let req = http::Request::builder()
         .method(method)
         .uri(uri)
         .header(http::header::AUTHORIZATION, auth)
         .header(http::header::ACCEPT, "application/json")
-        .header(http::header::USER_AGENT, crate::USER_AGENT)
-        .body(Full::new(Bytes::new()))
+        .header(http::header::USER_AGENT, crate::USER_AGENT);
+    let req = match &body {
+        Some(_) => req.header(http::header::CONTENT_TYPE, "application/json"),
+        None => req,
+    };
+    req.body(Full::new(body.unwrap_or_default()))
         .map_err(|e| CredentialError::Internal(e.to_string()))
 }
 

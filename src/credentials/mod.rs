@@ -17,7 +17,7 @@ pub mod token_endpoint;
 pub mod user;
 
 use crate::config::{AppConfig, AppFingerprint, OAuthEndpoints};
-use crate::routes::{InstallationSelector, RouteCredential, owner_from_path};
+use crate::routes::{InstallationSelector, RouteCredential, TokenScope, owner_from_path};
 use crate::upstream::{CallError, Upstream};
 use app_jwt::AppJwt;
 use cache::TokenCache;
@@ -68,9 +68,12 @@ impl CredentialError {
 /// What a cached token belongs to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum CacheKey {
+    /// One token per (app, installation, scope): a scoped route never gets
+    /// a broader route's token, nor the other way round.
     Installation {
         app: AppFingerprint,
         id: u64,
+        scope: Option<Arc<TokenScope>>,
     },
     /// A user's token belongs to the person and the platform the grant was
     /// obtained for, not the app key: it survives any reload that keeps both,
@@ -79,6 +82,14 @@ pub enum CacheKey {
         user: Arc<str>,
         platform: Arc<GrantBinding>,
     },
+}
+
+fn installation_key(ctx: &Context<'_>, id: u64) -> CacheKey {
+    CacheKey::Installation {
+        app: ctx.app.fingerprint,
+        id,
+        scope: ctx.scope.cloned(),
+    }
 }
 
 /// Every credential's cached state.
@@ -104,6 +115,8 @@ pub struct Context<'a> {
     pub store: Option<&'a Arc<GrantStore>>,
     /// The platform user grants must belong to.
     pub grant_binding: &'a Arc<GrantBinding>,
+    /// What the route's installation token is limited to.
+    pub scope: Option<&'a Arc<TokenScope>>,
 }
 
 impl Credentials {
@@ -147,11 +160,7 @@ impl Credentials {
         match credential {
             RouteCredential::Installation(selector) => {
                 let id = self.installation_id(ctx, selector, forward_path).await?;
-                let key = CacheKey::Installation {
-                    app: ctx.app.fingerprint,
-                    id,
-                };
-                self.tokens.discard(&key, stale);
+                self.tokens.discard(&installation_key(ctx, id), stale);
                 self.installation_token(ctx, id).await
             }
             RouteCredential::User(user) => {
@@ -267,10 +276,7 @@ impl Credentials {
         ctx: &Context<'_>,
         id: u64,
     ) -> Result<Token, CredentialError> {
-        let key = CacheKey::Installation {
-            app: ctx.app.fingerprint,
-            id,
-        };
+        let key = installation_key(ctx, id);
         if let Some(token) = self.tokens.fresh(&key) {
             return Ok(token);
         }
@@ -279,9 +285,10 @@ impl Credentials {
             jwt: self.jwt(ctx.app),
         };
         let (upstream, margin) = (ctx.upstream.clone(), ctx.refresh_margin);
+        let scope = ctx.scope.cloned();
         self.tokens
             .get(&key, move || async move {
-                Ok(installations::mint(upstream, signer, id, margin).await?)
+                Ok(installations::mint(upstream, signer, id, scope, margin).await?)
             })
             .await
     }
@@ -318,8 +325,12 @@ impl Credentials {
         self.directories.retain(|k, _| *k == current);
     }
 
-    /// The cached token for an installation, without minting.
+    /// The cached (unscoped) token for an installation, without minting.
     pub fn cached_installation_token(&self, app: AppFingerprint, id: u64) -> Option<Token> {
-        self.tokens.peek(&CacheKey::Installation { app, id })
+        self.tokens.peek(&CacheKey::Installation {
+            app,
+            id,
+            scope: None,
+        })
     }
 }

@@ -102,7 +102,7 @@ impl Proxy {
         *route_name = Some(route.name.clone());
         let forward_path = route.forward_path(path);
         let credentials = &self.shared.credentials;
-        let ctx = snap.context();
+        let ctx = snap.context_for(route);
         let token = credentials
             .token(&ctx, &route.credential, forward_path)
             .await?;

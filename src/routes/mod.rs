@@ -10,8 +10,10 @@
 
 mod owner;
 pub mod path;
+pub mod scope;
 
 pub use owner::owner_from_path;
+pub use scope::{Access, TokenScope};
 
 use http::Method;
 use std::borrow::Cow;
@@ -37,6 +39,9 @@ pub struct Route {
     /// `X-Api-Version` to send when the caller sends none (the route's, else
     /// the top-level one), built once at load.
     pub api_version: Option<http::HeaderValue>,
+    /// What an installation token is limited to (`repositories`,
+    /// `permissions`); `None`: all the installation allows.
+    pub scope: Option<Arc<TokenScope>>,
 }
 
 /// Who a route acts as. A user grant is just one more variant here; the
@@ -90,7 +95,11 @@ impl fmt::Display for Route {
         if self.strip_prefix {
             f.write_str(" (strip prefix)")?;
         }
-        write!(f, " -> {}", self.credential)
+        write!(f, " -> {}", self.credential)?;
+        if let Some(scope) = &self.scope {
+            write!(f, " scoped to {scope}")?;
+        }
+        Ok(())
     }
 }
 
@@ -276,6 +285,7 @@ mod tests {
             strip_prefix: false,
             credential: RouteCredential::Installation(InstallationSelector::Auto),
             api_version: None,
+            scope: None,
         }
     }
 

@@ -3,7 +3,8 @@
 
 use super::Problems;
 use crate::config::file::{InstallationFile, RouteFile};
-use crate::routes::{InstallationSelector, Route, RouteCredential};
+use crate::routes::{Access, InstallationSelector, Route, RouteCredential, TokenScope};
+use crate::config::file::InstallationSpecFile;
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -97,36 +98,32 @@ pub(super) fn routes(
             }
             list.iter().map(|c| Arc::<str>::from(c.as_str())).collect()
         });
-        let credential = match (&r.installation, &r.user) {
+        let (credential, scope) = match (&r.installation, &r.user) {
             (Some(_), Some(_)) => {
                 problems.add(
                     at("installation"),
                     "a route has exactly one of `installation:` and `user:`, not both",
                 );
-                None
+                (None, None)
             }
             (None, None) => {
                 problems.add(at("installation"), "a route needs `installation:` ({ id: N }, { account: NAME } or auto) or `user: NAME`");
-                None
+                (None, None)
             }
-            (Some(InstallationFile::Id(id)), None) => {
-                Some(RouteCredential::Installation(InstallationSelector::Id(*id)))
-            }
-            (Some(InstallationFile::Account(a)), None) if a.trim().is_empty() => {
-                problems.add(at("installation.account"), "is empty");
-                None
-            }
-            (Some(InstallationFile::Account(a)), None) => Some(RouteCredential::Installation(
-                InstallationSelector::Account(a.trim().to_lowercase()),
-            )),
-            (Some(InstallationFile::Auto), None) => {
-                Some(RouteCredential::Installation(InstallationSelector::Auto))
+            (Some(InstallationFile::Auto), None) => (
+                Some(RouteCredential::Installation(InstallationSelector::Auto)),
+                None,
+            ),
+            (Some(InstallationFile::Spec(spec)), None) => {
+                let selector = selector(spec, &at("installation"), problems);
+                let scope = scope(spec, &at("installation"), problems);
+                (selector.map(RouteCredential::Installation), scope)
             }
             (None, Some(u)) if u.trim().is_empty() || u.contains(['/', ' ']) => {
                 problems.add(at("user"), "must be a user name");
-                None
+                (None, None)
             }
-            (None, Some(u)) => Some(RouteCredential::User(u.trim().into())),
+            (None, Some(u)) => (Some(RouteCredential::User(u.trim().into())), None),
         };
         let route_api_version = match &r.api_version {
             Some(v) => api_version_header(v, &at("api_version"), problems),
@@ -142,6 +139,7 @@ pub(super) fn routes(
                 strip_prefix: r.strip_prefix,
                 credential,
                 api_version: route_api_version,
+                scope: scope.map(Arc::new),
             });
         }
     }
@@ -167,4 +165,90 @@ pub(super) fn api_version_header(
             None
         }
     }
+}
+
+/// Exactly one of `id`, `account` and `auto: true`.
+fn selector(
+    spec: &InstallationSpecFile,
+    at: &str,
+    problems: &mut Problems,
+) -> Option<InstallationSelector> {
+    match (spec.id, &spec.account, spec.auto) {
+        (Some(id), None, None) => Some(InstallationSelector::Id(id)),
+        (None, Some(a), None) if a.trim().is_empty() => {
+            problems.add(format!("{at}.account"), "is empty");
+            None
+        }
+        (None, Some(a), None) => Some(InstallationSelector::Account(a.trim().to_lowercase())),
+        (None, None, Some(true)) => Some(InstallationSelector::Auto),
+        (None, None, Some(false)) => {
+            problems.add(format!("{at}.auto"), "can only be true; use `id:` or `account:` instead");
+            None
+        }
+        _ => {
+            problems.add(at, "needs exactly one of `id:`, `account:` and `auto: true`");
+            None
+        }
+    }
+}
+
+/// The token's limits, if the route sets any.
+fn scope(spec: &InstallationSpecFile, at: &str, problems: &mut Problems) -> Option<TokenScope> {
+    if spec.repositories.is_none() && spec.permissions.is_none() {
+        return None;
+    }
+    let repositories = spec.repositories.as_ref().map(|repos| {
+        let field = format!("{at}.repositories");
+        if repos.is_empty() {
+            problems.add(&field, "is empty; omit it to allow every repository");
+        }
+        let mut names: Vec<String> = repos
+            .iter()
+            .enumerate()
+            .filter_map(|(k, name)| {
+                let name = name.trim();
+                let bad = name.is_empty()
+                    || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+                if bad {
+                    problems.add(
+                        format!("{field}[{k}]"),
+                        "expected a repository name (letters, digits, `-`, `_`, `.`; no owner)",
+                    );
+                    return None;
+                }
+                Some(name.to_lowercase())
+            })
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    });
+    let permissions = spec.permissions.as_ref().map(|perms| {
+        let field = format!("{at}.permissions");
+        if perms.is_empty() {
+            problems.add(&field, "is empty; omit it to allow every permission");
+        }
+        perms
+            .iter()
+            .filter_map(|(name, level)| {
+                let ok_name = !name.is_empty()
+                    && name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
+                if !ok_name {
+                    problems.add(&field, "expected permission names like contents or issues");
+                    return None;
+                }
+                match Access::parse(level.trim()) {
+                    Some(access) => Some((name.clone(), access)),
+                    None => {
+                        problems.add(format!("{field}.{name}"), "expected read or write");
+                        None
+                    }
+                }
+            })
+            .collect()
+    });
+    Some(TokenScope {
+        repositories,
+        permissions,
+    })
 }

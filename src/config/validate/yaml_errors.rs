@@ -238,7 +238,9 @@ fn expected_phrase(path: &str, serde_expected: Option<&str>) -> Option<&'static 
         "app.id" => Some("a numeric app id like 75"),
         "unix_socket_mode" => Some(r#"an octal file mode like "0660""#),
         "limits.max_header_bytes" => Some("a size like 64KiB or 65536"),
-        "routes[].installation" => Some("auto, { id: N } or { account: NAME }"),
+        "routes[].installation" => Some(
+            "auto, { id: N } or { account: NAME } (optionally with repositories: [...] and permissions: { NAME: read|write })",
+        ),
         "routes[].user" => Some("a user name"),
         s if s.ends_with(".file") => Some("a file path"),
         s if s.ends_with(".env") => Some("an environment variable name"),
@@ -413,8 +415,8 @@ mod tests {
             shown(
                 "routes:\n  - name: a\n    match: { path_prefix: /a }\n    installation: { acount: x }\n"
             ),
-            "line 7: routes[0].installation: `acount` is not a known key here; \
-             expected auto, { id: N } or { account: NAME }"
+            "line 7: routes[0].installation: unknown field `acount`; \
+             expected one of: id, account, auto, repositories, permissions"
         );
     }
 
