@@ -69,6 +69,10 @@ enum Command {
         config: PathBuf,
         /// The user name routes refer to with `user: NAME`.
         user: String,
+        /// The app (under `apps:`) to log in with; needed when there are
+        /// several and the user's routes do not name just one.
+        #[arg(long)]
+        app: Option<String>,
     },
 }
 
@@ -124,11 +128,11 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             route,
             owner,
         } => token(config, &route, owner.as_deref()).await,
-        Command::Login { config, user } => login(config, &user),
+        Command::Login { config, user, app } => login(config, &user, app.as_deref()),
     }
 }
 
-fn login(path: PathBuf, user: &str) -> anyhow::Result<ExitCode> {
+fn login(path: PathBuf, user: &str, app: Option<&str>) -> anyhow::Result<ExitCode> {
     let config = Config::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
     let (Some(oauth), Some(store)) = (config.oauth.as_ref(), config.store_path.as_ref()) else {
         bail!(
@@ -145,10 +149,42 @@ fn login(path: PathBuf, user: &str) -> anyhow::Result<ExitCode> {
             "note: no route has `user: {user}`; the grant will be stored but unused until one does"
         );
     }
-    let link = login_link::link_for(&oauth.redirect_uri, store, user)?;
+    let app = login_app(&config, user, app)?;
+    let link = login_link::link_for_app(&oauth.redirect_uri, store, user, app.as_deref())?;
     println!("{link}");
     eprintln!("Open this link in a browser within 10 minutes to log in as {user}; it works once.");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The app a login link names: `--app` (which must exist), else none with
+/// one app, else the one app the user's routes use. `None`: the link names
+/// no app (the proxy takes the user's route's).
+fn login_app(config: &Config, user: &str, app: Option<&str>) -> anyhow::Result<Option<String>> {
+    let names: Vec<&str> = config.apps.iter().map(|a| &*a.name).collect();
+    if let Some(app) = app {
+        if config.app_named(app).is_none() {
+            bail!("no app named `{app}` (apps: {})", names.join(", "));
+        }
+        return Ok((names.len() > 1).then(|| app.to_owned()));
+    }
+    if names.len() <= 1 {
+        return Ok(None);
+    }
+    let mut used: Vec<&str> = config
+        .routes
+        .iter()
+        .filter(|r| matches!(&r.credential, RouteCredential::User(u) if &**u == user))
+        .map(|r| &*r.app)
+        .collect();
+    used.sort_unstable();
+    used.dedup();
+    match used[..] {
+        [one] => Ok(Some(one.to_owned())),
+        _ => bail!(
+            "there are several apps: pass --app NAME to say which one `{user}` logs in with (apps: {})",
+            names.join(", ")
+        ),
+    }
 }
 
 /// Validates the config and everything built from it: the upstream's TLS

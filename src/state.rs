@@ -25,6 +25,9 @@ pub struct Snapshot {
     /// The platform user grants must belong to, to be used under this config
     /// (built once: the user token cache is keyed by it).
     pub grant_binding: Arc<GrantBinding>,
+    /// The same per app, in the order of `config.apps`: a user grant belongs
+    /// to the app it was obtained with.
+    pub app_bindings: Vec<Arc<GrantBinding>>,
 }
 
 impl Snapshot {
@@ -56,12 +59,18 @@ impl Snapshot {
             )),
         };
         let grant_binding = Arc::new(GrantBinding::of(&config.app, &config.upstream));
+        let app_bindings = config
+            .apps
+            .iter()
+            .map(|app| Arc::new(GrantBinding::of(app, &config.upstream)))
+            .collect();
         Ok(Snapshot {
             config,
             upstream,
             store,
             upstream_slots,
             grant_binding,
+            app_bindings,
         })
     }
 
@@ -78,12 +87,16 @@ impl Snapshot {
         }
     }
 
-    /// What the credential layer needs for `route`'s credential.
+    /// What the credential layer needs for `route`'s credential: its app,
+    /// that app's grant binding, its scope.
     pub fn context_for<'a>(&'a self, route: &'a crate::routes::Route) -> Context<'a> {
-        Context {
-            scope: route.scope.as_ref(),
-            ..self.context()
+        let mut ctx = self.context();
+        ctx.scope = route.scope.as_ref();
+        if let Some(i) = self.config.apps.iter().position(|a| a.name == route.app) {
+            ctx.app = &self.config.apps[i];
+            ctx.grant_binding = self.app_bindings.get(i).unwrap_or(&self.grant_binding);
         }
+        ctx
     }
 }
 

@@ -170,6 +170,7 @@ fn route(n: usize, prefix: String) -> Route {
         credential: RouteCredential::Installation(InstallationSelector::Id(n as u64)),
         api_version: None,
         scope: None,
+        app: "default".into(),
     }
 }
 

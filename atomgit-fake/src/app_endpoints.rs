@@ -55,7 +55,8 @@ pub(super) async fn handle(shared: &FakeState, req: Request<Incoming>) -> Resp {
 
 /// Verifies the app JWT the way the platform does; the error text is safe to
 /// return (it never contains the token).
-fn check_jwt(shared: &FakeState, headers: &HeaderMap) -> Result<(), String> {
+/// Answers the id of the app whose key signed it.
+fn check_jwt(shared: &FakeState, headers: &HeaderMap) -> Result<u64, String> {
     let mut values = headers.get_all(AUTHORIZATION).iter();
     let value = match (values.next(), values.next()) {
         (Some(v), None) => v,
@@ -67,10 +68,15 @@ fn check_jwt(shared: &FakeState, headers: &HeaderMap) -> Result<(), String> {
         .ok()
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or("expected 'Authorization: Bearer <JWT>'")?;
-    let key = shared
+    let keys: Vec<(u64, &jsonwebtoken::DecodingKey)> = shared
         .key
-        .as_ref()
-        .ok_or("the fake has no app public key configured")?;
+        .iter()
+        .map(|k| (shared.app_id, k))
+        .chain(shared.extra_keys.iter().map(|(id, k)| (*id, k)))
+        .collect();
+    if keys.is_empty() {
+        return Err("the fake has no app public key configured".into());
+    }
 
     // Only the signature is left to jsonwebtoken; the claim rules are the
     // platform's and are checked below so the messages say what was wrong.
@@ -79,17 +85,26 @@ fn check_jwt(shared: &FakeState, headers: &HeaderMap) -> Result<(), String> {
     validation.validate_nbf = false;
     validation.validate_aud = false;
     validation.required_spec_claims.clear();
-    let claims = jsonwebtoken::decode::<Value>(jwt.trim(), key, &validation)
-        .map_err(|e| format!("A JSON web token could not be decoded: {e}"))?
-        .claims;
+    // The app is the one whose key verifies the signature.
+    let mut decoded = Err(String::new());
+    for (id, key) in keys {
+        match jsonwebtoken::decode::<Value>(jwt.trim(), key, &validation) {
+            Ok(data) => {
+                decoded = Ok((id, data.claims));
+                break;
+            }
+            Err(e) => decoded = Err(format!("A JSON web token could not be decoded: {e}")),
+        }
+    }
+    let (app_id, claims) = decoded?;
 
     let iss_ok = match claims.get("iss") {
-        Some(Value::String(s)) => s.trim() == shared.app_id.to_string(),
-        Some(Value::Number(n)) => n.as_u64() == Some(shared.app_id),
+        Some(Value::String(s)) => s.trim() == app_id.to_string(),
+        Some(Value::Number(n)) => n.as_u64() == Some(app_id),
         _ => false,
     };
     if !iss_ok {
-        return Err(format!("'iss' must be the app id {}", shared.app_id));
+        return Err(format!("'iss' must be the app id {app_id}"));
     }
     if !claims.get("iat").is_some_and(Value::is_number) {
         return Err("'iat' claim is missing".into());
@@ -109,7 +124,7 @@ fn check_jwt(shared: &FakeState, headers: &HeaderMap) -> Result<(), String> {
     if exp > now + MAX_EXP_AHEAD_SECS {
         return Err("'Expiration time' claim ('exp') is too far in the future".into());
     }
-    Ok(())
+    Ok(app_id)
 }
 
 fn permissions() -> Value {
@@ -161,9 +176,10 @@ fn list_installations(shared: &FakeState) -> Resp {
 }
 
 fn mint(shared: &FakeState, id: u64, headers: &HeaderMap, body: &[u8]) -> Resp {
-    if let Err(why) = check_jwt(shared, headers) {
-        return respond::message(StatusCode::UNAUTHORIZED, &why);
-    }
+    let app_id = match check_jwt(shared, headers) {
+        Ok(app_id) => app_id,
+        Err(why) => return respond::message(StatusCode::UNAUTHORIZED, &why),
+    };
     let asked: Value = if body.is_empty() {
         Value::Null
     } else {
@@ -210,6 +226,7 @@ fn mint(shared: &FakeState, id: u64, headers: &HeaderMap, body: &[u8]) -> Resp {
     };
     if let Some(rec) = inner.tokens.get_mut(&token) {
         rec.repositories = repositories.clone();
+        rec.app = Some(app_id);
     }
     drop(inner);
     let mut answer = json!({

@@ -56,6 +56,17 @@ pub struct FakeOptions {
     /// Lifetime of `ats_` tokens.
     pub token_lifetime: Duration,
     pub oauth: FakeOAuth,
+    /// More apps besides `app_id`, each with its own key; every app may
+    /// mint for every installation.
+    pub extra_apps: Vec<FakeApp>,
+}
+
+/// One more app the fake knows.
+#[derive(Clone, Debug)]
+pub struct FakeApp {
+    pub id: u64,
+    /// PEM public key that verifies this app's JWTs.
+    pub public_key_pem: String,
 }
 
 impl Default for FakeOptions {
@@ -66,6 +77,7 @@ impl Default for FakeOptions {
             installations: Vec::new(),
             token_lifetime: Duration::from_secs(3600),
             oauth: FakeOAuth::default(),
+            extra_apps: Vec::new(),
         }
     }
 }
@@ -184,6 +196,17 @@ impl FakeAtomGit {
             })?;
             Some(key)
         };
+        let mut extra_keys = Vec::new();
+        for app in &opts.extra_apps {
+            let key = jsonwebtoken::DecodingKey::from_rsa_pem(app.public_key_pem.as_bytes())
+                .map_err(|e| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        format!("public key of app {}: {e}", app.id),
+                    )
+                })?;
+            extra_keys.push((app.id, key));
+        }
         let inner = Inner {
             requests: VecDeque::new(),
             installations: opts.installations,
@@ -218,6 +241,7 @@ impl FakeAtomGit {
         let shared = Arc::new(FakeState::new(
             opts.app_id,
             key,
+            extra_keys,
             oauth,
             format!("http://{addr}"),
             inner,
@@ -358,6 +382,12 @@ impl FakeAtomGit {
     /// on it.
     pub fn set_clock_offset(&self, secs: i64) {
         self.shared.lock().clock_offset = secs;
+    }
+
+    /// The app whose JWT minted `token` (`None`: not an installation token
+    /// the fake issued).
+    pub fn token_app(&self, token: &str) -> Option<u64> {
+        self.shared.lock().tokens.get(token)?.app
     }
 
     /// The JSON bodies mints were sent with, oldest first (`Null` for none).

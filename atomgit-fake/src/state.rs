@@ -32,6 +32,8 @@ pub(super) struct TokenRecord {
     pub revoked: bool,
     /// A scoped token reaches only these repositories (lowercased).
     pub repositories: Option<Vec<String>>,
+    /// The app whose JWT minted it (installation tokens).
+    pub app: Option<u64>,
 }
 
 /// An authorization code handed out by the authorize page.
@@ -109,6 +111,7 @@ impl Inner {
                 expires,
                 revoked,
                 repositories: None,
+                app: None,
             },
         );
         token
@@ -131,6 +134,8 @@ pub(super) struct FakeState {
     pub app_id: u64,
     /// `None` when no public key was configured: every app JWT is refused.
     pub key: Option<DecodingKey>,
+    /// More apps: (id, key).
+    pub extra_keys: Vec<(u64, DecodingKey)>,
     pub oauth: OAuthApp,
     /// `http://127.0.0.1:PORT`, used for absolute URLs in bodies and headers.
     pub base_url: String,
@@ -143,6 +148,7 @@ impl FakeState {
     pub fn new(
         app_id: u64,
         key: Option<DecodingKey>,
+        extra_keys: Vec<(u64, DecodingKey)>,
         oauth: OAuthApp,
         base_url: String,
         inner: Inner,
@@ -150,6 +156,7 @@ impl FakeState {
         FakeState {
             app_id,
             key,
+            extra_keys,
             oauth,
             base_url,
             created_at: to_platform_time(Utc::now(), false),

@@ -91,7 +91,9 @@ pub async fn check_credentials(
     // One check per credential: same selector, scope and app.
     let mut seen: Vec<(Route, Vec<String>)> = Vec::new();
     for route in snap.config.routes.iter() {
-        let same = |r: &Route| r.credential == route.credential && r.scope == route.scope;
+        let same = |r: &Route| {
+            r.credential == route.credential && r.scope == route.scope && r.app == route.app
+        };
         match seen.iter_mut().find(|(r, _)| same(r)) {
             Some((_, routes)) => routes.push(route.name.to_string()),
             None => seen.push((route.clone(), vec![route.name.to_string()])),
@@ -99,10 +101,13 @@ pub async fn check_credentials(
     }
     let deadline = tokio::time::Instant::now() + wait;
     let checks = seen.into_iter().map(|(route, routes)| {
-        let credential = match &route.scope {
-            Some(scope) => format!("{} scoped to {scope}", route.credential),
-            None => route.credential.to_string(),
-        };
+        let mut credential = route.credential.to_string();
+        if let Some(scope) = &route.scope {
+            credential.push_str(&format!(" scoped to {scope}"));
+        }
+        if snap.config.apps.len() > 1 {
+            credential.push_str(&format!(" (app {})", route.app));
+        }
         // Its own task, so a check cut off by the deadline still records its
         // outcome (a listing, unlike a mint, runs in the caller's task).
         let task = tokio::spawn(check(shared.clone(), snap.clone(), route));
@@ -214,7 +219,9 @@ pub async fn readyz(
 }
 
 fn apps(shared: &Shared, snap: &Snapshot) -> Vec<AppReadiness> {
-    std::iter::once(&snap.config.app)
+    snap.config
+        .apps
+        .iter()
         .map(|app| AppReadiness {
             name: app.name.to_string(),
             id: app.id,

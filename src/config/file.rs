@@ -18,8 +18,11 @@ pub struct ConfigFile {
     /// Extra PEM CA bundle trusted for the upstream, on top of the webpki roots
     /// (for a platform behind a private CA).
     pub upstream_ca_file: Option<PathBuf>,
-    /// The app identity used to mint installation tokens and exchange user codes.
-    pub app: AppFile,
+    /// The app identity used to mint installation tokens and exchange user
+    /// codes: the one-app shorthand of `apps:` (named `default`).
+    pub app: Option<AppFile>,
+    /// Several app identities by name; routes name theirs with `app:`.
+    pub apps: Option<std::collections::BTreeMap<String, AppFile>>,
     /// OAuth settings; only user routes need them.
     pub oauth: Option<OAuthFile>,
     /// Where durable user grants live.
@@ -165,6 +168,9 @@ pub struct RouteFile {
     pub user: Option<String>,
     /// This route's `X-Api-Version`, over the top-level `api_version`.
     pub api_version: Option<String>,
+    /// The name of the app under `apps:` this route's credential uses;
+    /// optional when there is only one.
+    pub app: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -56,8 +56,12 @@ pub struct Config {
     pub secret_files: Vec<PathBuf>,
     /// Where requests and token calls go.
     pub upstream: UpstreamConfig,
-    /// The app identity; shared so the credential layer can hold it across reloads.
+    /// The app identity (the first of `apps`, the only one with `app:`);
+    /// shared so the credential layer can hold it across reloads.
     pub app: Arc<AppConfig>,
+    /// Every app identity, in name order (one with `app:`); routes name
+    /// theirs (`Route::app`).
+    pub apps: Vec<Arc<AppConfig>>,
     /// OAuth endpoints; present when any route acts as a user.
     pub oauth: Option<OAuthEndpoints>,
     /// Durable grant store file; required when any route acts as a user.
@@ -305,6 +309,16 @@ impl fmt::Display for ConfigError {
 }
 
 impl Config {
+    /// The app called `name`.
+    pub fn app_named(&self, name: &str) -> Option<&Arc<AppConfig>> {
+        self.apps.iter().find(|a| &*a.name == name)
+    }
+
+    /// The app `route`'s credential uses.
+    pub fn app_of(&self, route: &crate::routes::Route) -> &Arc<AppConfig> {
+        self.app_named(&route.app).unwrap_or(&self.app)
+    }
+
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
@@ -343,7 +357,9 @@ impl Config {
         let listen: Vec<String> = self.listen.iter().map(ToString::to_string).collect();
         let _ = writeln!(out, "listen:   {}", listen.join(", "));
         let _ = writeln!(out, "upstream: {}", self.upstream.base_url());
-        let _ = writeln!(out, "app:      {}", self.app.id);
+        for app in &self.apps {
+            let _ = writeln!(out, "app:      {} (id {})", app.name, app.id);
+        }
         if !self.clients.is_empty() {
             let names: Vec<&str> = self.clients.iter().map(|c| &*c.name).collect();
             let _ = writeln!(out, "clients:  {}", names.join(", "));

@@ -315,14 +315,14 @@ impl Credentials {
     }
 
     /// Forgets everything minted under app identities other than `current`:
-    /// after a reload changed the app id or key, old tokens must not be used.
-    pub fn retain_app(&self, current: AppFingerprint) {
+    /// after a reload changed an app's id or key, old tokens must not be used.
+    pub fn retain_apps(&self, current: &[AppFingerprint]) {
         self.tokens.retain(|k| match k {
-            CacheKey::Installation { app, .. } => *app == current,
+            CacheKey::Installation { app, .. } => current.contains(app),
             CacheKey::User { .. } => true,
         });
-        self.jwts.retain(|k, _| *k == current);
-        self.directories.retain(|k, _| *k == current);
+        self.jwts.retain(|k, _| current.contains(k));
+        self.directories.retain(|k, _| current.contains(k));
     }
 
     /// The cached (unscoped) token for an installation, without minting.

@@ -42,6 +42,8 @@ pub struct Route {
     /// What an installation token is limited to (`repositories`,
     /// `permissions`); `None`: all the installation allows.
     pub scope: Option<Arc<TokenScope>>,
+    /// The name of the app (under `apps:`) the credential belongs to.
+    pub app: Arc<str>,
 }
 
 /// Who a route acts as. A user grant is just one more variant here; the
@@ -96,6 +98,9 @@ impl fmt::Display for Route {
             f.write_str(" (strip prefix)")?;
         }
         write!(f, " -> {}", self.credential)?;
+        if &*self.app != "default" {
+            write!(f, " (app {})", self.app)?;
+        }
         if let Some(scope) = &self.scope {
             write!(f, " scoped to {scope}")?;
         }
@@ -286,6 +291,7 @@ mod tests {
             credential: RouteCredential::Installation(InstallationSelector::Auto),
             api_version: None,
             scope: None,
+            app: "default".into(),
         }
     }
 

@@ -12,6 +12,7 @@ pub(super) fn routes(
     raw: &[RouteFile],
     clients: &HashSet<&str>,
     api_version: Option<&http::HeaderValue>,
+    apps: &[&str],
     problems: &mut Problems,
 ) -> Vec<Route> {
     let mut names = std::collections::HashMap::new();
@@ -129,7 +130,30 @@ pub(super) fn routes(
             Some(v) => api_version_header(v, &at("api_version"), problems),
             None => api_version.cloned(),
         };
-        if let (Some(prefix), Some(credential)) = (prefix, credential) {
+        let app = match (&r.app, apps) {
+            (Some(name), _) if apps.contains(&name.as_str()) => Some(Arc::<str>::from(name.as_str())),
+            (Some(_), []) => None,
+            (Some(_), _) => {
+                problems.add(
+                    at("app"),
+                    format!("names no app under `apps:` (apps: {})", apps.join(", ")),
+                );
+                None
+            }
+            (None, [only]) => Some(Arc::<str>::from(*only)),
+            (None, []) => None,
+            (None, _) => {
+                problems.add(
+                    at("app"),
+                    format!(
+                        "is required when there are several apps (apps: {})",
+                        apps.join(", ")
+                    ),
+                );
+                None
+            }
+        };
+        if let (Some(prefix), Some(credential), Some(app)) = (prefix, credential, app) {
             out.push(Route {
                 name: r.name.as_str().into(),
                 prefix,
@@ -140,6 +164,7 @@ pub(super) fn routes(
                 credential,
                 api_version: route_api_version,
                 scope: scope.map(Arc::new),
+                app,
             });
         }
     }

@@ -397,11 +397,14 @@ mod tests {
             .unwrap_err();
             e.problems[0].to_string()
         };
-        assert_eq!(
-            shown("bogus_setting: 1\n"),
-            "line 4: (top level): unknown field `bogus_setting`; expected one of: listen, upstream, \
-             upstream_ca_file, app, oauth, store, clients, unix_socket_mode, allow_unauthenticated, \
-             tokens, timeouts, limits, allowed_origins, allowed_hosts, api_version, routes"
+        // The list grows with the config; its shape is what matters.
+        let top = shown("bogus_setting: 1\n");
+        assert!(
+            top.starts_with(
+                "line 4: (top level): unknown field `bogus_setting`; expected one of: listen, upstream, "
+            ) && top.contains(", app, apps, ")
+                && top.ends_with(", routes"),
+            "{top}"
         );
         assert_eq!(
             shown("limits: { max_connections: -1 }\n"),
