@@ -195,3 +195,51 @@ routes:
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_user_grant_belongs_to_the_app_it_was_obtained_with() {
+    bounded(60, "grant per app", async {
+        let env = common::users::UserEnv::start(common::users::fake_oauth(
+            std::time::Duration::from_secs(8 * 3600),
+        ))
+        .await;
+        let defaults = atomgit_fake::FakeOAuth::default();
+        let (upstream, addr) = (env.fake.url(), env.addr);
+        let yaml = format!(
+            r#"listen: ["{addr}"]
+upstream: {upstream}
+apps:
+  main: {{ id: 75, private_key: {{ file: app.pem }}, client_id: "{cid}", client_secret: {{ value: "{secret}" }} }}
+  other: {{ id: 76, private_key: {{ file: app.pem }}, client_id: "other-client", client_secret: {{ value: "x" }} }}
+oauth:
+  authorize_url: {upstream}/login/oauth/authorize
+  redirect_uri: http://{addr}/_proxy/oauth/callback
+store: {{ path: state/grants.json }}
+routes:
+  - name: alice
+    match: {{ path_prefix: /as/alice }}
+    strip_prefix: true
+    app: main
+    user: alice
+  - name: alice-other
+    match: {{ path_prefix: /other/alice }}
+    strip_prefix: true
+    app: other
+    user: alice
+"#,
+            cid = defaults.client_id,
+            secret = defaults.client_secret,
+        );
+        std::fs::write(&env.config_path, yaml).unwrap();
+        atomgit_proxy::reload::reload(env.running.as_ref().unwrap().shared())
+            .unwrap_or_else(|e| panic!("the reload failed: {e}"));
+        // A link without an app logs in with the app of alice's first route.
+        env.log_in().await;
+        assert_eq!(env.grant("alice")["bound_to"]["app_id"], 75);
+        env.use_user_route().await;
+        let other = env.get("/other/alice/user").await;
+        other.assert_proxy_error(StatusCode::SERVICE_UNAVAILABLE, "grant_missing");
+        env.shutdown().await;
+    })
+    .await;
+}
