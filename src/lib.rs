@@ -8,16 +8,20 @@
 //!   graceful shutdown.
 //! - [`proxy`]: the service: browser guards ([`proxy::guard`]), caller keys
 //!   ([`proxy::clients`]), route selection, header surgery
-//!   ([`proxy::headers`]) and the streaming forward.
+//!   ([`proxy::headers`]), the streaming forward and its one resend after a
+//!   refused token (`proxy::retry`).
 //! - [`state`]: what every request shares: the current snapshot behind
 //!   `ArcSwap`, the credential caches, metrics and pending logins.
 //! - [`config`]: the YAML file ([`config::file`]), validated once into the
 //!   immutable [`config::Config`] a snapshot holds.
 //! - [`admin`]: the `/_proxy/` endpoints (health, readiness, metrics, the
 //!   login pages), which the service dispatches to.
-//! - [`routes`]: compiled routes, matching, path checks.
-//! - [`credentials`]: the app JWT, installation tokens, user grants and their
-//!   store, the token endpoint, the single-flight token cache.
+//! - [`routes`]: compiled routes, matching, path checks, token scopes
+//!   ([`routes::scope`]).
+//! - [`credentials`]: the app JWT of each app and its clock offset
+//!   ([`credentials::clock`]), installation tokens (scoped or not), user
+//!   grants and their store, the token endpoint, the single-flight token
+//!   cache.
 //! - [`upstream`]: pooled HTTP clients to the platform.
 //! - [`body`]: the response body type, and the caller's body on its way
 //!   upstream, watched for the caller's own faults.
