@@ -38,7 +38,10 @@ async fn api_version_is_sent_unless_the_caller_sends_one() {
         assert_eq!(env.get("/orgs/yanqianyu/a").await.status, StatusCode::OK);
         assert_eq!(version_sent(&env, "/orgs/yanqianyu/a"), ["2023-02-21"]);
         // The route's own version wins over the top-level one.
-        assert_eq!(env.get("/orgs/yanqianyu/pinned").await.status, StatusCode::OK);
+        assert_eq!(
+            env.get("/orgs/yanqianyu/pinned").await.status,
+            StatusCode::OK
+        );
         assert_eq!(version_sent(&env, "/orgs/yanqianyu/pinned"), ["2024-01-01"]);
         // The caller's own header passes through, not doubled nor replaced.
         let own = env
@@ -59,7 +62,11 @@ async fn api_version_is_sent_unless_the_caller_sends_one() {
 #[tokio::test]
 async fn without_api_version_no_header_is_added() {
     bounded(60, "no api version", async {
-        let env = TestEnv::start("- name: y\n  match: { path_prefix: /orgs/yanqianyu }\n  installation: { id: 14 }\n", &[(14, "yanqianyu")]).await;
+        let env = TestEnv::start(
+            "- name: y\n  match: { path_prefix: /orgs/yanqianyu }\n  installation: { id: 14 }\n",
+            &[(14, "yanqianyu")],
+        )
+        .await;
         assert_eq!(env.get("/orgs/yanqianyu/a").await.status, StatusCode::OK);
         assert!(version_sent(&env, "/orgs/yanqianyu/a").is_empty());
         env.shutdown().await;
@@ -78,7 +85,10 @@ fn a_bad_api_version_names_its_field_without_quoting_it() {
     let err = atomgit_proxy::config::Config::from_yaml(&yaml, std::path::Path::new("."), "t")
         .unwrap_err()
         .to_string();
-    assert!(err.contains("api_version: expected an API version"), "{err}");
+    assert!(
+        err.contains("api_version: expected an API version"),
+        "{err}"
+    );
     assert!(err.contains("routes[0].api_version"), "{err}");
     assert!(!err.contains("has space"), "{err}");
 }

@@ -30,8 +30,14 @@ async fn the_mint_carries_the_scope_and_the_token_works_inside_it() {
             env.fake.mint_bodies(),
             [json!({"repositories": ["docs"], "permissions": {"contents": "read"}})]
         );
-        let token = single_bearer(&env.last_api_request("/repos/yanqianyu/docs/contents/README.md").headers);
-        assert_eq!(env.fake.token_repositories(&token), Some(vec!["docs".to_owned()]));
+        let token = single_bearer(
+            &env.last_api_request("/repos/yanqianyu/docs/contents/README.md")
+                .headers,
+        );
+        assert_eq!(
+            env.fake.token_repositories(&token),
+            Some(vec!["docs".to_owned()])
+        );
         // Outside its repositories the platform refuses the token.
         let outside = env.get("/repos/yanqianyu/secrets/contents/key").await;
         assert_eq!(outside.status, StatusCode::NOT_FOUND);
@@ -50,7 +56,10 @@ async fn a_platform_that_ignores_the_scope_gets_its_token_refused() {
         let reply = env.get("/repos/yanqianyu/docs/contents/README.md").await;
         reply.assert_proxy_error(StatusCode::BAD_GATEWAY, "token_endpoint_failed");
         let message = reply.json()["message"].as_str().unwrap().to_owned();
-        assert!(message.contains("did not honour the token scope"), "{message}");
+        assert!(
+            message.contains("did not honour the token scope"),
+            "{message}"
+        );
         assert_eq!(env.fake.mints_for(14), 1, "a token was minted");
         assert!(
             env.fake.api_requests().is_empty(),

@@ -57,7 +57,10 @@ async fn each_routes_token_is_minted_by_its_own_app() {
         .await;
         let yaml = two_apps_yaml(&fake.url(), ROUTES);
         let env = TestEnv::start_yaml(fake, &yaml).await;
-        assert_eq!(env.get("/orgs/yanqianyu/main/a").await.status, StatusCode::OK);
+        assert_eq!(
+            env.get("/orgs/yanqianyu/main/a").await.status,
+            StatusCode::OK
+        );
         assert_eq!(env.get("/orgs/yanqianyu/b").await.status, StatusCode::OK);
         let main = single_bearer(&env.last_api_request("/orgs/yanqianyu/main/a").headers);
         let backup = single_bearer(&env.last_api_request("/orgs/yanqianyu/b").headers);
@@ -65,7 +68,10 @@ async fn each_routes_token_is_minted_by_its_own_app() {
         assert_eq!(env.fake.token_app(&backup), Some(76));
         assert_eq!(env.fake.mints_for(14), 2, "one token per app");
         // Each app keeps its own token.
-        assert_eq!(env.get("/orgs/yanqianyu/main/c").await.status, StatusCode::OK);
+        assert_eq!(
+            env.get("/orgs/yanqianyu/main/c").await.status,
+            StatusCode::OK
+        );
         assert_eq!(env.get("/orgs/yanqianyu/d").await.status, StatusCode::OK);
         assert_eq!(env.fake.mints_for(14), 2);
         let ready = env.get("/_proxy/readyz").await.json();
@@ -102,7 +108,10 @@ async fn check_accepts_apps_and_names_every_problem() {
     bounded(60, "check apps", async {
         let (ok, out, err) = cli_on(&two_apps_yaml("http://127.0.0.1:9", ROUTES), &["check"]).await;
         assert!(ok, "{err}");
-        assert!(out.contains("main (id 75)") && out.contains("backup (id 76)"), "{out}");
+        assert!(
+            out.contains("main (id 75)") && out.contains("backup (id 76)"),
+            "{out}"
+        );
 
         let bad_routes = "
 oauth: { redirect_uri: http://127.0.0.1:8080/_proxy/oauth/callback }
@@ -120,7 +129,8 @@ routes:
     app: backup
     user: alice
 ";
-        let (ok, _, err) = cli_on(&two_apps_yaml("http://127.0.0.1:9", bad_routes), &["check"]).await;
+        let (ok, _, err) =
+            cli_on(&two_apps_yaml("http://127.0.0.1:9", bad_routes), &["check"]).await;
         assert!(!ok);
         for problem in [
             "routes[0].app: names no app under `apps:`",
@@ -139,7 +149,10 @@ routes:
         );
         let (ok, _, err) = cli_on(&both, &["check"]).await;
         assert!(!ok);
-        assert!(err.contains("apps: `app:` and `apps:` are both set"), "{err}");
+        assert!(
+            err.contains("apps: `app:` and `apps:` are both set"),
+            "{err}"
+        );
         // One app: a route naming it by the shorthand's name is fine; another is not.
         let one = common::config_yaml(
             "http://127.0.0.1:9",
@@ -149,7 +162,10 @@ routes:
         );
         let (ok, _, err) = cli_on(&one, &["check"]).await;
         assert!(!ok);
-        assert!(err.contains("routes[0].app: names no app under `apps:` (apps: default)"), "{err}");
+        assert!(
+            err.contains("routes[0].app: names no app under `apps:` (apps: default)"),
+            "{err}"
+        );
     })
     .await;
 }

@@ -67,7 +67,9 @@ async fn a_burst_of_refusals_of_one_token_mints_once() {
         let env = TestEnv::start(ROUTES, &[(14, "yanqianyu")]).await;
         assert_eq!(env.get("/orgs/yanqianyu/a").await.status, StatusCode::OK);
         env.fake.revoke_all_tokens();
-        let paths: Vec<String> = (0..20).map(|i| format!("/orgs/yanqianyu/burst{i}")).collect();
+        let paths: Vec<String> = (0..20)
+            .map(|i| format!("/orgs/yanqianyu/burst{i}"))
+            .collect();
         let replies = futures_util::future::join_all(paths.iter().map(|p| env.get(p))).await;
         for r in &replies {
             assert_eq!(r.status, StatusCode::OK, "{}", r.text());
@@ -89,7 +91,9 @@ async fn a_small_body_is_replayed_whole() {
         assert_eq!(env.get("/upload/warm").await.status, StatusCode::OK);
         env.fake.revoke_all_tokens();
         let body = vec![7u8; 40_000];
-        let reply = env.request(Method::POST, "/upload", &[], body.clone()).await;
+        let reply = env
+            .request(Method::POST, "/upload", &[], body.clone())
+            .await;
         assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
         assert_eq!(reply.json()["bytes"], 40_000);
         assert_eq!(reply.json()["sha256"], hex::encode(Sha256::digest(&body)));
@@ -102,7 +106,8 @@ async fn a_small_body_is_replayed_whole() {
 /// A chunked body of `chunks` x 16 KiB with no length given.
 fn streamed(chunks: usize) -> common::ReqBody {
     let frames = stream::iter(
-        (0..chunks).map(|_| Ok::<_, Infallible>(Frame::data(bytes::Bytes::from(vec![1u8; 16 * 1024])))),
+        (0..chunks)
+            .map(|_| Ok::<_, Infallible>(Frame::data(bytes::Bytes::from(vec![1u8; 16 * 1024])))),
     );
     StreamBody::new(frames).boxed()
 }
@@ -124,14 +129,24 @@ async fn a_streaming_post_is_not_replayed() {
         )
         .await;
         assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{}", reply.text());
-        assert_eq!(received(&env, &Method::POST, "/upload"), 1, "never replayed");
+        assert_eq!(
+            received(&env, &Method::POST, "/upload"),
+            1,
+            "never replayed"
+        );
         assert_eq!(metric(&env, "atomgit_proxy_token_retries_total").await, 0.0);
         // A declared large body is not read ahead either.
         let big = vec![3u8; 100_000];
         let reply = env.request(Method::POST, "/upload", &[], big).await;
-        assert_eq!(reply.status, StatusCode::OK, "the refused token was dropped");
+        assert_eq!(
+            reply.status,
+            StatusCode::OK,
+            "the refused token was dropped"
+        );
         env.fake.revoke_all_tokens();
-        let reply = env.request(Method::POST, "/upload", &[], vec![3u8; 100_000]).await;
+        let reply = env
+            .request(Method::POST, "/upload", &[], vec![3u8; 100_000])
+            .await;
         assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
         assert_eq!(received(&env, &Method::POST, "/upload"), 3);
         env.shutdown().await;
@@ -146,7 +161,10 @@ async fn a_token_refused_on_every_mint_gives_the_caller_401_after_two_attempts()
         env.fake.set_revoke_on_issue(true);
         let reply = env.get("/orgs/yanqianyu/a").await;
         assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
-        assert!(reply.header("x-atomgit-proxy-error").is_none(), "the platform's own 401");
+        assert!(
+            reply.header("x-atomgit-proxy-error").is_none(),
+            "the platform's own 401"
+        );
         assert_eq!(received(&env, &Method::GET, "/orgs/yanqianyu/a"), 2);
         assert_eq!(env.fake.mints_for(14), 2);
         env.shutdown().await;
@@ -173,4 +191,3 @@ async fn a_refused_user_token_is_refreshed_not_reread() {
     })
     .await;
 }
-

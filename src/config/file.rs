@@ -224,7 +224,10 @@ impl<'de> Deserialize<'de> for InstallationFile {
                     )),
                 }
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
                 InstallationSpecFile::deserialize(serde::de::value::MapAccessDeserializer::new(map))
                     .map(InstallationFile::Spec)
             }

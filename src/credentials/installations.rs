@@ -205,9 +205,10 @@ async fn app_call(
 ) -> Result<ApiResponse, CredentialError> {
     let mut retried = false;
     loop {
-        let jwt = signer.jwt.get(&signer.app).map_err(|e| {
-            CredentialError::Internal(format!("cannot sign the app JWT: {e}"))
-        })?;
+        let jwt = signer
+            .jwt
+            .get(&signer.app)
+            .map_err(|e| CredentialError::Internal(format!("cannot sign the app JWT: {e}")))?;
         let req = request(upstream, method.clone(), path, &jwt, body.clone())?;
         let resp = upstream
             .call(req)

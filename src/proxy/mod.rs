@@ -124,6 +124,15 @@ impl Proxy {
             forward_path: &owner_path,
             metrics: &self.shared.metrics,
         };
-        forward::send(req, uri, snap, token, origin, heal, route.api_version.as_ref()).await
+        forward::send(
+            req,
+            uri,
+            snap,
+            token,
+            origin,
+            heal,
+            route.api_version.as_ref(),
+        )
+        .await
     }
 }

@@ -20,6 +20,7 @@
 use crate::body::{CallerBody, CallerFault};
 use crate::credentials::{Context, Credentials, Token};
 use crate::error::ProxyError;
+use crate::metrics::Metrics;
 use crate::routes::RouteCredential;
 use bytes::{Bytes, BytesMut};
 use http::header::{AUTHORIZATION, CONTENT_LENGTH};
@@ -27,7 +28,6 @@ use http::request::Parts;
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use crate::metrics::Metrics;
 use std::future::Future;
 use std::time::Duration;
 

@@ -75,7 +75,9 @@ impl TokenScope {
                 let level = level.as_str().and_then(Access::parse);
                 match (asked.get(name), level) {
                     (Some(want), Some(got)) if got <= *want => {}
-                    (None, _) => return Err(format!("it grants `{name}`, which was not asked for")),
+                    (None, _) => {
+                        return Err(format!("it grants `{name}`, which was not asked for"));
+                    }
                     _ => return Err(format!("it grants more than asked for `{name}`")),
                 }
             }

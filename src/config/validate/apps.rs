@@ -128,7 +128,11 @@ fn app(
 
 /// Parses the PEM and signs one throwaway JWT, so a key the signer cannot use
 /// (wrong type, truncated) fails at load instead of on the first request.
-fn parse_key(pem: &Secret, field: &str, problems: &mut Problems) -> Option<jsonwebtoken::EncodingKey> {
+fn parse_key(
+    pem: &Secret,
+    field: &str,
+    problems: &mut Problems,
+) -> Option<jsonwebtoken::EncodingKey> {
     let key = match jsonwebtoken::EncodingKey::from_rsa_pem(pem.expose().as_bytes()) {
         Ok(k) => k,
         // The PEM parser's errors can quote the armour's label: not shown.

@@ -218,7 +218,10 @@ fn referenced_files(raw: &ConfigFile, base: &Path) -> Vec<PathBuf> {
 
 /// Files secrets are read from, resolved.
 fn secret_files(raw: &ConfigFile, base: &Path) -> Vec<PathBuf> {
-    let apps = raw.app.iter().chain(raw.apps.iter().flat_map(|a| a.values()));
+    let apps = raw
+        .app
+        .iter()
+        .chain(raw.apps.iter().flat_map(|a| a.values()));
     let secrets = apps
         .flat_map(|a| std::iter::once(&a.private_key).chain(a.client_secret.as_ref()))
         .chain(raw.clients.iter().flatten().map(|c| &c.key));

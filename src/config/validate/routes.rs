@@ -2,9 +2,9 @@
 //! one credential each.
 
 use super::Problems;
+use crate::config::file::InstallationSpecFile;
 use crate::config::file::{InstallationFile, RouteFile};
 use crate::routes::{Access, InstallationSelector, Route, RouteCredential, TokenScope};
-use crate::config::file::InstallationSpecFile;
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -131,7 +131,9 @@ pub(super) fn routes(
             None => api_version.cloned(),
         };
         let app = match (&r.app, apps) {
-            (Some(name), _) if apps.contains(&name.as_str()) => Some(Arc::<str>::from(name.as_str())),
+            (Some(name), _) if apps.contains(&name.as_str()) => {
+                Some(Arc::<str>::from(name.as_str()))
+            }
             (Some(_), []) => None,
             (Some(_), _) => {
                 problems.add(
@@ -207,11 +209,17 @@ fn selector(
         (None, Some(a), None) => Some(InstallationSelector::Account(a.trim().to_lowercase())),
         (None, None, Some(true)) => Some(InstallationSelector::Auto),
         (None, None, Some(false)) => {
-            problems.add(format!("{at}.auto"), "can only be true; use `id:` or `account:` instead");
+            problems.add(
+                format!("{at}.auto"),
+                "can only be true; use `id:` or `account:` instead",
+            );
             None
         }
         _ => {
-            problems.add(at, "needs exactly one of `id:`, `account:` and `auto: true`");
+            problems.add(
+                at,
+                "needs exactly one of `id:`, `account:` and `auto: true`",
+            );
             None
         }
     }
@@ -233,7 +241,9 @@ fn scope(spec: &InstallationSpecFile, at: &str, problems: &mut Problems) -> Opti
             .filter_map(|(k, name)| {
                 let name = name.trim();
                 let bad = name.is_empty()
-                    || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+                    || !name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
                 if bad {
                     problems.add(
                         format!("{field}[{k}]"),
@@ -256,8 +266,8 @@ fn scope(spec: &InstallationSpecFile, at: &str, problems: &mut Problems) -> Opti
         perms
             .iter()
             .filter_map(|(name, level)| {
-                let ok_name = !name.is_empty()
-                    && name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
+                let ok_name =
+                    !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
                 if !ok_name {
                     problems.add(&field, "expected permission names like contents or issues");
                     return None;
