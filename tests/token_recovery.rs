@@ -167,6 +167,14 @@ async fn a_token_refused_on_every_mint_gives_the_caller_401_after_two_attempts()
         );
         assert_eq!(received(&env, &Method::GET, "/orgs/yanqianyu/a"), 2);
         assert_eq!(env.fake.mints_for(14), 2);
+        // Refusals that fresh tokens do not cure do not mint per request:
+        // within the floor, the refusal goes straight to the caller.
+        for i in 0..5 {
+            let path = format!("/orgs/yanqianyu/again{i}");
+            assert_eq!(env.get(&path).await.status, StatusCode::UNAUTHORIZED);
+            assert_eq!(received(&env, &Method::GET, &path), 1, "not resent");
+        }
+        assert_eq!(env.fake.mints_for(14), 2);
         env.shutdown().await;
     })
     .await;

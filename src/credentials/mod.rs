@@ -157,17 +157,25 @@ impl Credentials {
         forward_path: &str,
         stale: &Token,
     ) -> Result<Token, CredentialError> {
-        match credential {
+        let fresh = match credential {
             RouteCredential::Installation(selector) => {
                 let id = self.installation_id(ctx, selector, forward_path).await?;
                 self.tokens.discard(&installation_key(ctx, id), stale);
-                self.installation_token(ctx, id).await
+                self.installation_token(ctx, id).await?
             }
             RouteCredential::User(user) => {
                 self.tokens.discard(&self.user_key(ctx, user), stale);
-                self.user_token_after(ctx, user, Some(stale)).await
+                self.user_token_after(ctx, user, Some(stale)).await?
             }
+        };
+        if fresh.same_as(stale) {
+            // Kept: another refusal was answered with a new token moments ago.
+            return Err(CredentialError::TokenEndpoint(format!(
+                "the platform keeps refusing fresh tokens; the next one is minted at most {}s after the last",
+                cache::REFUSAL_FLOOR.as_secs()
+            )));
         }
+        Ok(fresh)
     }
 
     fn user_key(&self, ctx: &Context<'_>, user: &Arc<str>) -> CacheKey {
