@@ -6,13 +6,12 @@
 //! flood of calls to the platform. A directory older than [`MAX_AGE`] is
 //! refreshed in the background while its answers keep being used.
 
-use super::app_jwt::AppJwt;
-use super::{CredentialError, Token, clock};
-use crate::config::AppConfig;
+pub use super::app_call::AppSigner;
+use super::app_call::app_call;
+use super::{CredentialError, Token};
 use crate::routes::TokenScope;
-use crate::upstream::{ApiResponse, Upstream};
+use crate::upstream::Upstream;
 use bytes::Bytes;
-use http_body_util::Full;
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -21,12 +20,6 @@ use tokio::time::Instant;
 
 pub const MISS_FLOOR: Duration = Duration::from_secs(30);
 pub const MAX_AGE: Duration = Duration::from_secs(600);
-
-/// What app calls are signed with: the app and its JWT (with its clock offset).
-pub struct AppSigner {
-    pub app: Arc<AppConfig>,
-    pub jwt: Arc<AppJwt>,
-}
 
 #[derive(Deserialize)]
 struct Installation {
@@ -194,36 +187,6 @@ impl Directory {
     }
 }
 
-/// An app (JWT) call, retried once on the platform's clock when the
-/// platform refused the JWT and its clock is off (see `clock.rs`).
-async fn app_call(
-    upstream: &Upstream,
-    signer: &AppSigner,
-    method: http::Method,
-    path: &str,
-    body: Option<Bytes>,
-) -> Result<ApiResponse, CredentialError> {
-    let mut retried = false;
-    loop {
-        let jwt = signer
-            .jwt
-            .get(&signer.app)
-            .map_err(|e| CredentialError::Internal(format!("cannot sign the app JWT: {e}")))?;
-        let req = request(upstream, method.clone(), path, &jwt, body.clone())?;
-        let resp = upstream
-            .call(req)
-            .await
-            .map_err(CredentialError::from_call)?;
-        if resp.status != http::StatusCode::UNAUTHORIZED || retried {
-            return Ok(resp);
-        }
-        match clock::platform_offset(&resp.headers) {
-            Some(seen) if signer.jwt.correct(&signer.app, seen) => retried = true,
-            _ => return Ok(resp),
-        }
-    }
-}
-
 /// `GET /app/installations`.
 pub async fn list(
     upstream: Arc<Upstream>,
@@ -310,33 +273,6 @@ pub async fn mint(
     Token::new(&body.token, Instant::now(), lifetime, margin).ok_or_else(|| {
         CredentialError::TokenEndpoint(format!("POST {path}: the token is not header-safe"))
     })
-}
-
-fn request(
-    upstream: &Upstream,
-    method: http::Method,
-    path: &str,
-    jwt: &str,
-    body: Option<Bytes>,
-) -> Result<http::Request<Full<Bytes>>, CredentialError> {
-    let uri = upstream
-        .uri(path)
-        .map_err(|e| CredentialError::Internal(e.to_string()))?;
-    let mut auth = http::HeaderValue::try_from(format!("Bearer {jwt}"))
-        .map_err(|e| CredentialError::Internal(e.to_string()))?;
-    auth.set_sensitive(true);
-    let req = http::Request::builder()
-        .method(method)
-        .uri(uri)
-        .header(http::header::AUTHORIZATION, auth)
-        .header(http::header::ACCEPT, "application/json")
-        .header(http::header::USER_AGENT, crate::USER_AGENT);
-    let req = match &body {
-        Some(_) => req.header(http::header::CONTENT_TYPE, "application/json"),
-        None => req,
-    };
-    req.body(Full::new(body.unwrap_or_default()))
-        .map_err(|e| CredentialError::Internal(e.to_string()))
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 //! credential (the app fingerprint and installation id), so a reload keeps
 //! every token that is still right and nothing is minted because of it.
 
+mod app_call;
 mod app_jwt;
 pub mod cache;
 pub mod clock;
