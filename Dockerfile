@@ -10,7 +10,11 @@
 # Inside a container the config must listen on 0.0.0.0:8080, which the proxy
 # accepts only with `clients:` or `allow_unauthenticated: true`.
 
-FROM rust:1-bookworm AS builder
+# Base images are pinned to exact versions (the toolchain the project is
+# tested with, a dated Debian release), so a rebuild gets the same bases;
+# pin by digest too (`FROM image:tag@sha256:...`) where your registry
+# mirror records them, and bump both on purpose.
+FROM rust:1.95.0-bookworm AS builder
 WORKDIR /build
 COPY Cargo.toml Cargo.lock ./
 # benches/ too: Cargo.toml declares the benchmark, and cargo refuses a
@@ -28,7 +32,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     cargo build --release --no-default-features --locked \
     && cp target/release/atomgit-proxy /usr/local/bin/atomgit-proxy
 
-FROM debian:bookworm-slim
+FROM debian:bookworm-20251229-slim
 # The proxy trusts its built-in Mozilla roots; ca-certificates provides
 # /etc/ssl/certs/ca-certificates.crt for `upstream_ca_file` when the platform
 # sits behind a CA that the system store (or a derived image) knows.
@@ -46,5 +50,9 @@ EXPOSE 8080
 # SIGTERM drains in-flight requests (timeouts.shutdown, default 25s) and exits 0;
 # give `docker stop` at least that long: docker stop -t 35.
 STOPSIGNAL SIGTERM
+# No curl in the image: the binary asks its own /_proxy/healthz (the first
+# listener of the config; a wildcard listener is asked on loopback).
+HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
+    CMD ["atomgit-proxy", "healthcheck"]
 ENTRYPOINT ["atomgit-proxy"]
 CMD ["serve"]

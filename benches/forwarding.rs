@@ -115,13 +115,19 @@ async fn main() {
                 id: 14,
                 account: "yanqianyu".into(),
             }],
+            // A budget the bench cannot spend, and smoothing off below:
+            // this measures the forwarding path, not the quota.
+            rate_limit: fake::FakeRateLimit {
+                limit: u64::MAX / 2,
+                ..Default::default()
+            },
             ..FakeOptions::default()
         },
     )
     .await
     .unwrap();
     let yaml = format!(
-        "listen: [\"127.0.0.1:0\"]\nupstream: {}\napp:\n  id: 75\n  private_key: {{ value: {} }}\nroutes:\n  - name: all\n    match: {{ path_prefix: / }}\n    installation: {{ id: 14 }}\n",
+        "listen: [\"127.0.0.1:0\"]\nupstream: {}\napp:\n  id: 75\n  private_key: {{ value: {} }}\nquota: {{ per_second: 0 }}\nroutes:\n  - name: all\n    match: {{ path_prefix: / }}\n    installation: {{ id: 14 }}\n",
         fake.url(),
         serde_json::to_string(&private_pem).unwrap()
     );

@@ -22,8 +22,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
-/// Response bodies: the upstream's stream, or a small body the proxy made.
-pub type Body = Either<Incoming, Full<Bytes>>;
+pub mod tee;
+
+/// Response bodies: the upstream's stream (as is, or copied on its way for
+/// the conditional cache by a [`Tee`](tee::Tee)), or a small body the proxy
+/// made (or the cache kept).
+pub type Body = Either<Either<Incoming, tee::Tee>, Full<Bytes>>;
 
 /// The caller's `Incoming`, passed through unchanged, after the bytes
 /// already read from it, if any.

@@ -43,6 +43,9 @@ pub enum ProxyError {
     UpstreamUnreachable(String),
     #[error("the upstream sent no response headers within {0:?}")]
     UpstreamTimeout(Duration),
+    /// The credential's budget is spent, or no slot within `quota.max_wait`.
+    #[error(transparent)]
+    RateLimited(#[from] crate::quota::Rejected),
     /// The contract has no code of its own for this: a caller's fault.
     #[error("the request head is larger than limits.max_header_bytes ({limit} bytes)")]
     HeadTooLarge { limit: usize },
@@ -75,12 +78,16 @@ impl ProxyError {
                 CredentialError::GrantRevoked(_) => {
                     (StatusCode::SERVICE_UNAVAILABLE, "grant_revoked")
                 }
+                CredentialError::StoreUnavailable(_) => {
+                    (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
+                }
                 CredentialError::Internal(_) => {
                     (StatusCode::INTERNAL_SERVER_ERROR, "internal_error")
                 }
             },
             ProxyError::UpstreamUnreachable(_) => (StatusCode::BAD_GATEWAY, "upstream_unreachable"),
             ProxyError::UpstreamTimeout(_) => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
+            ProxyError::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             ProxyError::HeadTooLarge { .. } => {
                 (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "bad_request")
             }
@@ -99,7 +106,9 @@ impl ProxyError {
                 tracing::error!(%code, route, status = status.as_u16(), "{}", Escaped(&self.to_string()))
             }
             ProxyError::Credential(
-                CredentialError::TokenEndpoint(_) | CredentialError::GrantRevoked(_),
+                CredentialError::TokenEndpoint(_)
+                | CredentialError::GrantRevoked(_)
+                | CredentialError::StoreUnavailable(_),
             )
             | ProxyError::UpstreamUnreachable(_)
             | ProxyError::UpstreamTimeout(_) => {
@@ -115,7 +124,16 @@ impl ProxyError {
     pub fn into_response(self, route: Option<&str>) -> Response<Body> {
         self.log(route);
         let (status, code) = self.status_and_code();
-        json_error(status, code, &self.to_string())
+        let mut resp = json_error(status, code, &self.to_string());
+        if let ProxyError::RateLimited(rejected) = &self {
+            let headers = resp.headers_mut();
+            let secs = crate::quota::budget::retry_after_secs(rejected.retry_after);
+            headers.insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
+            if let Some(last) = &rejected.last {
+                last.write_headers(headers);
+            }
+        }
+        resp
     }
 }
 

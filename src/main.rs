@@ -63,6 +63,11 @@ enum Command {
         #[arg(long)]
         owner: Option<String>,
     },
+    /// Copy grants into the configured store, or list them.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
     /// Print a one-time login link (valid 10 minutes) that binds USER's grant.
     Login {
         #[arg(short, long, env = "ATOMGIT_PROXY_CONFIG")]
@@ -73,6 +78,39 @@ enum Command {
         /// several and the user's routes do not name just one.
         #[arg(long)]
         app: Option<String>,
+        /// Wait (up to the link's life) until the login is done and the
+        /// grant stored; exit 1 if the link expires first.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Exit 0 if a running proxy's /_proxy/healthz answers 200 (for Docker's
+    /// HEALTHCHECK): asks the first listener of the config, or the URL.
+    Healthcheck {
+        /// The config whose first listener is asked. `--url` wins over it
+        /// (so an image that sets ATOMGIT_PROXY_CONFIG can still probe a URL).
+        #[arg(short, long, env = "ATOMGIT_PROXY_CONFIG")]
+        config: Option<PathBuf>,
+        /// Base URL of the proxy, e.g. http://127.0.0.1:8080 (healthz is asked),
+        /// or a local endpoint such as http://127.0.0.1:8080/_proxy/readyz
+        #[arg(long)]
+        url: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Copy the grants of a JSON grant file into the configured store (a
+    /// newer grant there is never overwritten; running it again changes nothing).
+    Import {
+        #[arg(short, long, env = "ATOMGIT_PROXY_CONFIG")]
+        config: PathBuf,
+        /// The grant file to copy from (`store.path` of a file-store config).
+        grants_json: PathBuf,
+    },
+    /// Show each user's grant state and expiry (no secret).
+    List {
+        #[arg(short, long, env = "ATOMGIT_PROXY_CONFIG")]
+        config: PathBuf,
     },
 }
 
@@ -106,8 +144,13 @@ fn init_logging(format: Option<LogFormat>) {
     } else {
         LogFormat::Json
     });
+    // Colour only for a person at a terminal who did not opt out
+    // (https://no-color.org): a log file or collector gets plain text.
+    let colour = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -128,13 +171,79 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             route,
             owner,
         } => token(config, &route, owner.as_deref()).await,
-        Command::Login { config, user, app } => login(config, &user, app.as_deref()),
+        Command::Login {
+            config,
+            user,
+            app,
+            wait,
+        } => login(config, &user, app.as_deref(), wait).await,
+        Command::Healthcheck { config, url } => Ok(healthcheck(config, url)),
+        Command::Store { command } => store(command).await,
     }
 }
 
-fn login(path: PathBuf, user: &str, app: Option<&str>) -> anyhow::Result<ExitCode> {
+fn healthcheck(config: Option<PathBuf>, url: Option<String>) -> ExitCode {
+    use atomgit_proxy::ops::healthcheck as hc;
+    let target = match (config, url) {
+        (_, Some(url)) => hc::target_from_url(&url),
+        (Some(config), None) => hc::target_from_config(&config),
+        (None, None) => {
+            hc::target_from_url(&format!("http://{}", atomgit_proxy::config::DEFAULT_LISTEN))
+        }
+    };
+    match target.and_then(|t| hc::probe(&t)) {
+        Ok(()) => {
+            println!("ok");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("unhealthy: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn store(command: StoreCommand) -> anyhow::Result<ExitCode> {
+    use atomgit_proxy::store;
+    let path = match &command {
+        StoreCommand::Import { config, .. } | StoreCommand::List { config } => config.clone(),
+    };
     let config = Config::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let (Some(oauth), Some(store)) = (config.oauth.as_ref(), config.store_path.as_ref()) else {
+    let Some(target) = store::open(&config, None).map_err(anyhow::Error::msg)? else {
+        bail!("{} has no `store:`", path.display());
+    };
+    match command {
+        StoreCommand::Import { grants_json, .. } => {
+            let done = store::cli::import(&target, &grants_json).await?;
+            println!(
+                "imported {} grant(s) into the {} store; kept {} newer or equal one(s) there",
+                done.written.len(),
+                target.backend(),
+                done.kept.len()
+            );
+            for user in &done.written {
+                println!("  imported: {user}");
+            }
+            for user in &done.kept {
+                println!("  kept:     {user}");
+            }
+        }
+        StoreCommand::List { .. } => print!("{}", store::cli::list(&target).await?),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn login(
+    path: PathBuf,
+    user: &str,
+    app: Option<&str>,
+    wait: bool,
+) -> anyhow::Result<ExitCode> {
+    let config = Config::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (Some(oauth), true) = (
+        config.oauth.as_ref(),
+        config.store_path.is_some() || config.store_redis.is_some(),
+    ) else {
         bail!(
             "user logins need `oauth:` (with redirect_uri) and `store:` in {}",
             path.display()
@@ -150,10 +259,40 @@ fn login(path: PathBuf, user: &str, app: Option<&str>) -> anyhow::Result<ExitCod
         );
     }
     let app = login_app(&config, user, app)?;
-    let link = login_link::link_for_app(&oauth.redirect_uri, store, user, app.as_deref())?;
+    let started_ms = atomgit_proxy::credentials::grants::now_ms();
+    let key = atomgit_proxy::store::link_key_for(&config)
+        .context("reading or creating the login-link key")?;
+    let link = login_link::link_with_key(&oauth.redirect_uri, &key, user, app.as_deref());
     println!("{link}");
     eprintln!("Open this link in a browser within 10 minutes to log in as {user}; it works once.");
-    Ok(ExitCode::SUCCESS)
+    if !wait {
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!("Waiting for the login to finish...");
+    let Some(store) = atomgit_proxy::store::open(&config, None).map_err(anyhow::Error::msg)? else {
+        bail!("{} has no `store:`", path.display());
+    };
+    let waited = atomgit_proxy::ops::login_wait::wait_for_grant(
+        &*store,
+        user,
+        started_ms,
+        login_link::LINK_LIFETIME,
+    )
+    .await;
+    match waited {
+        Some(grant) => {
+            let until = chrono::DateTime::from_timestamp_millis(grant.access_expires_at_ms as i64)
+                .map_or_else(String::new, |t| {
+                    format!("; its token is good until {}", t.to_rfc3339())
+                });
+            println!("{user} is logged in: the grant is stored{until}");
+            Ok(ExitCode::SUCCESS)
+        }
+        None => {
+            eprintln!("the link expired before {user} logged in; run the command again");
+            Ok(ExitCode::FAILURE)
+        }
+    }
 }
 
 /// The app a login link names: `--app` (which must exist), else none with

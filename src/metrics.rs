@@ -66,6 +66,8 @@ pub struct Metrics {
     pub token_retries: Counter,
     /// The platform's clock minus ours, per app, once a refused JWT showed it.
     pub clock_offset: Family<AppLabels, Gauge>,
+    /// The platform's budget per credential, quota refusals and waits, the cache.
+    pub quota: crate::quota::metrics::QuotaMetrics,
 }
 
 impl Default for Metrics {
@@ -88,6 +90,11 @@ impl Default for Metrics {
             "token_retries",
             "Requests resent once with a fresh token after the platform answered 401",
             token_retries.clone(),
+        );
+        registry.register(
+            "store_errors",
+            "Failed operations on the shared store (Redis), by operation",
+            crate::store::store_errors().clone(),
         );
         registry.register(
             "requests",
@@ -119,7 +126,9 @@ impl Default for Metrics {
             "Inbound connections open",
             open_connections.clone(),
         );
+        let quota = crate::quota::metrics::QuotaMetrics::register(&mut registry);
         Metrics {
+            quota,
             registry,
             requests,
             upstream_seconds,

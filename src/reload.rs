@@ -69,6 +69,7 @@ pub fn reload(shared: &Shared) -> Result<(), String> {
         outcome: outcome.into(),
     };
     let mut status = shared.reload.lock().unwrap_or_else(|p| p.into_inner());
+    status.at = Some(std::time::SystemTime::now());
     match outcome {
         Ok(next) => {
             for warning in next.config.file_warnings() {

@@ -1,8 +1,7 @@
 //! What every request shares: the current snapshot and the credential caches.
 
 use crate::config::Config;
-use crate::credentials::grants::{GrantBinding, GrantStore};
-use crate::credentials::pending_logins::PendingLogins;
+use crate::credentials::grants::GrantBinding;
 use crate::credentials::{Context, Credentials};
 use crate::metrics::Metrics;
 use crate::upstream::Upstream;
@@ -15,9 +14,10 @@ use tokio::sync::Semaphore;
 pub struct Snapshot {
     pub config: Config,
     pub upstream: Arc<Upstream>,
-    /// The grant store, when user routes exist. Shared with the previous
-    /// snapshot while `store.path` stays, so grants in memory survive reloads.
-    pub store: Option<Arc<GrantStore>>,
+    /// The store (grant file or Redis), when `store:` is set. Shared with
+    /// the previous snapshot while `store:` stays, so grants in memory,
+    /// pending logins and the Redis connection survive reloads.
+    pub store: Option<Arc<dyn crate::store::Store>>,
     /// Slots for requests to the platform (`limits.max_upstream_requests`).
     /// Kept across reloads unless the limit changes; then requests already
     /// holding or awaiting a slot finish under the old count.
@@ -28,6 +28,9 @@ pub struct Snapshot {
     /// The same per app, in the order of `config.apps`: a user grant belongs
     /// to the app it was obtained with.
     pub app_bindings: Vec<Arc<GrantBinding>>,
+    /// The conditional cache (`None` when `cache.max_bytes` is 0). Kept
+    /// across reloads unless the `cache:` settings change.
+    pub cache: Option<Arc<crate::cache::ResponseCache>>,
 }
 
 impl Snapshot {
@@ -39,11 +42,7 @@ impl Snapshot {
             Some(prev) if prev.upstream.config == config.upstream => prev.upstream.clone(),
             _ => Arc::new(Upstream::new(config.upstream.clone())?),
         };
-        let store = match (&config.store_path, previous.and_then(|p| p.store.as_ref())) {
-            (None, _) => None,
-            (Some(path), Some(prev)) if prev.path() == path => Some(prev.clone()),
-            (Some(path), _) => Some(Arc::new(GrantStore::open(path).map_err(|e| e.to_string())?)),
-        };
+        let store = crate::store::open(&config, previous.and_then(|p| p.store.as_ref()))?;
         let upstream_slots = match previous {
             Some(prev)
                 if prev.config.limits.max_upstream_requests
@@ -64,7 +63,12 @@ impl Snapshot {
             .iter()
             .map(|app| Arc::new(GrantBinding::of(app, &config.upstream)))
             .collect();
+        let cache = match previous.and_then(|p| p.cache.as_ref()) {
+            Some(prev) if prev.config == config.cache => Some(prev.clone()),
+            _ => crate::cache::ResponseCache::new(config.cache).map(Arc::new),
+        };
         Ok(Snapshot {
+            cache,
             config,
             upstream,
             store,
@@ -105,6 +109,8 @@ impl Snapshot {
 pub struct ReloadStatus {
     /// `Some(problems)` when the last attempt failed.
     pub last_error: Option<String>,
+    /// When the last reload was attempted (`None`: none since the start).
+    pub at: Option<std::time::SystemTime>,
     /// The files the failed attempt's config names (itself first): the
     /// watcher retries when one of them changes, and not on other events.
     pub failed_files: Vec<std::path::PathBuf>,
@@ -116,8 +122,11 @@ pub struct Shared {
     pub credentials: Credentials,
     pub metrics: Metrics,
     pub reload: Mutex<ReloadStatus>,
-    /// Logins started in a browser, waiting for the platform's callback.
-    pub logins: PendingLogins,
+    /// Each credential's learned budget and token bucket; outside the
+    /// snapshot so a reload keeps what the platform said.
+    pub quota: crate::quota::Quota,
+    /// Recent upstream errors and quota, for the status page.
+    pub activity: crate::activity::Activity,
 }
 
 impl Shared {
@@ -128,7 +137,8 @@ impl Shared {
             credentials: Credentials::new(metrics.clock_offset.clone()),
             metrics,
             reload: Mutex::new(ReloadStatus::default()),
-            logins: Default::default(),
+            quota: Default::default(),
+            activity: Default::default(),
         })
     }
 }

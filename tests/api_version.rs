@@ -89,6 +89,6 @@ fn a_bad_api_version_names_its_field_without_quoting_it() {
         err.contains("api_version: expected an API version"),
         "{err}"
     );
-    assert!(err.contains("routes[0].api_version"), "{err}");
+    assert!(err.contains("routes[0] (y).api_version"), "{err}");
     assert!(!err.contains("has space"), "{err}");
 }

@@ -7,124 +7,15 @@
 //! Screenshots go to `target/browser-success.png` and, when the flow fails,
 //! `target/browser-failure.png`.
 
+#[path = "common/chromium.rs"]
+mod chromium;
 mod common;
 
+use chromium::{Chromedriver, chromedriver_path, connect, screenshot, target_dir};
 use common::bounded;
 use common::users::{USER, UserEnv, fake_oauth};
-use fantoccini::{Client, ClientBuilder, Locator};
-use http::StatusCode;
-use hyper_util::client::legacy::connect::HttpConnector;
-use serde_json::json;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use fantoccini::{Client, Locator};
 use std::time::Duration;
-
-const CHROMIUM: &str = "/usr/bin/chromium";
-const INSTALL: &str = "install them with `apt-get install -y chromium chromium-driver`";
-
-/// The cargo target folder (`target/`), wherever CARGO_TARGET_DIR puts it.
-fn target_dir() -> PathBuf {
-    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    tmp.parent().unwrap_or(tmp).to_path_buf()
-}
-
-/// `chromedriver` on PATH, or a failure saying what to install.
-fn chromedriver_path() -> PathBuf {
-    if !Path::new(CHROMIUM).is_file() {
-        panic!("{CHROMIUM} is missing: this test needs Chromium and chromedriver; {INSTALL}");
-    }
-    std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .map(|dir| dir.join("chromedriver"))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| panic!("chromedriver is not on PATH; {INSTALL}"))
-}
-
-/// A running chromedriver, killed (and reaped) on drop, pass or fail.
-struct Chromedriver {
-    child: Child,
-    port: u16,
-}
-
-impl Chromedriver {
-    fn start(log: &Path) -> Chromedriver {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let log = std::fs::File::create(log).expect("create the chromedriver log");
-        let child = Command::new(chromedriver_path())
-            .arg(format!("--port={port}"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("clone the log handle"))
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start chromedriver ({e}); {INSTALL}"));
-        Chromedriver { child, port }
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// Waits until chromedriver answers `/status`.
-    async fn ready(&mut self) {
-        let client = common::client();
-        let status = format!("{}/status", self.url());
-        for _ in 0..200 {
-            if let Ok(Some(exit)) = self.child.try_wait() {
-                panic!("chromedriver exited at start ({exit}); {INSTALL}");
-            }
-            let req = http::Request::get(&status)
-                .body(common::full(""))
-                .expect("a request");
-            if let Ok(resp) = client.request(req).await
-                && resp.status() == StatusCode::OK
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("chromedriver did not answer on {status} within 20s");
-    }
-}
-
-impl Drop for Chromedriver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn connect(driver: &Chromedriver, profile: &Path) -> Client {
-    let caps = json!({
-        "goog:chromeOptions": {
-            "binary": CHROMIUM,
-            "args": [
-                "--headless=new",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-dev-shm-usage",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--window-size=1024,720",
-                format!("--user-data-dir={}", profile.display()),
-            ],
-        }
-    });
-    let serde_json::Value::Object(caps) = caps else {
-        unreachable!("a JSON object literal")
-    };
-    ClientBuilder::new(HttpConnector::new())
-        .capabilities(caps)
-        .connect(&driver.url())
-        .await
-        .unwrap_or_else(|e| panic!("cannot open a Chromium session via chromedriver: {e}"))
-}
 
 /// The person's part: open the link, end on the success page. Errors, not
 /// panics, so the caller can still take a screenshot.
@@ -168,11 +59,6 @@ async fn log_in(browser: &Client, link: &str) -> Result<(), String> {
         return Err(format!("document title is {page_title:?}"));
     }
     Ok(())
-}
-
-async fn screenshot(browser: &Client, path: &Path) -> Result<(), String> {
-    let png = browser.screenshot().await.map_err(|e| e.to_string())?;
-    std::fs::write(path, png).map_err(|e| e.to_string())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

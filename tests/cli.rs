@@ -118,8 +118,8 @@ routes:
         text(&out.stdout)
     );
     for field in [
-        "routes[0].installation",
-        "routes[1].match.path_prefix",
+        "routes[0] (both).installation",
+        "routes[1] (noslash).match.path_prefix",
         "app.private_key",
         "upstream",
     ] {
@@ -137,6 +137,104 @@ routes:
     assert!(
         stderr.contains("4 problems"),
         "every problem is reported: {stderr}"
+    );
+}
+
+#[test]
+fn check_reports_two_typos_a_missing_key_file_and_a_bad_route_in_line_order() {
+    let bad = r#"listen: ["127.0.0.1:0"]
+app:
+  id: 75
+  private_key: { file: missing.pem }
+timeout:
+  connect: 5s
+routes:
+  - name: yanqianyu
+    match: { path_prefix: /orgs/yanqianyu }
+    installation: { id: 14 }
+  - name: hanshu
+    match: { path_prefix: as/hanshu }
+    installation: auto
+  - name: repos
+    match: { path_prefx: /repos }
+    installation: auto
+"#;
+    let (_dir, path) = config_dir(bad);
+    let out = run(&["check"], &path);
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "passed: {}", text(&out.stdout));
+    assert!(stderr.contains("4 problems"), "{stderr}");
+    let expected = [
+        "line 4: app.private_key: cannot read ",
+        "line 5: (top level): unknown field `timeout`; did you mean `timeouts`?",
+        "line 12: routes[1] (hanshu).match.path_prefix: must start with /",
+        "line 15: routes[2] (repos).match: unknown field `path_prefx`; did you mean `path_prefix`?",
+    ];
+    let mut from = 0;
+    for want in expected {
+        let at = stderr[from..]
+            .find(want)
+            .unwrap_or_else(|| panic!("{want:?} missing or out of order:\n{stderr}"));
+        from += at + want.len();
+    }
+}
+
+#[test]
+fn check_passes_on_the_example_with_an_app_id_and_key_only() {
+    let example = include_str!("../config/example.yaml");
+    let dir = tempfile::tempdir().expect("a temp dir");
+    std::fs::create_dir(dir.path().join("secrets")).expect("mkdir");
+    let key = dir.path().join("secrets/app.pem");
+    std::fs::write(&key, common::private_key_pem()).expect("write the key");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    }
+    let path = dir.path().join("local.yaml");
+    std::fs::write(&path, example.replace("  id: 75", "  id: 1234")).expect("write");
+    let out = Command::new(BIN)
+        .args(["check", "-c"])
+        .arg(&path)
+        .env_remove("ATOMGIT_PROXY_CONFIG")
+        .env_remove("ATOMGIT_CLIENT_SECRET")
+        .output()
+        .expect("run check");
+    assert!(
+        out.status.success(),
+        "stdout: {}\nstderr: {}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert!(
+        text(&out.stdout).contains("app:      1234"),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
+#[test]
+fn check_explains_the_usual_key_mistakes_without_quoting_them() {
+    let yaml = |key: &str| config_yaml("https://api.atomgit.com", key, "", GOOD_ROUTES);
+    // The app's public key where the private key belongs.
+    let (dir, path) = config_dir(&yaml("{ file: app.pub }"));
+    let public = "-----BEGIN PUBLIC KEY-----\nMIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEA\n-----END PUBLIC KEY-----\n";
+    std::fs::write(dir.path().join("app.pub"), public).expect("write");
+    let stderr = text(&run(&["check"], &path).stderr);
+    assert!(
+        stderr.contains("this is a PUBLIC KEY; the app's private key is needed"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("MIIB") && !stderr.contains("InvalidKeyFormat"),
+        "{stderr}"
+    );
+    // A path written where a secret source belongs.
+    let (_dir, path) = config_dir(&yaml("secrets/app.pem"));
+    let stderr = text(&run(&["check"], &path).stderr);
+    assert!(
+        stderr.contains("did you mean `{ file: secrets/app.pem }`?"),
+        "{stderr}"
     );
 }
 

@@ -118,11 +118,11 @@ fn a_bad_scope_names_its_fields() {
         .unwrap_err()
         .to_string();
     for field in [
-        "routes[0].installation.repositories[0]",
-        "routes[0].installation.repositories[1]",
-        "routes[0].installation.permissions.contents: expected read or write",
-        "routes[1].installation: needs exactly one of",
-        "routes[2].installation.repositories: is empty",
+        "routes[0] (a).installation.repositories[0]",
+        "routes[0] (a).installation.repositories[1]",
+        "routes[0] (a).installation.permissions.contents: expected read or write",
+        "routes[1] (b).installation: needs exactly one of",
+        "routes[2] (c).installation.repositories: is empty",
     ] {
         assert!(err.contains(field), "{field} missing from:\n{err}");
     }

@@ -133,8 +133,8 @@ routes:
             cli_on(&two_apps_yaml("http://127.0.0.1:9", bad_routes), &["check"]).await;
         assert!(!ok);
         for problem in [
-            "routes[0].app: names no app under `apps:`",
-            "routes[1].app: is required when there are several apps",
+            "routes[0] (unknown-app).app: names no app under `apps:`",
+            "routes[1] (no-app).app: is required when there are several apps",
             "apps.backup.client_id: is required",
             "apps.backup.client_secret: is required",
         ] {
@@ -163,7 +163,7 @@ routes:
         let (ok, _, err) = cli_on(&one, &["check"]).await;
         assert!(!ok);
         assert!(
-            err.contains("routes[0].app: names no app under `apps:` (apps: default)"),
+            err.contains("routes[0] (a).app: names no app under `apps:` (apps: default)"),
             "{err}"
         );
     })

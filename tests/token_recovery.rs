@@ -62,6 +62,31 @@ async fn a_revoked_token_is_replaced_by_one_mint_and_one_resend() {
 }
 
 #[tokio::test]
+async fn a_resend_after_a_401_takes_no_second_quota_slot() {
+    bounded(60, "resend within one quota slot", async {
+        let env = TestEnv::start_with(common::EnvOptions {
+            routes: ROUTES,
+            installations: &[(14, "yanqianyu")],
+            extra_yaml: "quota: { per_second: 100, burst: 10 }\n",
+            ..common::EnvOptions::default()
+        })
+        .await;
+        assert_eq!(env.get("/orgs/yanqianyu/a").await.status, StatusCode::OK);
+        env.fake.revoke_all_tokens();
+        let reply = env.get("/orgs/yanqianyu/b").await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        assert_eq!(received(&env, &Method::GET, "/orgs/yanqianyu/b"), 2);
+        // Two requests, two slots of the bucket: the resend took none.
+        assert_eq!(
+            metric(&env, "atomgit_proxy_quota_wait_seconds_count").await,
+            2.0
+        );
+        env.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn a_burst_of_refusals_of_one_token_mints_once() {
     bounded(60, "burst of 401s", async {
         let env = TestEnv::start(ROUTES, &[(14, "yanqianyu")]).await;

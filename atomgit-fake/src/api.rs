@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
 use super::TokenOwner;
+use super::resources;
 use super::respond::{self, Resp};
 use super::state::FakeState;
 
@@ -33,6 +34,17 @@ pub(super) async fn handle(shared: &FakeState, req: Request<Incoming>) -> Resp {
             return respond::message(status, msg);
         }
     };
+    // Every authenticated answer reports the credential's budget.
+    let limits = match shared.lock().budgets.spend(&owner) {
+        Ok(headers) => headers,
+        Err(refusal) => return *refusal,
+    };
+    let mut resp = answer(shared, req, owner).await;
+    resp.headers_mut().extend(limits);
+    resp
+}
+
+async fn answer(shared: &FakeState, req: Request<Incoming>, owner: TokenOwner) -> Resp {
     let path = req.uri().path().to_owned();
     let query = req.uri().query().map(str::to_owned);
     let method = req.method().clone();
@@ -64,6 +76,14 @@ pub(super) async fn handle(shared: &FakeState, req: Request<Incoming>) -> Resp {
             ),
         },
         (&Method::GET, ["orgs", org, "repos"]) => list_repos(shared, org, query.as_deref()),
+        (&Method::GET, ["etag", name] | ["orgs", _, "etag", name]) => {
+            let (current, gate) = {
+                let inner = shared.lock();
+                (inner.resources.current(name), inner.resources.gate.clone())
+            };
+            let owner = owner_label(&owner);
+            resources::serve(current, gate, name, &owner, query.as_deref(), req.headers()).await
+        }
         (_, ["redirect", ..]) => {
             let org = account.as_deref().unwrap_or("x");
             respond::redirect(&format!("{}/orgs/{org}/repos", shared.base_url))
@@ -81,10 +101,7 @@ pub(super) async fn handle(shared: &FakeState, req: Request<Incoming>) -> Resp {
             Err(_) => respond::message(StatusCode::BAD_REQUEST, "milliseconds expected"),
         },
         _ => {
-            let owner_label = match &owner {
-                TokenOwner::Installation(id) => format!("installation:{id}"),
-                TokenOwner::User(user) => format!("user:{user}"),
-            };
+            let owner_label = owner_label(&owner);
             respond::json(
                 StatusCode::OK,
                 &json!({
@@ -106,6 +123,13 @@ async fn drain(mut body: Incoming) {
         if left == 0 {
             break;
         }
+    }
+}
+
+fn owner_label(owner: &TokenOwner) -> String {
+    match owner {
+        TokenOwner::Installation(id) => format!("installation:{id}"),
+        TokenOwner::User(user) => format!("user:{user}"),
     }
 }
 

@@ -20,12 +20,17 @@
 //! - `oauth_endpoints`: the authorize page and the OAuth token endpoint.
 //! - `api`: every other path, behind the injected bearer token.
 //! - `state`: `FakeState`, the settings and bookkeeping the endpoints share.
+//! - `ratelimit`: the platform's budget per credential (`x-ratelimit-*`,
+//!   403 past the window's budget, 429 past the per-second limit).
+//! - `resources`: documents with `ETag`/`Last-Modified` and 304s.
 //! - `respond`: response bodies and builders.
 
 mod api;
 mod app_endpoints;
 mod heal;
 mod oauth_endpoints;
+mod ratelimit;
+mod resources;
 mod respond;
 mod state;
 #[cfg(test)]
@@ -45,6 +50,7 @@ use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
 use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
 
+pub use ratelimit::FakeRateLimit;
 use respond::Resp;
 use state::{FakeState, Inner, OAuthApp};
 
@@ -62,6 +68,8 @@ pub struct FakeOptions {
     /// More apps besides `app_id`, each with its own key; every app may
     /// mint for every installation.
     pub extra_apps: Vec<FakeApp>,
+    /// The budget of every credential (`x-ratelimit-*`).
+    pub rate_limit: FakeRateLimit,
 }
 
 /// One more app the fake knows.
@@ -81,6 +89,7 @@ impl Default for FakeOptions {
             token_lifetime: Duration::from_secs(3600),
             oauth: FakeOAuth::default(),
             extra_apps: Vec::new(),
+            rate_limit: FakeRateLimit::default(),
         }
     }
 }
@@ -142,10 +151,12 @@ pub struct Recorded {
     pub query: Option<String>,
     pub headers: http::HeaderMap,
     pub version: http::Version,
+    /// When it arrived (tokio's clock).
+    pub at: tokio::time::Instant,
 }
 
 /// Who a token the fake issued belongs to.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum TokenOwner {
     Installation(u64),
     User(String),
@@ -216,6 +227,7 @@ impl FakeAtomGit {
             token_lifetime: opts.token_lifetime,
             access_lifetime: opts.oauth.access_lifetime,
             failure: None,
+            oauth_delay: None,
             tokens: HashMap::new(),
             codes: HashMap::new(),
             refresh: HashMap::new(),
@@ -232,6 +244,11 @@ impl FakeAtomGit {
             clock_offset: 0,
             mint_bodies: Vec::new(),
             ignore_scope: false,
+            budgets: ratelimit::Budgets {
+                settings: opts.rate_limit,
+                ..Default::default()
+            },
+            resources: Default::default(),
         };
         let oauth = OAuthApp {
             client_id: opts.oauth.client_id,
@@ -316,6 +333,12 @@ impl FakeAtomGit {
         self.shared.lock().failure = status;
     }
 
+    /// `Some(d)`: the OAuth token endpoint waits `d` before it looks at a
+    /// request; `None` restores normal speed.
+    pub fn set_oauth_delay(&self, delay: Option<Duration>) {
+        self.shared.lock().oauth_delay = delay;
+    }
+
     /// Lifetime of `ats_` tokens minted from now on.
     pub fn set_token_lifetime(&self, d: Duration) {
         self.shared.lock().token_lifetime = d;
@@ -363,6 +386,44 @@ impl FakeAtomGit {
     /// Lifetime of `atu_` tokens issued from now on.
     pub fn set_access_lifetime(&self, d: Duration) {
         self.shared.lock().access_lifetime = d;
+    }
+
+    /// The budget every credential gets from now on (windows running keep
+    /// their end).
+    pub fn set_rate_limit(&self, settings: FakeRateLimit) {
+        self.shared.lock().budgets.settings = settings;
+    }
+
+    /// `owner`'s own requests per window, instead of the common limit.
+    pub fn set_limit_for(&self, owner: TokenOwner, limit: u64) {
+        self.shared.lock().budgets.limits.insert(owner, limit);
+    }
+
+    /// Spends `owner`'s whole window, as tools calling the platform without
+    /// the proxy would: its next request is refused with 403.
+    pub fn exhaust_budget(&self, owner: &TokenOwner) {
+        self.shared.lock().budgets.exhaust(owner);
+    }
+
+    /// Sets the content of resource `name` (`GET .../etag/{name}`); each
+    /// call makes a new version with new validators.
+    pub fn set_resource(&self, name: &str, content: &str) {
+        self.shared.lock().resources.set(name, content);
+    }
+
+    /// Lets the second half of `n` held-back `gate=1` bodies go.
+    pub fn open_gate(&self, n: usize) {
+        self.shared.lock().resources.gate.add_permits(n);
+    }
+
+    /// API requests received for exactly `path` (query ignored).
+    pub fn requests_to(&self, path: &str) -> usize {
+        self.shared
+            .lock()
+            .requests
+            .iter()
+            .filter(|r| r.path == path)
+            .count()
     }
 
     /// Stops accepting and aborts the server task and its connections.
@@ -431,6 +492,7 @@ async fn route(shared: &FakeState, req: http::Request<Incoming>) -> Resp {
         query: req.uri().query().map(str::to_owned),
         headers: req.headers().clone(),
         version: req.version(),
+        at: tokio::time::Instant::now(),
     });
 
     let mut resp = dispatch(shared, req, &path).await;

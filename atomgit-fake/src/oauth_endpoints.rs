@@ -102,6 +102,10 @@ pub(super) async fn access_token(shared: &FakeState, req: Request<Incoming>) -> 
             );
         }
     };
+    let delay = shared.lock().oauth_delay;
+    if let Some(delay) = delay {
+        tokio::time::sleep(delay).await;
+    }
     if let Some(code) = shared.lock().failure {
         return respond::text(
             respond::status_or_500(code),

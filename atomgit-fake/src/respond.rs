@@ -38,6 +38,11 @@ pub(super) fn json(status: StatusCode, v: &serde_json::Value) -> Resp {
     with_type(status, "application/json", full(v.to_string()))
 }
 
+/// JSON already written out.
+pub(super) fn json_text(status: StatusCode, text: String) -> Resp {
+    with_type(status, "application/json", full(text))
+}
+
 /// The platform's error shape: `{"message": "..."}`.
 pub(super) fn message(status: StatusCode, msg: &str) -> Resp {
     json(status, &serde_json::json!({ "message": msg }))

@@ -59,6 +59,9 @@ pub(super) struct Inner {
     pub token_lifetime: Duration,
     pub access_lifetime: Duration,
     pub failure: Option<u16>,
+    /// The OAuth token endpoint waits this long before answering (a slow
+    /// platform, so a test can stop a proxy in the middle of a refresh).
+    pub oauth_delay: Option<Duration>,
     pub tokens: HashMap<String, TokenRecord>,
     pub codes: HashMap<String, CodeRecord>,
     pub refresh: HashMap<String, RefreshRecord>,
@@ -82,6 +85,10 @@ pub(super) struct Inner {
     pub mint_bodies: Vec<serde_json::Value>,
     /// Mints ignore the scope they are asked for (full token, `ALL`).
     pub ignore_scope: bool,
+    /// Every credential's budget.
+    pub budgets: super::ratelimit::Budgets,
+    /// Resources with validators (`.../etag/{name}`).
+    pub resources: super::resources::Resources,
 }
 
 impl Inner {

@@ -22,7 +22,6 @@ use crate::body::Body;
 use crate::credentials::Credentials;
 use crate::credentials::grants::now_ms;
 use crate::credentials::login_link;
-use crate::credentials::pending_logins::PendingLogins;
 use crate::credentials::token_endpoint::{OAuthError, exchange_code};
 use crate::state::Snapshot;
 use bytes::Bytes;
@@ -38,11 +37,7 @@ fn query(req: &http::request::Parts) -> HashMap<String, String> {
         .collect()
 }
 
-pub async fn login(
-    req: http::request::Parts,
-    snap: &Snapshot,
-    logins: &PendingLogins,
-) -> Response<Body> {
+pub async fn login(req: http::request::Parts, snap: &Snapshot) -> Response<Body> {
     let (Some(oauth), Some(store)) = (snap.config.oauth.as_ref(), snap.store.as_ref()) else {
         return page(
             StatusCode::NOT_FOUND,
@@ -61,12 +56,7 @@ pub async fn login(
             "Copy the whole link that <code>atomgit-proxy login</code> printed.",
         );
     };
-    // File I/O (and an fsync when the key is created): off the runtime.
-    let key_of = store.path().to_path_buf();
-    let key = tokio::task::spawn_blocking(move || login_link::load_or_create_key(&key_of))
-        .await
-        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
-    let key = match key {
+    let key = match store.link_key().await {
         Ok(k) => k,
         Err(e) => {
             tracing::error!("login: cannot read the link key: {e}");
@@ -119,14 +109,7 @@ pub async fn login(
                 ),
             );
         }
-        Err(e) => {
-            tracing::error!("login: {e}");
-            return page(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "Login unavailable",
-                "The proxy cannot write its grant store; see its log.",
-            );
-        }
+        Err(e) => return store_trouble(&e),
     }
     let Some(app) = login_app(snap, user, app_name) else {
         return page(
@@ -138,7 +121,9 @@ pub async fn login(
     // The app travels in the state (checked against the cookie and the
     // pending logins), so the callback exchanges the code with it.
     let state = format!("{}.{}", hex::encode(rand::random::<[u8; 24]>()), app.name);
-    logins.insert(state.clone(), user.clone());
+    if let Err(e) = store.insert_login(&state, user).await {
+        return store_trouble(&e);
+    }
     let mut target = oauth.authorize_url.clone();
     target
         .query_pairs_mut()
@@ -172,7 +157,6 @@ pub async fn login(
 pub async fn callback(
     req: http::request::Parts,
     snap: &Snapshot,
-    logins: &PendingLogins,
     credentials: &Credentials,
 ) -> Response<Body> {
     let (Some(oauth), Some(store)) = (snap.config.oauth.as_ref(), snap.store.as_ref()) else {
@@ -230,7 +214,11 @@ pub async fn callback(
             "This browser did not start this login (state mismatch). Nothing was stored; open your login link again in this browser.",
         );
     }
-    let Some(user) = logins.take(state) else {
+    let taken = match store.take_login(state).await {
+        Ok(taken) => taken,
+        Err(e) => return store_trouble(&e),
+    };
+    let Some(user) = taken else {
         tracing::debug!("login: unknown, used or expired state");
         return page(
             StatusCode::BAD_REQUEST,
@@ -270,7 +258,7 @@ pub async fn callback(
             );
         }
     };
-    let durable = store.put(&user, grant).await;
+    let durable = store.put_grant(&user, grant, None).await;
     credentials.forget_user(&user);
     let mut body = format!(
         "atomgit-proxy now acts as <strong>{}</strong> on its user routes. You can close this page.",
@@ -281,7 +269,7 @@ pub async fn callback(
             user = user.as_str(),
             "login: {e}; the grant is kept in memory only"
         );
-        body.push_str("<p class=warn>The proxy could not save the grant to disk; it will be lost on restart. See the proxy's log.</p>");
+        body.push_str("<p class=warn>The proxy could not save the grant to its store; it is kept in memory and saved when the store answers again. See the proxy's log.</p>");
     }
     tracing::info!(user = user.as_str(), "login: grant stored");
     let mut resp = page(StatusCode::OK, &format!("Logged in as {user}"), &body);
@@ -292,7 +280,22 @@ pub async fn callback(
     resp
 }
 
-/// Escapes text for HTML.
+/// The store could not record the login: nothing was started or stored.
+fn store_trouble(e: &crate::store::StoreError) -> Response<Body> {
+    tracing::error!("login: {e}");
+    let (status, what) = match e {
+        crate::store::StoreError::Unavailable(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "The proxy's shared store is unreachable; try again in a moment.",
+        ),
+        crate::store::StoreError::File(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "The proxy cannot write its grant store; see its log.",
+        ),
+    };
+    page(status, "Login unavailable", what)
+}
+
 /// The app a login is for: the link's, else the app of the first route
 /// acting as `user`, else the config's first.
 fn login_app<'a>(
@@ -312,6 +315,7 @@ fn login_app<'a>(
     Some(route.map_or(&snap.config.app, |r| snap.config.app_of(r)))
 }
 
+/// Escapes text for HTML.
 fn esc(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")

@@ -5,6 +5,7 @@
 
 pub mod login;
 mod readyz;
+mod status;
 
 pub use readyz::{CHECK_WAIT, CredentialReadiness, check_credentials};
 
@@ -31,6 +32,10 @@ pub async fn handle(
         path,
         "/_proxy/healthz" | "/_proxy/readyz" | "/_proxy/oauth/login" | "/_proxy/oauth/callback"
     );
+    if path == "/_proxy/status" && req.method() == Method::GET {
+        // Asks for the key itself (Basic auth), so a browser can prompt.
+        return Ok(status::status(&req.into_parts().0, shared, snap, caller).await);
+    }
     if !open {
         // Everything else (metrics) tells about the deployment: callers only.
         caller?;
@@ -39,10 +44,10 @@ pub async fn handle(
         return Err(ProxyError::BadRequest(format!("{path} answers GET only")));
     }
     match path {
-        "/_proxy/oauth/login" => Ok(login::login(req.into_parts().0, snap, &shared.logins).await),
+        "/_proxy/oauth/login" => Ok(login::login(req.into_parts().0, snap).await),
         "/_proxy/oauth/callback" => {
-            let (logins, credentials) = (&shared.logins, &shared.credentials);
-            Ok(login::callback(req.into_parts().0, snap, logins, credentials).await)
+            let credentials = &shared.credentials;
+            Ok(login::callback(req.into_parts().0, snap, credentials).await)
         }
         "/_proxy/healthz" => Ok(text(StatusCode::OK, "text/plain", "ok\n".into())),
         "/_proxy/readyz" => {
@@ -57,7 +62,7 @@ pub async fn handle(
         _ => Ok(json_error(
             StatusCode::NOT_FOUND,
             "no_route",
-            &format!("{path} is not an endpoint of the proxy (healthz, readyz, metrics)"),
+            &format!("{path} is not an endpoint of the proxy (healthz, readyz, metrics, status)"),
         )),
     }
 }

@@ -45,8 +45,14 @@ struct Detail {
     /// Every credential can produce a token (what strict `ready` means).
     credentials_ready: bool,
     config: ConfigReadiness,
+    /// The store's backend and whether it answers (`ok`/`unavailable`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    store: Option<crate::store::StoreHealth>,
     credentials: Vec<CredentialReadiness>,
     apps: Vec<AppReadiness>,
+    /// Each credential's budget as the platform last reported it (remaining,
+    /// reset), and whether the proxy is answering 429 for it meanwhile.
+    quota: Vec<crate::quota::CredentialQuota>,
 }
 
 /// One app identity, as readiness shows it.
@@ -187,7 +193,11 @@ pub async fn readyz(
             },
         );
     }
-    let credentials = check_credentials(shared, snap, CHECK_WAIT).await;
+    let (credentials, store) = futures_util::future::join(
+        check_credentials(shared, snap, CHECK_WAIT),
+        crate::store::health_of(snap.store.as_ref()),
+    )
+    .await;
     let credentials_ready = credentials.iter().all(|c| c.ready);
     // A failed reload leaves the previous config serving, so it is reported
     // but does not take the replica out of rotation.
@@ -206,8 +216,10 @@ pub async fn readyz(
                 loaded: true,
                 last_reload_error,
             },
+            store,
             credentials,
             apps: apps(shared, snap),
+            quota: shared.quota.snapshot(),
         }),
     };
     let status = if ready {

@@ -50,9 +50,45 @@ pub struct ConfigFile {
     pub allowed_hosts: Option<Vec<String>>,
     /// Sent as `X-Api-Version` on forwarded requests that carry none.
     pub api_version: Option<String>,
+    /// A token bucket per credential: `per_second`, `burst`, `max_wait`.
+    pub quota: Option<QuotaFile>,
+    /// The conditional cache: `max_bytes`, `max_entry_bytes`.
+    pub cache: Option<CacheFile>,
     /// Checked in order; first match wins.
     #[serde(default)]
     pub routes: Vec<RouteFile>,
+    /// One JSON line per forwarded request on the `audit` log target.
+    #[serde(default)]
+    pub audit: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaFile {
+    /// Requests per second per credential; default 10, 0 turns smoothing off.
+    pub per_second: Option<u32>,
+    /// Requests at once after a quiet spell; default `per_second`.
+    pub burst: Option<u32>,
+    /// Longest wait for a slot before 429; default `5s`.
+    pub max_wait: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheFile {
+    /// Bytes all entries may hold; default `64MiB`, 0 turns caching off.
+    pub max_bytes: Option<CacheSizeFile>,
+    /// The largest body kept; default `1MiB`.
+    pub max_entry_bytes: Option<CacheSizeFile>,
+}
+
+/// A `cache:` size, written like [`ByteSizeFile`]; a type of its own so a
+/// wrongly shaped value is reported under `cache`, not `limits`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum CacheSizeFile {
+    Number(u64),
+    Text(String),
 }
 
 #[derive(Debug, Deserialize)]
@@ -100,10 +136,29 @@ pub struct OAuthFile {
     pub token_url: Option<String>,
 }
 
+/// Where shared state lives: exactly one of `path` (a JSON file) and `redis`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreFile {
-    pub path: PathBuf,
+    pub path: Option<PathBuf>,
+    /// Fleet mode: grants, locks, logins and installation tokens in Redis.
+    pub redis: Option<RedisFile>,
+    /// 32 random bytes, base64: encrypts tokens at rest and derives the
+    /// login-link key. Required with `redis`.
+    #[serde(default, with = "serde_yaml::with::singleton_map")]
+    pub encryption_key: Option<SecretFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisFile {
+    /// `redis://[:password@]host:port/db` or `rediss://` (TLS); a secret
+    /// source, since the URL may hold a password.
+    #[serde(with = "serde_yaml::with::singleton_map")]
+    pub url: SecretFile,
+    /// Prefix of every key (default `atomgit-proxy:`): fleets sharing one
+    /// Redis stay apart.
+    pub key_prefix: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -8,6 +8,7 @@
 pub mod file;
 mod perms;
 pub mod secret;
+pub mod store;
 mod validate;
 
 use crate::routes::RouteTable;
@@ -66,6 +67,8 @@ pub struct Config {
     pub oauth: Option<OAuthEndpoints>,
     /// Durable grant store file; required when any route acts as a user.
     pub store_path: Option<PathBuf>,
+    /// Shared state in Redis (fleet mode), instead of `store_path`.
+    pub store_redis: Option<store::RedisStoreConfig>,
     /// Known local callers; empty means no caller authentication.
     pub clients: Vec<ClientConfig>,
     /// The operator opted out of the loopback-only rule for open listeners.
@@ -80,6 +83,52 @@ pub struct Config {
     pub browser: BrowserPolicy,
     /// Compiled routes, in file order.
     pub routes: RouteTable,
+    /// How each credential's requests are spaced (`quota:`).
+    pub quota: QuotaConfig,
+    /// The conditional cache (`cache:`).
+    pub cache: CacheConfig,
+    /// Write an audit line per forwarded request (target `audit`).
+    pub audit: bool,
+}
+
+/// The `quota:` settings: a token bucket per credential.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuotaConfig {
+    /// Sustained requests per second per credential; 0 turns smoothing off.
+    pub per_second: u32,
+    /// Requests that may go at once after a quiet spell.
+    pub burst: u32,
+    /// How long a request may wait for its slot before 429 `rate_limited`.
+    pub max_wait: Duration,
+}
+
+impl Default for QuotaConfig {
+    fn default() -> Self {
+        // The platform's own per-second limit (ATOMGIT_API.md section 6).
+        QuotaConfig {
+            per_second: 10,
+            burst: 10,
+            max_wait: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The `cache:` settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheConfig {
+    /// Bytes all entries may hold; 0 turns the cache and GET sharing off.
+    pub max_bytes: u64,
+    /// The largest body kept (and shared).
+    pub max_entry_bytes: usize,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            max_bytes: 64 << 20,
+            max_entry_bytes: 1 << 20,
+        }
+    }
 }
 
 /// Caps on what callers can make the proxy hold.
@@ -214,6 +263,14 @@ impl AppFingerprint {
         hasher.update([0]);
         hasher.update(pem.expose());
         AppFingerprint(hasher.finalize().into())
+    }
+}
+
+impl AppFingerprint {
+    /// A short hex form naming the app in shared keys (Redis): 16 bytes,
+    /// enough to keep apps apart, and one-way like the whole digest.
+    pub fn short_hex(&self) -> String {
+        hex::encode(&self.0[..16])
     }
 }
 
@@ -357,12 +414,31 @@ impl Config {
         let listen: Vec<String> = self.listen.iter().map(ToString::to_string).collect();
         let _ = writeln!(out, "listen:   {}", listen.join(", "));
         let _ = writeln!(out, "upstream: {}", self.upstream.base_url());
-        for app in &self.apps {
-            let _ = writeln!(out, "app:      {} (id {})", app.name, app.id);
+        // One app shows as before `apps:` existed; several by name.
+        match &self.apps[..] {
+            [app] => {
+                let _ = writeln!(out, "app:      {}", app.id);
+            }
+            apps => {
+                for app in apps {
+                    let _ = writeln!(out, "app:      {} (id {})", app.name, app.id);
+                }
+            }
         }
         if !self.clients.is_empty() {
             let names: Vec<&str> = self.clients.iter().map(|c| &*c.name).collect();
             let _ = writeln!(out, "clients:  {}", names.join(", "));
+        }
+        if let Some(redis) = &self.store_redis {
+            // Host only: the URL may hold a password.
+            let _ = writeln!(
+                out,
+                "store:    redis {} (key prefix \"{}\")",
+                redis.shown(),
+                redis.key_prefix
+            );
+        } else if let Some(path) = &self.store_path {
+            let _ = writeln!(out, "store:    {}", path.display());
         }
         let _ = writeln!(out, "routes:");
         for route in self.routes.iter() {

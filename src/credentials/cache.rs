@@ -117,10 +117,17 @@ impl Slot {
                 error,
                 still_usable,
             }) => {
+                // An unreachable store is asked again every second, not on
+                // the platform's doubling backoff: asking it costs the
+                // platform nothing, and users recover as soon as it is back.
+                let max = match error {
+                    CredentialError::StoreUnavailable(_) => FIRST_BACKOFF,
+                    _ => MAX_BACKOFF,
+                };
                 let backoff = st
                     .failure
                     .as_ref()
-                    .map_or(FIRST_BACKOFF, |f| (f.backoff * 2).min(MAX_BACKOFF));
+                    .map_or(FIRST_BACKOFF, |f| (f.backoff * 2).min(max));
                 st.failure = Some(Failure {
                     error: error.clone(),
                     retry_at: now + backoff,

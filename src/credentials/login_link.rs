@@ -2,9 +2,11 @@
 //!
 //! `atomgit-proxy login USER` signs (HMAC-SHA256) a link naming the user, an
 //! expiry and a random nonce with a key kept beside the grant store
-//! ([`link_key_path`]; created on first use, mode 0600). The proxy checks
-//! the signature and expiry and records the nonce as used in the store, so a
-//! link works once, even across a restart. Without a link nobody can bind a token to a user name.
+//! ([`link_key_path`]; created on first use, mode 0600), or for a fleet one
+//! derived from `store.encryption_key` (see `store::crypto`), so every
+//! replica verifies it. The proxy checks the signature and expiry and
+//! records the nonce as used in the store, so a link works once, even across
+//! a restart and in the whole fleet. Without a link nobody can bind a token to a user name.
 
 use crate::config::link_key_path;
 use hmac::{Hmac, Mac};
@@ -68,16 +70,6 @@ fn mac(key: &[u8], user: &str, app: Option<&str>, exp: u64, nonce: &str) -> Hmac
 /// proxy in front adds), signed with the key beside `store`, valid for
 /// [`LINK_LIFETIME`]. Both `atomgit-proxy login` and the `dev` demo print it.
 pub fn link_for(redirect_uri: &Url, store: &Path, user: &str) -> std::io::Result<String> {
-    link_for_app(redirect_uri, store, user, None)
-}
-
-/// [`link_for`], for a login with the app named `app` (under `apps:`).
-pub fn link_for_app(
-    redirect_uri: &Url,
-    store: &Path,
-    user: &str,
-    app: Option<&str>,
-) -> std::io::Result<String> {
     let key = load_or_create_key(store).map_err(|e| {
         std::io::Error::new(
             e.kind(),
@@ -87,12 +79,19 @@ pub fn link_for_app(
             ),
         )
     })?;
+    Ok(link_with_key(redirect_uri, &key, user, None))
+}
+
+/// A login link signed with `key` (for a fleet: derived from the store's
+/// `encryption_key`, see `store::link_key_for`), for a login with the app
+/// named `app` (under `apps:`; signed too) or the config's only one.
+pub fn link_with_key(redirect_uri: &Url, key: &[u8], user: &str, app: Option<&str>) -> String {
     let exp = super::grants::now_ms() / 1000 + LINK_LIFETIME.as_secs();
     let mut link = redirect_uri.clone();
     let path = link.path().trim_end_matches("/callback").to_owned();
     link.set_path(&format!("{path}/login"));
-    link.set_query(Some(&sign_for_app(&key, user, app, exp)));
-    Ok(link.to_string())
+    link.set_query(Some(&sign_for_app(key, user, app, exp)));
+    link.to_string()
 }
 
 /// The query string of a login link for `user`, expiring at `exp` (epoch s).

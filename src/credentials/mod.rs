@@ -13,6 +13,7 @@ pub mod grants_file;
 pub mod installations;
 pub mod login_link;
 pub mod pending_logins;
+pub mod shared_installations;
 pub mod token;
 pub mod token_endpoint;
 pub mod user;
@@ -24,7 +25,7 @@ use crate::upstream::{CallError, Upstream};
 use app_jwt::AppJwt;
 use cache::TokenCache;
 use dashmap::DashMap;
-use grants::{GrantBinding, GrantStore};
+use grants::GrantBinding;
 use installations::Directory;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -56,6 +57,10 @@ pub enum CredentialError {
         "the grant of user `{0}` was refused by the platform: run `atomgit-proxy login {0}` again"
     )]
     GrantRevoked(String),
+    /// The shared store (Redis) is out of reach and the user's token ran
+    /// out: a refresh is never made without the store's lock.
+    #[error("{0}; the user's token cannot be refreshed until the store is back")]
+    StoreUnavailable(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -113,7 +118,7 @@ pub struct Context<'a> {
     pub upstream: &'a Arc<Upstream>,
     pub refresh_margin: Duration,
     pub oauth: Option<&'a OAuthEndpoints>,
-    pub store: Option<&'a Arc<GrantStore>>,
+    pub store: Option<&'a Arc<dyn crate::store::Store>>,
     /// The platform user grants must belong to.
     pub grant_binding: &'a Arc<GrantBinding>,
     /// What the route's installation token is limited to.
@@ -136,39 +141,56 @@ impl Credentials {
         credential: &RouteCredential,
         forward_path: &str,
     ) -> Result<Token, CredentialError> {
-        match credential {
-            RouteCredential::Installation(selector) => {
-                let id = self.installation_id(ctx, selector, forward_path).await?;
-                self.installation_token(ctx, id).await
-            }
-            RouteCredential::User(user) => self.user_token(ctx, user).await,
-        }
+        let key = self.key(ctx, credential, forward_path).await?;
+        self.token_for_key(ctx, &key).await
     }
 
-    /// A fresh token for `credential` after the platform refused `stale`
-    /// (401): `stale` is dropped if it is still the cached one, and the next
-    /// comes through the same single flight as any mint, so a burst of
-    /// refusals of one token causes one mint. A user's token is refreshed
-    /// with the grant's refresh token (under the store's lock), never
-    /// re-read from the store as it was.
-    pub async fn renew(
+    /// What identifies the credential a request to `forward_path` uses (the
+    /// token cache, the quota and the conditional cache are kept per
+    /// credential: app, installation and scope, or user and the app's grant
+    /// binding).
+    pub async fn key(
         &self,
         ctx: &Context<'_>,
         credential: &RouteCredential,
         forward_path: &str,
+    ) -> Result<CacheKey, CredentialError> {
+        Ok(match credential {
+            RouteCredential::Installation(selector) => installation_key(
+                ctx,
+                self.installation_id(ctx, selector, forward_path).await?,
+            ),
+            RouteCredential::User(user) => CacheKey::User {
+                user: user.clone(),
+                platform: ctx.grant_binding.clone(),
+            },
+        })
+    }
+
+    /// A token for the credential `key` names (see [`Credentials::key`]);
+    /// `ctx` must be the one the key was made with.
+    pub async fn token_for_key(
+        &self,
+        ctx: &Context<'_>,
+        key: &CacheKey,
+    ) -> Result<Token, CredentialError> {
+        self.token_after(ctx, key, None).await
+    }
+
+    /// A fresh token for `key` after the platform refused `stale` (401):
+    /// `stale` is dropped if it is still the cached one, and the next comes
+    /// through the same single flight as any mint, so a burst of refusals of
+    /// one token causes one mint. A user's token is refreshed with the
+    /// grant's refresh token (under the store's lock), and a fleet's shared
+    /// installation token is replaced, never re-read from the store as it was.
+    pub async fn renew(
+        &self,
+        ctx: &Context<'_>,
+        key: &CacheKey,
         stale: &Token,
     ) -> Result<Token, CredentialError> {
-        let fresh = match credential {
-            RouteCredential::Installation(selector) => {
-                let id = self.installation_id(ctx, selector, forward_path).await?;
-                self.tokens.discard(&installation_key(ctx, id), stale);
-                self.installation_token(ctx, id).await?
-            }
-            RouteCredential::User(user) => {
-                self.tokens.discard(&self.user_key(ctx, user), stale);
-                self.user_token_after(ctx, user, Some(stale)).await?
-            }
-        };
+        self.tokens.discard(key, stale);
+        let fresh = self.token_after(ctx, key, Some(stale)).await?;
         if fresh.same_as(stale) {
             // Kept: another refusal was answered with a new token moments ago.
             return Err(CredentialError::TokenEndpoint(format!(
@@ -177,6 +199,21 @@ impl Credentials {
             )));
         }
         Ok(fresh)
+    }
+
+    /// The token for `key`, never answering with `refused`.
+    async fn token_after(
+        &self,
+        ctx: &Context<'_>,
+        key: &CacheKey,
+        refused: Option<&Token>,
+    ) -> Result<Token, CredentialError> {
+        match key {
+            CacheKey::Installation { id, .. } => {
+                self.installation_token_after(ctx, *id, refused).await
+            }
+            CacheKey::User { user, .. } => self.user_token_after(ctx, user, refused).await,
+        }
     }
 
     fn user_key(&self, ctx: &Context<'_>, user: &Arc<str>) -> CacheKey {
@@ -279,11 +316,21 @@ impl Credentials {
         })
     }
 
-    /// A token for installation `id`.
+    /// A token for installation `id` (with the context's app and scope).
     pub async fn installation_token(
         &self,
         ctx: &Context<'_>,
         id: u64,
+    ) -> Result<Token, CredentialError> {
+        self.installation_token_after(ctx, id, None).await
+    }
+
+    /// [`Credentials::installation_token`], never answering with `refused`.
+    async fn installation_token_after(
+        &self,
+        ctx: &Context<'_>,
+        id: u64,
+        refused: Option<&Token>,
     ) -> Result<Token, CredentialError> {
         let key = installation_key(ctx, id);
         if let Some(token) = self.tokens.fresh(&key) {
@@ -295,9 +342,32 @@ impl Credentials {
         };
         let (upstream, margin) = (ctx.upstream.clone(), ctx.refresh_margin);
         let scope = ctx.scope.cloned();
+        // A fleet shares installation tokens through the store (one mint per
+        // installation, scope and expiry); the memory cache above stays first.
+        let shared = ctx
+            .store
+            .filter(|s| s.shares_installation_tokens())
+            .cloned();
+        let refused = refused.cloned();
         self.tokens
             .get(&key, move || async move {
-                Ok(installations::mint(upstream, signer, id, scope, margin).await?)
+                let key = crate::store::InstallationKey::new(
+                    &signer.app.fingerprint,
+                    id,
+                    scope.as_deref(),
+                );
+                let mint = || installations::mint(upstream, signer, id, scope, margin);
+                let Some(store) = shared else {
+                    return Ok(mint().await?);
+                };
+                Ok(shared_installations::installation_token(
+                    &store,
+                    &key,
+                    margin,
+                    refused.as_ref(),
+                    mint,
+                )
+                .await?)
             })
             .await
     }
@@ -334,12 +404,9 @@ impl Credentials {
         self.directories.retain(|k, _| current.contains(k));
     }
 
-    /// The cached (unscoped) token for an installation, without minting.
-    pub fn cached_installation_token(&self, app: AppFingerprint, id: u64) -> Option<Token> {
-        self.tokens.peek(&CacheKey::Installation {
-            app,
-            id,
-            scope: None,
-        })
+    /// The cached token for an installation (with the context's app and
+    /// scope), without minting.
+    pub fn cached_installation_token(&self, ctx: &Context<'_>, id: u64) -> Option<Token> {
+        self.tokens.peek(&installation_key(ctx, id))
     }
 }

@@ -1,8 +1,10 @@
 //! Logins started in a browser, waiting for the platform's callback.
 //!
 //! The login page remembers a random `state` for the user its link names;
-//! the callback takes it back. Kept in memory only: a login outlives neither
-//! a restart nor [`PENDING_LIFETIME`], and a state works once.
+//! the callback takes it back. This is the file store's keeping, in memory
+//! only: a login outlives neither a restart nor [`PENDING_LIFETIME`], and a
+//! state works once. A fleet keeps them in Redis instead (`store::redis`),
+//! so the callback may reach another replica.
 
 use std::collections::HashMap;
 use std::sync::Mutex;

@@ -1,9 +1,13 @@
 //! User tokens: the grant in the store, refreshed ahead of expiry.
 //!
-//! The token cache makes this run at most once per user at a time, which is
-//! what keeps concurrent refreshes from burning each other's rotated refresh
-//! tokens. The new grant is written to the store before its token is handed
-//! out. A refused refresh token marks the grant revoked: the user's routes
+//! The token cache makes this run at most once per user at a time in this
+//! process, and the store's per-user lock across processes (a `flock` on the
+//! grant file, a leased Redis lock in a fleet), which is what keeps
+//! concurrent refreshes from burning each other's rotated refresh tokens.
+//! Under the lock the grant is read again, and the new one is written with a
+//! compare-and-set on the version read, before its token is handed out. No
+//! lock, no refresh: a store that cannot lock answers `store_unavailable`
+//! once the last token seen is no longer usable. A refused refresh token marks the grant revoked: the user's routes
 //! then fail fast with `grant_revoked` until the person logs in again; there
 //! is no retry loop against a token that can never work again.
 //!
@@ -19,22 +23,24 @@
 //! person logs in again.
 
 use super::cache::{MintError, Minted};
-use super::grants::{Grant, GrantBinding, GrantStore, now_ms};
+use super::grants::{Grant, GrantBinding, now_ms};
 use super::token_endpoint::{self, OAuthError};
 use super::{CredentialError, Token};
 use crate::config::{AppConfig, OAuthEndpoints};
+use crate::store::{Store, StoreError, Version, Written};
 use crate::upstream::Upstream;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// How long a refresh waits for another process's refresh of the same store.
-/// A refresh is one bounded HTTP call, so this is generous.
+/// How long a refresh waits for another refresh of the same user (in this
+/// or another process). A refresh is one bounded HTTP call, so this is
+/// generous.
 const REFRESH_LOCK_WAIT: Duration = Duration::from_secs(30);
 
 /// Everything a refresh needs, owned, so it can run in its own task.
 pub struct UserSource {
-    pub store: Arc<GrantStore>,
+    pub store: Arc<dyn Store>,
     pub upstream: Arc<Upstream>,
     pub app: Arc<AppConfig>,
     pub oauth: OAuthEndpoints,
@@ -78,26 +84,45 @@ pub fn token_from_grant(grant: &Grant, margin: Duration, now: Instant) -> Option
 }
 
 fn token_at(grant: &Grant, margin: Duration, now: Instant, now_ms: u64) -> Option<Token> {
-    let remaining = grant.access_expires_at_ms.saturating_sub(now_ms);
-    let lifetime = grant
-        .access_expires_at_ms
-        .saturating_sub(grant.updated_at_ms);
+    timed_at(
+        &grant.access_token,
+        grant.updated_at_ms,
+        grant.access_expires_at_ms,
+        margin,
+        now,
+        now_ms,
+    )
+}
+
+/// A token issued at `issued_ms` and expiring at `expires_ms` (wall clock),
+/// timed over its whole life as [`token_from_grant`] explains. Installation
+/// tokens shared by a fleet are timed the same way.
+pub fn token_timed(
+    value: &str,
+    issued_ms: u64,
+    expires_ms: u64,
+    margin: Duration,
+    now: Instant,
+) -> Option<Token> {
+    timed_at(value, issued_ms, expires_ms, margin, now, now_ms())
+}
+
+fn timed_at(
+    value: &str,
+    issued_ms: u64,
+    expires_ms: u64,
+    margin: Duration,
+    now: Instant,
+    now_ms: u64,
+) -> Option<Token> {
+    let remaining = expires_ms.saturating_sub(now_ms);
+    let lifetime = expires_ms.saturating_sub(issued_ms);
     let age = Duration::from_millis(lifetime.saturating_sub(remaining));
     match now.checked_sub(age) {
-        Some(issued) => Token::new(
-            &grant.access_token,
-            issued,
-            Duration::from_millis(lifetime),
-            margin,
-        ),
+        Some(issued) => Token::new(value, issued, Duration::from_millis(lifetime), margin),
         // The monotonic clock does not reach back that far: time what is
         // left, which still never serves the token past its expiry.
-        None => Token::new(
-            &grant.access_token,
-            now,
-            Duration::from_millis(remaining),
-            margin,
-        ),
+        None => Token::new(value, now, Duration::from_millis(remaining), margin),
     }
 }
 
@@ -105,57 +130,64 @@ impl UserSource {
     pub async fn token(self) -> Minted {
         let user = &*self.user;
         // A grant that an earlier failed write left only in memory goes to
-        // disk first, so a restart cannot fall back to a dead refresh token.
-        if let Err(e) = self.store.persist_if_dirty().await {
-            tracing::warn!(user, "{e}; grants newer than the file stay in memory only");
+        // the store first, so a restart cannot fall back to a dead refresh token.
+        if let Err(e) = self.store.flush().await {
+            tracing::warn!(user, "{e}; grants newer than the store stay in memory only");
         }
-        if let Some(done) = self.stored_token().await {
-            return Ok(done?);
+        let (grant, _) = self.read().await?;
+        if let Some(token) = self.not_due(&grant) {
+            return Ok(token);
         }
         // A refresh is due. Replicas sharing the store must not spend the
         // same refresh token twice (with rotation, the second is refused and
-        // the grant would die), so refreshes of one store take turns across
-        // processes, and each looks at the file again once it has the lock.
-        let _lock =
-            match tokio::time::timeout(REFRESH_LOCK_WAIT, self.store.lock_for_refresh()).await {
-                Ok(Ok(lock)) => Some(lock),
-                Ok(Err(e)) => {
-                    tracing::warn!(
-                        user,
-                        "cannot take the grant store's refresh lock ({e}); refreshing without it"
-                    );
-                    None
-                }
-                Err(_) => {
-                    return Err(MintError {
-                        error: CredentialError::TokenEndpoint(
-                            "another process has held the grant store's refresh lock for too long"
-                                .into(),
-                        ),
-                        still_usable: self.still_usable(),
-                    });
-                }
-            };
-        if let Some(done) = self.stored_token().await {
-            return Ok(done?);
+        // the grant would die), so refreshes of one user take turns across
+        // processes, and each reads the grant again once it has the lock.
+        // Never without the lock: a store that cannot lock is unavailable.
+        let _lock = match self.store.lock_refresh(user, REFRESH_LOCK_WAIT).await {
+            Ok(Some(lock)) => lock,
+            Ok(None) => {
+                return Err(MintError {
+                    error: CredentialError::TokenEndpoint(
+                        "another process has held the user's refresh lock for too long".into(),
+                    ),
+                    still_usable: self.still_usable(),
+                });
+            }
+            Err(e) => return Err(self.unavailable(e)),
+        };
+        let (grant, version) = self.read().await?;
+        if let Some(token) = self.not_due(&grant) {
+            return Ok(token);
         }
-        let grant = self.usable_grant().await?;
         let now = Instant::now();
         let current = token_from_grant(&grant, self.margin, now)
-            .filter(|t| t.is_usable(now))
-            .filter(|t| !self.refused.as_ref().is_some_and(|r| r.same_as(t)));
+            .filter(|t| t.is_usable(now) && !self.is_refused(t));
         if grant.refresh_expires_at_ms.is_some_and(|at| at <= now_ms()) {
             return Err(self
-                .revoke(grant, "the refresh token has expired".into())
+                .revoke(grant, version, "the refresh token has expired".into())
                 .await
                 .into());
         }
         match token_endpoint::refresh(&self.upstream, &self.app, &self.oauth, &grant).await {
             Ok(fresh) => {
-                // Durable first: a rotated refresh token that only lived in
-                // memory would be lost with the process.
-                if let Err(e) = self.store.put(user, fresh.clone()).await {
-                    tracing::error!(user, "{e}; the refreshed grant is kept in memory only");
+                // Stored first, under the lock and compared-and-set on the
+                // version read under it: a rotated refresh token that only
+                // lived in memory would be lost with the process, and a
+                // replica whose lease ran out cannot overwrite a newer grant.
+                match self
+                    .store
+                    .put_grant(user, fresh.clone(), Some(version))
+                    .await
+                {
+                    Ok(Written::Stored) => {}
+                    Ok(Written::Conflict) => tracing::warn!(
+                        user,
+                        "a newer grant was stored while this refresh ran (its lock lease ran out?); it is kept"
+                    ),
+                    Err(e) => tracing::error!(
+                        user,
+                        "{e}; the refreshed grant is kept in memory and written when the store answers"
+                    ),
                 }
                 tracing::info!(user, "refreshed user token");
                 Ok(
@@ -170,6 +202,7 @@ impl UserSource {
             Err(OAuthError::Refused { status, detail }) => Err(self
                 .revoke(
                     grant,
+                    version,
                     format!("the platform refused the refresh token ({status}: {detail})"),
                 )
                 .await
@@ -185,45 +218,64 @@ impl UserSource {
         }
     }
 
-    /// The answer the store gives without a refresh: its token when not yet
-    /// due, or why there is none. `None`: a refresh is due.
-    async fn stored_token(&self) -> Option<Result<Token, CredentialError>> {
-        // Another process sharing the store may have refreshed since we last
-        // looked; its refresh token is the live one.
-        self.store.sync_from_disk().await;
-        let grant = match self.usable_grant().await {
-            Ok(grant) => grant,
-            Err(e) => return Some(Err(e)),
-        };
-        let now = Instant::now();
-        token_from_grant(&grant, self.margin, now)
-            .filter(|t| t.is_usable(now) && now < t.refresh_at)
-            .filter(|t| !self.refused.as_ref().is_some_and(|r| r.same_as(t)))
-            .map(Ok)
+    /// Whether `token` is the one the platform refused (401): never served
+    /// again, however long it has left.
+    fn is_refused(&self, token: &Token) -> bool {
+        self.refused.as_ref().is_some_and(|r| r.same_as(token))
     }
 
-    /// The stored grant's token if it is still usable (though due), for the
-    /// cache to serve while a refresh cannot be made.
+    /// The grant's token when it is usable and not yet due.
+    fn not_due(&self, grant: &Grant) -> Option<Token> {
+        let now = Instant::now();
+        token_from_grant(grant, self.margin, now)
+            .filter(|t| t.is_usable(now) && now < t.refresh_at && !self.is_refused(t))
+    }
+
+    /// The store is out of reach: `store_unavailable`, serving the last
+    /// token seen while it is usable.
+    fn unavailable(&self, e: StoreError) -> MintError {
+        match e {
+            StoreError::Unavailable(msg) => MintError {
+                error: CredentialError::StoreUnavailable(msg),
+                still_usable: self.still_usable(),
+            },
+            StoreError::File(msg) => MintError {
+                error: CredentialError::Internal(msg),
+                still_usable: self.still_usable(),
+            },
+        }
+    }
+
+    /// The last grant seen's token if it is still usable (though due), for
+    /// the cache to serve while a refresh cannot be made.
     fn still_usable(&self) -> Option<Token> {
-        let grant = self.store.get(&self.user)?;
+        let grant = self.store.cached_grant(&self.user)?;
         let now = Instant::now();
         token_from_grant(&grant, self.margin, now)
-            .filter(|t| t.is_usable(now))
-            .filter(|t| !self.refused.as_ref().is_some_and(|r| r.same_as(t)))
+            .filter(|t| t.is_usable(now) && !self.is_refused(t))
     }
 
-    /// The user's stored grant, if it is alive and belongs to this platform.
-    async fn usable_grant(&self) -> Result<Grant, CredentialError> {
+    /// The user's stored grant and its version, if it is alive and belongs
+    /// to this platform.
+    async fn read(&self) -> Result<(Grant, Version), MintError> {
         let user = &*self.user;
-        let Some(mut grant) = self.store.get(user) else {
-            return Err(CredentialError::GrantMissing(user.to_owned()));
+        let stored = self
+            .store
+            .grant(user)
+            .await
+            .map_err(|e| self.unavailable(e))?;
+        let Some(stored) = stored else {
+            return Err(CredentialError::GrantMissing(user.to_owned()).into());
         };
+        let (mut grant, version) = (stored.grant, stored.version);
         if grant.revoked.is_some() {
-            return Err(CredentialError::GrantRevoked(user.to_owned()));
+            return Err(CredentialError::GrantRevoked(user.to_owned()).into());
         }
         match belongs(&grant, &self.binding) {
-            Belongs::Here => Ok(grant),
-            Belongs::Elsewhere => Err(CredentialError::GrantForOtherPlatform(user.to_owned())),
+            Belongs::Here => Ok((grant, version)),
+            Belongs::Elsewhere => {
+                Err(CredentialError::GrantForOtherPlatform(user.to_owned()).into())
+            }
             Belongs::Unrecorded => {
                 // Migration: a store from before grants were bound only ever
                 // served one config, so the config using it now adopts it.
@@ -234,15 +286,29 @@ impl UserSource {
                     upstream = self.binding.upstream.as_str(),
                     "user grant from an older store: bound to this upstream and app from now on"
                 );
-                if let Err(e) = self.store.put(user, grant.clone()).await {
-                    tracing::error!(user, "{e}; the grant's binding is kept in memory only");
+                match self
+                    .store
+                    .put_grant(user, grant.clone(), Some(version))
+                    .await
+                {
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::error!(user, "{e}; the grant's binding is kept in memory only")
+                    }
                 }
-                Ok(grant)
+                // Re-read: the version moved (and another replica may have
+                // adopted it first).
+                let again = self
+                    .store
+                    .grant(user)
+                    .await
+                    .map_err(|e| self.unavailable(e))?;
+                Ok(again.map_or((grant, version), |v| (v.grant, v.version)))
             }
         }
     }
 
-    async fn revoke(&self, mut grant: Grant, reason: String) -> CredentialError {
+    async fn revoke(&self, mut grant: Grant, version: Version, reason: String) -> CredentialError {
         let user = &*self.user;
         tracing::warn!(
             user,
@@ -250,7 +316,7 @@ impl UserSource {
         );
         grant.revoked = Some(reason);
         grant.updated_at_ms = now_ms();
-        if let Err(e) = self.store.put(user, grant).await {
+        if let Err(e) = self.store.put_grant(user, grant, Some(version)).await {
             tracing::error!(user, "{e}");
         }
         CredentialError::GrantRevoked(user.to_owned())

@@ -7,6 +7,7 @@ use super::ConnInfo;
 use super::headers::{rewrite_links, strip_caller_credentials, strip_hop_by_hop};
 use super::retry::Heal;
 use crate::body::{Body, CallerBody, CallerFault};
+use crate::cache::entry::API_VERSION;
 use crate::credentials::Token;
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
@@ -14,11 +15,7 @@ use crate::state::Snapshot;
 use crate::upstream::error_chain;
 use http::header::HOST;
 use http::uri::Authority;
-use http::{HeaderValue, Request, Response, Version};
-
-/// The platform's API version header (`ATOMGIT_API.md` section 7).
-const X_API_VERSION: &str = "x-api-version";
-use http_body_util::Either;
+use http::{HeaderMap, HeaderValue, Request, Response, Version};
 use hyper::body::Incoming;
 
 /// Where the caller reached the proxy, for rewriting links back to it. Only
@@ -77,27 +74,32 @@ pub fn inbound_host<B>(req: &Request<B>) -> Result<Option<Authority>, ProxyError
     Ok(Some(authority))
 }
 
-/// Sends the caller's request upstream with `token` (resent once with a
-/// fresh one if the platform refuses it, see [`super::retry`]) and streams
-/// the answer back.
+/// Sets the route's `api_version` as `X-Api-Version` (the platform's API
+/// version header, `ATOMGIT_API.md` section 7) unless the caller sent one:
+/// the caller knows what shape it expects. Done before the cache key is
+/// made, so answers of two versions are never mixed up.
+pub fn default_api_version(headers: &mut HeaderMap, version: Option<&HeaderValue>) {
+    if let Some(version) = version
+        && !headers.contains_key(API_VERSION)
+    {
+        headers.insert(API_VERSION, version.clone());
+    }
+}
+
+/// Sends `req` to `uri` with `token` (resent once with a fresh one if the
+/// platform refuses it, see [`super::retry`]) and returns the platform's
+/// answer, hop-by-hop headers removed (links are rewritten by the caller, see
+/// [`rewrite_for_caller`], once it knows which answer the caller gets).
 pub async fn send(
     req: Request<Incoming>,
     uri: http::Uri,
     snap: &Snapshot,
     token: Token,
-    origin: CallerOrigin<'_>,
     heal: Heal<'_>,
-    api_version: Option<&HeaderValue>,
-) -> Result<Response<Body>, ProxyError> {
+) -> Result<Response<Incoming>, ProxyError> {
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     strip_caller_credentials(&mut parts.headers);
-    // The caller's own version wins: it knows what shape it expects.
-    if let Some(version) = api_version
-        && !parts.headers.contains_key(X_API_VERSION)
-    {
-        parts.headers.insert(X_API_VERSION, version.clone());
-    }
     parts
         .headers
         .insert(HOST, snap.upstream.host_header.clone());
@@ -106,16 +108,10 @@ pub async fn send(
     // inbound HTTP/2 request must not force prior-knowledge HTTP/2 upstream.
     parts.version = Version::HTTP_11;
     let metrics = heal.metrics;
-    let resp = super::retry::exchange(parts, body, token, heal, |parts, body, fault| {
+    super::retry::exchange(parts, body, token, heal, |parts, body, fault| {
         exchange_once(Request::from_parts(parts, body), fault, snap, metrics)
     })
-    .await?;
-    let (mut parts, body) = resp.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
-    rewrite_links(&mut parts.headers, &snap.upstream.base_url, || {
-        origin.base()
-    });
-    Ok(Response::from_parts(parts, Either::Left(body)))
+    .await
 }
 
 /// One request to the platform, up to its response headers.
@@ -148,8 +144,19 @@ async fn exchange_once(
         Ok(Err(e)) => return Err(ProxyError::UpstreamUnreachable(error_chain(&e))),
         Ok(Ok(resp)) => resp,
     };
-    metrics
-        .upstream_seconds
-        .observe(started.elapsed().as_secs_f64());
-    Ok(resp)
+    let elapsed = started.elapsed();
+    metrics.upstream_seconds.observe(elapsed.as_secs_f64());
+    let (mut parts, body) = resp.into_parts();
+    parts
+        .extensions
+        .insert(crate::activity::UpstreamElapsed(elapsed));
+    strip_hop_by_hop(&mut parts.headers);
+    Ok(Response::from_parts(parts, body))
+}
+
+/// Points the answer's `Link`/`Location` back at the proxy the caller used.
+pub fn rewrite_for_caller(resp: &mut Response<Body>, snap: &Snapshot, origin: &CallerOrigin<'_>) {
+    rewrite_links(resp.headers_mut(), &snap.upstream.base_url, || {
+        origin.base()
+    });
 }

@@ -8,10 +8,11 @@ mod forward;
 pub mod guard;
 pub mod headers;
 mod retry;
+mod spend;
 
 use crate::body::Body;
 use crate::error::ProxyError;
-use crate::routes::{InstallationSelector, Miss, RouteCredential};
+use crate::routes::Miss;
 use crate::state::{Shared, Snapshot};
 use http::uri::Authority;
 use http::{Request, Response};
@@ -48,6 +49,11 @@ impl Proxy {
         let snapshot = self.shared.snapshot.load_full();
         let mut observed =
             crate::metrics::Observed::start(&self.shared.metrics, req.method(), req.uri().path());
+        let audit = crate::activity::AuditStart::begin(&snapshot.config, &req, || {
+            clients::identify(req.headers(), &snapshot.config.clients)
+                .ok()
+                .flatten()
+        });
         let resp = match self
             .try_handle(req, conn, &snapshot, &mut observed.route)
             .await
@@ -56,12 +62,19 @@ impl Proxy {
             Err(e) => e.into_response(observed.route.as_deref()),
         };
         observed.finish(&resp);
+        self.shared.activity.observe(observed.route.as_ref(), &resp);
+        if let Some(audit) = audit {
+            let route = observed.route.as_ref();
+            audit
+                .finish(&snapshot, &self.shared.credentials, route, &resp)
+                .await;
+        }
         resp
     }
 
     async fn try_handle(
         &self,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         conn: &ConnInfo,
         snap: &Arc<Snapshot>,
         route_name: &mut Option<Arc<str>>,
@@ -101,38 +114,28 @@ impl Proxy {
             })?;
         *route_name = Some(route.name.clone());
         let forward_path = route.forward_path(path);
-        let credentials = &self.shared.credentials;
+        // The route's app and scope: the credential (and so the token, the
+        // quota and the cache entries) belongs to both.
         let ctx = snap.context_for(route);
-        let token = credentials
-            .token(&ctx, &route.credential, forward_path)
+        let credentials = &self.shared.credentials;
+        let credential = credentials
+            .key(&ctx, &route.credential, forward_path)
             .await?;
+        // Not started until the quota lets the request go: a refused
+        // request mints nothing.
+        let token = credentials.token_for_key(&ctx, &credential);
         let uri = snap
             .upstream
             .forward_uri(req.uri(), forward_path)
             .map_err(|e| ProxyError::BadRequest(format!("cannot build the upstream URI: {e}")))?;
         let origin = forward::CallerOrigin::new(host.clone(), conn, route.reverse_prefix());
-        // The path outlives `req` only where the credential reads it (an
-        // `auto` route's owner); elsewhere this allocates nothing.
-        let owner_path = match &route.credential {
-            RouteCredential::Installation(InstallationSelector::Auto) => forward_path.to_owned(),
-            _ => String::new(),
-        };
         let heal = retry::Heal {
             credentials,
-            ctx,
-            credential: &route.credential,
-            forward_path: &owner_path,
+            ctx: &ctx,
+            credential: &credential,
             metrics: &self.shared.metrics,
         };
-        forward::send(
-            req,
-            uri,
-            snap,
-            token,
-            origin,
-            heal,
-            route.api_version.as_ref(),
-        )
-        .await
+        forward::default_api_version(req.headers_mut(), route.api_version.as_ref());
+        spend::spend(&self.shared, snap, req, uri, token, origin, heal).await
     }
 }

@@ -10,6 +10,10 @@
 //! flight as any mint, and the request is sent again, once. A second 401
 //! goes to the caller as it is.
 //!
+//! The retry happens inside the one quota slot and cache exchange the
+//! request took (see `spend.rs`): a resent request is not counted twice
+//! against the credential's bucket.
+//!
 //! Only a request whose body can be sent twice is resent: one without a
 //! body, or whose whole body arrived within [`MAX_REPLAY_BYTES`] and
 //! [`READ_AHEAD_WAIT`]. Reading ahead is bounded both ways: a body declared
@@ -18,10 +22,9 @@
 //! stream) and never replayed.
 
 use crate::body::{CallerBody, CallerFault};
-use crate::credentials::{Context, Credentials, Token};
+use crate::credentials::{CacheKey, Context, Credentials, Token};
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
-use crate::routes::RouteCredential;
 use bytes::{Bytes, BytesMut};
 use http::header::{AUTHORIZATION, CONTENT_LENGTH};
 use http::request::Parts;
@@ -41,9 +44,9 @@ pub const READ_AHEAD_WAIT: Duration = Duration::from_secs(2);
 /// What a fresh token for the request's route is obtained with.
 pub struct Heal<'a> {
     pub credentials: &'a Credentials,
-    pub ctx: Context<'a>,
-    pub credential: &'a RouteCredential,
-    pub forward_path: &'a str,
+    /// The route's context (app, scope), the one `credential` was made with.
+    pub ctx: &'a Context<'a>,
+    pub credential: &'a CacheKey,
     /// `atomgit_proxy_token_retries_total` and the upstream timings.
     pub metrics: &'a Metrics,
 }
@@ -111,7 +114,7 @@ where
 impl Heal<'_> {
     async fn renew(&self, stale: &Token) -> Result<Token, crate::credentials::CredentialError> {
         self.credentials
-            .renew(&self.ctx, self.credential, self.forward_path, stale)
+            .renew(self.ctx, self.credential, stale)
             .await
     }
 

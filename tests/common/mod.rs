@@ -8,7 +8,9 @@
 //! - [`users`]: [`users::UserEnv`], a proxy with a user route, its config
 //!   file and grant store, for the login and user-token tests;
 //! - [`browser`]: a tiny cookie-keeping browser that follows the login's
-//!   redirects.
+//!   redirects;
+//! - [`redis`]: a real `redis-server` on a free port, killable and
+//!   restartable; [`fleet`]: several proxies sharing it.
 //!
 //! Each test binary compiles this module on its own (`mod common;`) and uses
 //! only part of it, hence the `dead_code` allowance.
@@ -16,7 +18,9 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod fleet;
 mod http_client;
+pub mod redis;
 pub mod users;
 
 pub use http_client::*;
@@ -88,11 +92,16 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// The fake's options with [`APP_ID`] and [`app_key`]; the rest default.
+/// The fake's options with [`APP_ID`] and [`app_key`], and a budget no
+/// test spends by accident (the quota tests set their own); the rest default.
 pub fn fake_options() -> FakeOptions {
     FakeOptions {
         app_id: APP_ID,
         app_public_key_pem: app_key().1.clone(),
+        rate_limit: atomgit_fake::FakeRateLimit {
+            limit: 1_000_000,
+            ..Default::default()
+        },
         ..FakeOptions::default()
     }
 }
@@ -137,7 +146,9 @@ pub fn config_yaml(upstream: &str, private_key: &str, extra: &str, routes: &str)
 }
 
 /// [`config_yaml`] in full: the proxy listens on `listen`, and `app` holds
-/// the `app:` keys besides `id` (one per line, any indentation).
+/// the `app:` keys besides `id` (one per line, any indentation). Smoothing
+/// is off (`quota: { per_second: 0 }`) unless `extra` sets `quota:`: tests
+/// that send bursts are not about the bucket.
 pub fn config_yaml_with(
     listen: &str,
     upstream: &str,
@@ -145,8 +156,13 @@ pub fn config_yaml_with(
     extra: &str,
     routes: &str,
 ) -> String {
+    let quota = if extra.contains("quota:") {
+        ""
+    } else {
+        "quota: { per_second: 0 }\n"
+    };
     format!(
-        "listen: [\"{listen}\"]\nupstream: {upstream}\napp:\n  id: {APP_ID}\n{}{}routes:\n{}",
+        "listen: [\"{listen}\"]\nupstream: {upstream}\napp:\n  id: {APP_ID}\n{}{}{quota}routes:\n{}",
         reindent(app, 2),
         reindent(extra, 0),
         reindent(routes, 2),

@@ -96,9 +96,12 @@ fn app(
     let key = pem
         .as_ref()
         .and_then(|pem| parse_key(pem, &key_field, problems));
+    // Only user routes use the client secret: an installation-only config
+    // (the example as shipped) must not fail on an unset variable.
     let client_secret = raw
         .client_secret
         .as_ref()
+        .filter(|_| needs_user)
         .and_then(|s| secret(s, &format!("{at}.client_secret"), base, problems));
     if needs_user {
         if raw.client_id.is_none() {
@@ -137,10 +140,7 @@ fn parse_key(
         Ok(k) => k,
         // The PEM parser's errors can quote the armour's label: not shown.
         Err(_) => {
-            problems.add(
-                field,
-                "expected an RSA private key in PEM (PKCS#1 or PKCS#8)",
-            );
+            problems.add(field, super::keys::why_not_rsa_private(pem.expose()));
             return None;
         }
     };

@@ -78,7 +78,7 @@ pub(super) fn limits(raw: &ConfigFile, problems: &mut Problems) -> Limits {
 }
 
 /// `64KiB`, `1MiB`, `65536`: bytes, or `None` when it is no size.
-fn byte_size(size: &ByteSizeFile) -> Option<usize> {
+pub(super) fn byte_size(size: &ByteSizeFile) -> Option<usize> {
     let n = match size {
         ByteSizeFile::Number(n) => *n,
         ByteSizeFile::Text(t) => t.trim().parse::<bytesize::ByteSize>().ok()?.as_u64(),

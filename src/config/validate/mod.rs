@@ -4,8 +4,13 @@
 //! naming its field, so an operator fixes a config in one pass.
 
 mod apps;
+mod collect;
+mod hints;
+mod keys;
 mod limits;
+mod lines;
 mod network;
+mod quota;
 mod routes;
 mod yaml_errors;
 
@@ -40,24 +45,40 @@ pub(super) struct Rejected {
 }
 
 pub(super) fn parse_and_validate(text: &str, base: &Path) -> Result<Config, Rejected> {
-    let raw: ConfigFile = serde_yaml::from_str(text).map_err(|e| {
-        let mut problems = vec![yaml_errors::yaml_problem(&e, text)];
-        locate_lines(&mut problems, text);
-        Rejected {
-            problems,
-            files: Vec::new(),
+    let parsed = collect::parse(text);
+    let mut found = parsed.problems;
+    let mut files = Vec::new();
+    if let Some(raw) = parsed.raw {
+        files = referenced_files(&raw, base);
+        let mut problems = Problems::default();
+        let config = build(raw, base, &mut problems);
+        if found.is_empty()
+            && problems.0.is_empty()
+            && let Some(config) = config
+        {
+            return Ok(config);
         }
-    })?;
-    let files = referenced_files(&raw, base);
-    let mut problems = Problems::default();
-    let config = build(raw, base, &mut problems);
-    let mut found = problems.0;
-    if found.is_empty()
-        && let Some(config) = config
-    {
-        return Ok(config);
+        let mut semantic: Vec<Problem> = problems
+            .0
+            .into_iter()
+            .filter(|p| !collect::is_consequence(&p.field, &parsed.reported))
+            .collect();
+        for p in &mut semantic {
+            p.line = p.line.or_else(|| lines::line_of_field(text, &p.field));
+        }
+        locate_lines(&mut semantic, text);
+        found.extend(semantic);
     }
-    locate_lines(&mut found, text);
+    if found.is_empty() {
+        // Unreachable in practice: a config that did not build said why.
+        found.push(Problem {
+            field: "(file)".into(),
+            message: "cannot be read as a config".into(),
+            line: None,
+        });
+    }
+    collect::sort(&mut found);
+    collect::name_routes(&mut found, &parsed.doc);
     Err(Rejected {
         problems: found,
         files,
@@ -112,6 +133,8 @@ fn build(raw: ConfigFile, base: &Path, problems: &mut Problems) -> Option<Config
         problems,
     );
     let limits = limits::limits(&raw, problems);
+    let quota = quota::quota(&raw, problems);
+    let cache = quota::cache(&raw, problems);
     let clients = clients(raw.clients.as_deref().unwrap_or_default(), base, problems);
     if raw.clients.as_ref().is_some_and(Vec::is_empty) {
         problems.add(
@@ -173,8 +196,8 @@ fn build(raw: ConfigFile, base: &Path, problems: &mut Problems) -> Option<Config
         .any(|r| matches!(r.credential, RouteCredential::User(_)));
     let apps = apps::apps(&raw_apps, base, upstream.as_ref(), &routes, problems);
     let oauth = oauth(&raw, upstream.as_ref(), needs_user, problems);
-    let store_path = raw.store.as_ref().map(|s| base.join(&s.path));
-    if needs_user && store_path.is_none() {
+    let (store_path, store_redis) = super::store::store(raw.store.as_ref(), base, problems);
+    if needs_user && raw.store.is_none() {
         problems.add(
             "store.path",
             "is required when a route has `user:` (user grants are kept there)",
@@ -199,6 +222,7 @@ fn build(raw: ConfigFile, base: &Path, problems: &mut Problems) -> Option<Config
         apps,
         oauth,
         store_path,
+        store_redis,
         clients,
         allow_unauthenticated: raw.allow_unauthenticated,
         refresh_margin,
@@ -206,6 +230,9 @@ fn build(raw: ConfigFile, base: &Path, problems: &mut Problems) -> Option<Config
         limits,
         browser,
         routes: RouteTable::new(routes),
+        quota,
+        cache,
+        audit: raw.audit,
     })
 }
 
@@ -218,12 +245,15 @@ fn referenced_files(raw: &ConfigFile, base: &Path) -> Vec<PathBuf> {
 
 /// Files secrets are read from, resolved.
 fn secret_files(raw: &ConfigFile, base: &Path) -> Vec<PathBuf> {
+    let store = raw.store.as_ref();
     let apps = raw
         .app
         .iter()
         .chain(raw.apps.iter().flat_map(|a| a.values()));
     let secrets = apps
         .flat_map(|a| std::iter::once(&a.private_key).chain(a.client_secret.as_ref()))
+        .chain(store.and_then(|s| s.redis.as_ref()).map(|r| &r.url))
+        .chain(store.and_then(|s| s.encryption_key.as_ref()))
         .chain(raw.clients.iter().flatten().map(|c| &c.key));
     secrets
         .filter_map(|s| match s {

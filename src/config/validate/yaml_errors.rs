@@ -10,11 +10,13 @@
 //! only when it looks like a field name (short, `[a-z0-9_]`): a pasted secret
 //! never does.
 
+use super::hints;
 use crate::config::Problem;
 use serde_yaml::Value;
 
 /// Secret sources: the shape every secret field wants.
-const SECRET_SHAPE: &str = r#"a mapping like { file: PATH }, { env: NAME } or { value: "..." }"#;
+pub(super) const SECRET_SHAPE: &str =
+    r#"a mapping like { file: PATH }, { env: NAME } or { value: "..." }"#;
 
 /// Where a problem at the document's root is reported.
 const TOP_LEVEL: &str = "(top level)";
@@ -41,7 +43,28 @@ enum Fault<'m> {
     Syntax(&'m str),
 }
 
-pub(super) fn yaml_problem(e: &serde_yaml::Error, text: &str) -> Problem {
+/// What to change in the document so the next parse gets past a problem.
+/// Paths here are internal (never shown): an unknown key's own name is
+/// kept, whatever it looks like, so it can be removed.
+#[derive(Debug)]
+pub(super) enum Fix {
+    /// Remove the key at this path (a value of the wrong kind, an unknown key).
+    Remove(Vec<Step>),
+    /// A required key is missing at this path: fill it with a placeholder.
+    Fill(Vec<Step>),
+    /// Nothing to do: the problem stops the parse.
+    Stop,
+}
+
+/// One step of an owned path.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(super) enum Step {
+    Key(String),
+    Index(usize),
+}
+
+/// The problem `e` reports, and how to get past it.
+pub(super) fn diagnose(e: &serde_yaml::Error, text: &str) -> (Problem, Fix) {
     let full = e.to_string();
     let line = e.location().map(|l| l.line());
     let msg = match e.location() {
@@ -64,7 +87,7 @@ pub(super) fn yaml_problem(e: &serde_yaml::Error, text: &str) -> Problem {
         .strip_prefix("data did not match any variant of untagged enum ")
         .and_then(untagged_field)
     {
-        path = field.to_owned();
+        path = under_apps(field, text).unwrap_or_else(|| field.to_owned());
         line = None;
     }
     let found = match fault {
@@ -77,6 +100,48 @@ pub(super) fn yaml_problem(e: &serde_yaml::Error, text: &str) -> Problem {
             .and_then(|doc| parse_path(&path).and_then(|segs| walk(&doc, &segs).map(kind_of))),
     };
     let at = |field: &str| join(&path, field);
+    let steps = || -> Vec<Step> {
+        parse_path(&path)
+            .unwrap_or_default()
+            .iter()
+            .map(|s| match s {
+                Seg::Key(k) => Step::Key((*k).to_owned()),
+                Seg::Index(i) => Step::Index(*i),
+            })
+            .collect()
+    };
+    let fix = match &fault {
+        _ if parse_path(&path).is_none() => Fix::Stop,
+        Fault::Wrong {
+            expected: Some("field identifier" | "variant identifier"),
+        } => Fix::Stop,
+        Fault::Wrong { .. } | Fault::UnknownVariant { .. } if !path.is_empty() => {
+            Fix::Remove(steps())
+        }
+        Fault::UnknownField { name, .. } => {
+            let mut at = steps();
+            at.push(Step::Key((*name).to_owned()));
+            Fix::Remove(at)
+        }
+        Fault::MissingField(name) => {
+            let mut at = steps();
+            at.push(Step::Key((*name).to_owned()));
+            Fix::Fill(at)
+        }
+        _ => Fix::Stop,
+    };
+    let doc = serde_yaml::from_str::<Value>(text).ok();
+    let node = doc
+        .as_ref()
+        .and_then(|doc| parse_path(&path).and_then(|segs| walk(doc, &segs)));
+    if let Some(message) = node.and_then(|node| hints::newcomer_message(&path, node)) {
+        let problem = Problem {
+            field: path.clone(),
+            message,
+            line,
+        };
+        return (problem, fix);
+    }
     let (field, message) = match fault {
         Fault::Wrong { expected } => {
             let expected = expected_phrase(&path, expected);
@@ -100,10 +165,10 @@ pub(super) fn yaml_problem(e: &serde_yaml::Error, text: &str) -> Problem {
                 Some(n) => format!("unknown field `{n}`"),
                 None => "an unknown field (its name is not shown)".to_owned(),
             };
-            let message = if known.is_empty() {
-                what
-            } else {
-                format!("{what}; expected one of: {}", known.join(", "))
+            let message = match known.iter().find(|k| hints::is_typo_of(name, k)) {
+                Some(k) if safe_name(name).is_some() => format!("{what}; did you mean `{k}`?"),
+                _ if known.is_empty() => what,
+                _ => format!("{what}; expected one of: {}", known.join(", ")),
             };
             (path.clone(), message)
         }
@@ -111,7 +176,7 @@ pub(super) fn yaml_problem(e: &serde_yaml::Error, text: &str) -> Problem {
         Fault::DuplicateField(name) => (at(name), "is written twice".to_owned()),
         Fault::Syntax(what) => ("(yaml)".to_owned(), format!("not valid YAML: {what}")),
     };
-    Problem {
+    let problem = Problem {
         field: if field.is_empty() {
             TOP_LEVEL.to_owned()
         } else {
@@ -119,7 +184,30 @@ pub(super) fn yaml_problem(e: &serde_yaml::Error, text: &str) -> Problem {
         },
         message,
         line,
+    };
+    (problem, fix)
+}
+
+/// `routes[3].match.host` as `routes[].match.host`.
+pub(super) fn shape_of(path: &str) -> String {
+    let mut segs = parse_path(path).unwrap_or_default();
+    // `apps.NAME.FIELD` has the fields of `app.FIELD`, and its words.
+    if let [Seg::Key("apps"), Seg::Key(_), ..] = &segs[..] {
+        segs.splice(0..2, [Seg::Key("app")]);
     }
+    let shape: String = segs
+        .iter()
+        .map(|s| match s {
+            Seg::Key(k) => format!(".{k}"),
+            Seg::Index(_) => "[]".to_owned(),
+        })
+        .collect();
+    shape.trim_start_matches('.').to_owned()
+}
+
+/// The problem `e` reports.
+pub(super) fn yaml_problem(e: &serde_yaml::Error, text: &str) -> Problem {
+    diagnose(e, text).0
 }
 
 /// serde writes "... `NAME`, expected LIST": the name and the list. LIST
@@ -194,7 +282,7 @@ fn identifiers(list: &str) -> Vec<&str> {
 
 /// `name` when it can be shown: short and made of `[a-z0-9_]`, like every
 /// field name; a pasted token or key never is.
-fn safe_name(name: &str) -> Option<&str> {
+pub(super) fn safe_name(name: &str) -> Option<&str> {
     let ok = !name.is_empty()
         && name.len() <= 24
         && name
@@ -212,12 +300,27 @@ fn wrong(expected: Option<&str>, found: Option<&str>) -> String {
     }
 }
 
+/// `app.id` written under `apps:`: the `apps.NAME.id` that is neither a
+/// number nor a text (the untagged enum's error does not say which app).
+fn under_apps(field: &str, text: &str) -> Option<String> {
+    let rest = field.strip_prefix("app.")?;
+    let doc: Value = serde_yaml::from_str(text).ok()?;
+    let apps = doc.get("apps")?.as_mapping()?;
+    apps.iter().find_map(|(name, app)| {
+        let value = app.get(rest)?;
+        let wrong = !(value.is_number() || value.is_string());
+        let name = safe_name(name.as_str()?)?;
+        wrong.then(|| format!("apps.{name}.{rest}"))
+    })
+}
+
 /// The field an untagged enum stands for (its errors carry no path).
 fn untagged_field(type_name: &str) -> Option<&'static str> {
     Some(match type_name {
         "AppId" => "app.id",
         "FileMode" => "unix_socket_mode",
         "ByteSizeFile" => "limits.max_header_bytes",
+        "CacheSizeFile" => "cache",
         _ => return None,
     })
 }
@@ -225,19 +328,16 @@ fn untagged_field(type_name: &str) -> Option<&'static str> {
 /// What a field wants, in the words of the README. Known fields first; for
 /// the rest, serde's name for the wanted type.
 fn expected_phrase(path: &str, serde_expected: Option<&str>) -> Option<&'static str> {
-    let shape = parse_path(path)
-        .unwrap_or_default()
-        .iter()
-        .map(|s| match s {
-            Seg::Key(k) => format!(".{k}"),
-            Seg::Index(_) => "[]".to_owned(),
-        })
-        .collect::<String>();
-    let by_field = match shape.trim_start_matches('.') {
+    let shape = shape_of(path);
+    let by_field = match shape.as_str() {
         "app.private_key" | "app.client_secret" | "clients[].key" => Some(SECRET_SHAPE),
         "app.id" => Some("a numeric app id like 75"),
+        "api_version" => Some(r#"an API version like "2023-02-21" (printable ASCII, no spaces)"#),
         "unix_socket_mode" => Some(r#"an octal file mode like "0660""#),
         "limits.max_header_bytes" => Some("a size like 64KiB or 65536"),
+        "cache" | "cache.max_bytes" | "cache.max_entry_bytes" => {
+            Some("sizes like 64MiB or 1048576 (max_bytes, max_entry_bytes)")
+        }
         "routes[].installation" => Some(
             "auto, { id: N } or { account: NAME } (optionally with repositories: [...] and permissions: { NAME: read|write })",
         ),
@@ -267,14 +367,14 @@ fn expected_phrase(path: &str, serde_expected: Option<&str>) -> Option<&'static 
 
 /// One step of serde_yaml's path.
 #[derive(Debug, PartialEq)]
-enum Seg<'p> {
+pub(super) enum Seg<'p> {
     Key(&'p str),
     Index(usize),
 }
 
 /// `routes[0].match.methods` as steps; `None` unless every key is a field
 /// name (so a path shown or walked is never document text).
-fn parse_path(path: &str) -> Option<Vec<Seg<'_>>> {
+pub(super) fn parse_path(path: &str) -> Option<Vec<Seg<'_>>> {
     let mut out = Vec::new();
     if path.is_empty() {
         return Some(out);
@@ -395,16 +495,19 @@ mod tests {
                 "t",
             )
             .unwrap_err();
-            e.problems[0].to_string()
+            // The key file is missing too: every problem is reported.
+            e.problems
+                .iter()
+                .find(|p| p.field != "app.private_key")
+                .map(ToString::to_string)
+                .unwrap_or_default()
         };
-        // The list grows with the config; its shape is what matters.
-        let top = shown("bogus_setting: 1\n");
-        assert!(
-            top.starts_with(
-                "line 4: (top level): unknown field `bogus_setting`; expected one of: listen, upstream, "
-            ) && top.contains(", app, apps, ")
-                && top.ends_with(", routes"),
-            "{top}"
+        assert_eq!(
+            shown("bogus_setting: 1\n"),
+            "line 4: (top level): unknown field `bogus_setting`; expected one of: listen, upstream, \
+             upstream_ca_file, app, apps, oauth, store, clients, unix_socket_mode, \
+             allow_unauthenticated, tokens, timeouts, limits, allowed_origins, allowed_hosts, \
+             api_version, quota, cache, routes, audit"
         );
         assert_eq!(
             shown("limits: { max_connections: -1 }\n"),
@@ -418,8 +521,7 @@ mod tests {
             shown(
                 "routes:\n  - name: a\n    match: { path_prefix: /a }\n    installation: { acount: x }\n"
             ),
-            "line 7: routes[0].installation: unknown field `acount`; \
-             expected one of: id, account, auto, repositories, permissions"
+            "line 7: routes[0] (a).installation: unknown field `acount`; did you mean `account`?"
         );
     }
 

@@ -1,0 +1,94 @@
+//! Spending the credential's budget: the quota and the conditional cache
+//! around one upstream exchange.
+//!
+//! In order: a credential whose budget is spent is answered 429 here; a
+//! cacheable GET joins an identical one in flight (and takes its answer);
+//! the request waits for its slot in the credential's bucket; a stored
+//! entry makes it conditional; it is sent (and resent once with a fresh
+//! token after a 401, within the same slot); the answer's `x-ratelimit-*` is
+//! recorded; and the cache turns a 304 into the stored 200, or copies a
+//! storable 200 as it streams.
+
+use super::forward::{self, CallerOrigin};
+use super::retry::Heal;
+use crate::body::Body;
+use crate::cache::entry::EntryKey;
+use crate::cache::inflight::Joined;
+use crate::cache::respond_from;
+use crate::credentials::{CredentialError, Token};
+use crate::error::ProxyError;
+use crate::quota::Rate;
+use crate::state::{Shared, Snapshot};
+use http::{Request, Response};
+use http_body_util::Either;
+use hyper::body::Incoming;
+use std::future::Future;
+use std::sync::Arc;
+
+pub(super) async fn spend(
+    shared: &Shared,
+    snap: &Arc<Snapshot>,
+    mut req: Request<Incoming>,
+    uri: http::Uri,
+    token: impl Future<Output = Result<Token, CredentialError>>,
+    origin: CallerOrigin<'_>,
+    heal: Heal<'_>,
+) -> Result<Response<Body>, ProxyError> {
+    let credential = heal.credential;
+    let metrics = &shared.metrics.quota;
+    shared.quota.check_budget(credential, metrics).await?;
+
+    let cache = snap.cache.as_deref();
+    let key = cache.and_then(|_| {
+        let pq = uri.path_and_query().map_or("/", |pq| pq.as_str());
+        EntryKey::of(credential, req.method(), pq, req.headers())
+    });
+    let mut lead = None;
+    if let (Some(cache), Some(key)) = (cache, &key) {
+        match cache.join(key) {
+            Joined::Leader(l) => lead = Some(*l),
+            Joined::Follower(follow) => {
+                // Bounded: a leader whose caller reads its body slowly must
+                // not hold every follower as long.
+                let wait = snap.config.upstream.response_timeout;
+                if let Ok(Some(entry)) = tokio::time::timeout(wait, follow.outcome()).await {
+                    metrics.cache_result("shared");
+                    let mut resp = respond_from(&entry, "shared");
+                    forward::rewrite_for_caller(&mut resp, snap, &origin);
+                    return Ok(resp);
+                }
+                // The leader's answer was not for sharing: ask ourselves.
+            }
+        }
+    }
+
+    let rate = Rate::of(&snap.config.quota);
+    shared.quota.wait_turn(credential, rate, metrics).await?;
+    let stored = match (cache, &key) {
+        (Some(cache), Some(key)) => cache.get(key),
+        _ => None,
+    };
+    if let Some(entry) = &stored {
+        metrics.cache_result("hit");
+        entry.add_conditionals(req.headers_mut());
+    }
+    let token = token.await?;
+    // A 401 is healed inside: the resend spends no second slot.
+    let resp = forward::send(req, uri, snap, token, heal).await?;
+    shared
+        .quota
+        .record(credential, resp.status(), resp.headers(), metrics)
+        .await;
+
+    let (parts, body) = resp.into_parts();
+    let mut resp = match (cache, key) {
+        (Some(cache), Some(key)) => {
+            let (resp, served) = cache.answer(key, stored, lead, parts, body);
+            metrics.cache_result(served.label());
+            resp
+        }
+        _ => Response::from_parts(parts, Either::Left(Either::Left(body))),
+    };
+    forward::rewrite_for_caller(&mut resp, snap, &origin);
+    Ok(resp)
+}
