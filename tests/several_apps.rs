@@ -82,6 +82,18 @@ async fn each_routes_token_is_minted_by_its_own_app() {
             .map(|a| a["name"].as_str().unwrap())
             .collect();
         assert_eq!(apps, ["backup", "main"]);
+        // The status page names every app, and each route's.
+        let status = env.get("/_proxy/status").await;
+        assert_eq!(status.status, StatusCode::OK);
+        let page = status.text();
+        for shown in [
+            "backup (id 76)",
+            "main (id 75)",
+            "(app backup)",
+            "(app main)",
+        ] {
+            assert!(page.contains(shown), "{shown} missing:\n{page}");
+        }
         env.shutdown().await;
     })
     .await;
