@@ -1,19 +1,19 @@
 //! What the proxy remembers of recent traffic for operators, and the audit
-//! trail: one bounded ring of the last upstream errors, the last
-//! `x-ratelimit-*` seen per route, and (with `audit: true`) one JSON line
-//! per forwarded request on the `audit` log target.
+//! trail: one bounded ring of the last upstream errors, and (with
+//! `audit: true`) one JSON line per forwarded request on the `audit` log
+//! target. The platform's budget per credential is the quota's own
+//! (`quota::Quota::snapshot`), not kept twice.
 //!
 //! Hooked in one place, after the service made its response: nothing here
 //! is on the request's critical path unless `audit` is on, and memory is
-//! bounded (the ring holds [`RECENT_ERRORS`], the quota map one entry per
-//! route).
+//! bounded (the ring holds [`RECENT_ERRORS`]).
 
 use crate::config::Config;
-use crate::credentials::Context;
 use crate::credentials::Credentials;
 use crate::routes::{InstallationSelector, RouteCredential};
+use crate::state::Snapshot;
 use http::{HeaderMap, Method, Request, Response};
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -26,7 +26,6 @@ pub struct Activity {
     /// When this process started serving.
     pub started: SystemTime,
     errors: Mutex<VecDeque<UpstreamFailure>>,
-    quota: Mutex<HashMap<Arc<str>, QuotaSeen>>,
 }
 
 impl Default for Activity {
@@ -34,7 +33,6 @@ impl Default for Activity {
         Activity {
             started: SystemTime::now(),
             errors: Mutex::new(VecDeque::with_capacity(RECENT_ERRORS)),
-            quota: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -49,16 +47,6 @@ pub struct UpstreamFailure {
     pub code: &'static str,
 }
 
-/// The platform's budget as its last response on a route stated it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct QuotaSeen {
-    pub remaining: u64,
-    pub limit: Option<u64>,
-    /// Epoch seconds.
-    pub reset: Option<u64>,
-    pub seen: SystemTime,
-}
-
 /// The upstream's response time, put in the response's extensions by the
 /// forwarding code (absent when the platform was never reached).
 #[derive(Debug, Clone, Copy)]
@@ -69,11 +57,6 @@ impl Activity {
     pub fn recent_errors(&self) -> Vec<UpstreamFailure> {
         let ring = self.errors.lock().unwrap_or_else(|p| p.into_inner());
         ring.iter().rev().cloned().collect()
-    }
-
-    /// The last budget seen per route.
-    pub fn quota(&self) -> HashMap<Arc<str>, QuotaSeen> {
-        self.quota.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     fn push_error(&self, failure: UpstreamFailure) {
@@ -113,23 +96,6 @@ impl Activity {
                 status,
                 code,
             });
-        }
-        if let (Some(route), Some(remaining)) =
-            (route, header_u64(resp.headers(), "x-ratelimit-remaining"))
-        {
-            let seen = QuotaSeen {
-                remaining,
-                limit: header_u64(resp.headers(), "x-ratelimit-limit"),
-                reset: header_u64(resp.headers(), "x-ratelimit-reset"),
-                seen: SystemTime::now(),
-            };
-            let mut quota = self.quota.lock().unwrap_or_else(|p| p.into_inner());
-            match quota.get_mut(route) {
-                Some(entry) => *entry = seen,
-                None => {
-                    quota.insert(route.clone(), seen);
-                }
-            }
         }
     }
 }
@@ -174,15 +140,16 @@ impl AuditStart {
     /// route); the proxy's own endpoints and refused requests are not.
     pub async fn finish<B>(
         self,
-        ctx: &Context<'_>,
-        config: &Config,
+        snap: &Snapshot,
         credentials: &Credentials,
         route: Option<&Arc<str>>,
         resp: &Response<B>,
     ) {
-        let Some(route) = route.and_then(|name| config.routes.get(name)) else {
+        let Some(route) = route.and_then(|name| snap.config.routes.get(name)) else {
             return;
         };
+        // The route's app: its installations are looked up in its directory.
+        let ctx = &snap.context_for(route);
         let forward_path = route.forward_path(&self.path);
         let credential = match &route.credential {
             RouteCredential::User(user) => format!("user:{user}"),
@@ -240,11 +207,9 @@ mod tests {
         let errors = activity.recent_errors();
         assert_eq!(errors.len(), RECENT_ERRORS);
         assert_eq!(errors[0].status, 504, "newest first");
-        let mut ok = Response::new(());
-        ok.headers_mut()
-            .insert("x-ratelimit-remaining", "41".parse().unwrap());
-        activity.observe(Some(&Arc::from("r")), &ok);
+        // A success is no error.
+        activity.observe(Some(&Arc::from("r")), &Response::new(()));
         assert_eq!(activity.recent_errors().len(), RECENT_ERRORS);
-        assert_eq!(activity.quota()[&Arc::from("r")].remaining, 41);
+        assert_eq!(activity.recent_errors()[0].status, 504);
     }
 }

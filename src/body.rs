@@ -9,7 +9,9 @@
 //! than `Content-Length`, a hang-up mid-body). Only the first is the
 //! platform's fault; [`CallerBody`] records the second so the forwarding path
 //! can answer 400 instead of blaming the upstream. It streams frame by frame
-//! and holds nothing.
+//! and holds nothing, except what the 401 recovery buffered before sending
+//! (at most 64 KiB, see `proxy::retry`): a whole small body it may send
+//! twice, or the first part of a larger one, followed by the rest.
 
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
@@ -27,10 +29,14 @@ pub mod tee;
 /// made (or the cache kept).
 pub type Body = Either<Either<Incoming, tee::Tee>, Full<Bytes>>;
 
-/// The caller's `Incoming`, passed through unchanged.
+/// The caller's `Incoming`, passed through unchanged, after the bytes
+/// already read from it, if any.
 #[derive(Debug)]
 pub struct CallerBody {
-    inner: Incoming,
+    /// Read ahead of sending; goes out first.
+    prefix: Option<Bytes>,
+    /// The rest of the caller's stream; `None` for a body read whole.
+    inner: Option<Incoming>,
     /// Set once reading the caller's body failed; shared with the sender.
     failed: Arc<AtomicBool>,
 }
@@ -49,7 +55,31 @@ impl CallerBody {
     pub fn new(inner: Incoming) -> (CallerBody, CallerFault) {
         let failed = Arc::new(AtomicBool::new(false));
         let fault = CallerFault(failed.clone());
-        (CallerBody { inner, failed }, fault)
+        let body = CallerBody {
+            prefix: None,
+            inner: Some(inner),
+            failed,
+        };
+        (body, fault)
+    }
+
+    /// `prefix` (already read from the caller), then the rest of `inner`.
+    pub fn prefixed(prefix: Bytes, inner: Incoming) -> (CallerBody, CallerFault) {
+        let (mut body, fault) = CallerBody::new(inner);
+        body.prefix = Some(prefix).filter(|p| !p.is_empty());
+        (body, fault)
+    }
+
+    /// A body read whole, which can be sent again.
+    pub fn buffered(bytes: Bytes) -> (CallerBody, CallerFault) {
+        let failed = Arc::new(AtomicBool::new(false));
+        let fault = CallerFault(failed.clone());
+        let body = CallerBody {
+            prefix: Some(bytes).filter(|b| !b.is_empty()),
+            inner: None,
+            failed,
+        };
+        (body, fault)
     }
 }
 
@@ -61,7 +91,13 @@ impl HttpBody for CallerBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Some(prefix) = self.prefix.take() {
+            return Poll::Ready(Some(Ok(Frame::data(prefix))));
+        }
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let polled = Pin::new(inner).poll_frame(cx);
         if let Poll::Ready(Some(Err(_))) = &polled {
             self.failed.store(true, Ordering::Release);
         }
@@ -69,10 +105,20 @@ impl HttpBody for CallerBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.prefix.is_none() && self.inner.as_ref().is_none_or(Incoming::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        let ahead = self.prefix.as_ref().map_or(0, |p| p.len() as u64);
+        let rest = self
+            .inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Incoming::size_hint);
+        let mut hint = SizeHint::new();
+        hint.set_lower(rest.lower() + ahead);
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper + ahead);
+        }
+        hint
     }
 }

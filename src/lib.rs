@@ -10,7 +10,8 @@
 //! - [`proxy`]: the service: browser guards ([`proxy::guard`]), caller keys
 //!   ([`proxy::clients`]), route selection, header surgery
 //!   ([`proxy::headers`]), the quota and cache around each exchange
-//!   (`proxy::spend`) and the streaming forward.
+//!   (`proxy::spend`), the streaming forward and its one resend after a
+//!   refused token (`proxy::retry`, inside the exchange's one quota slot).
 //! - [`quota`]: each credential's budget as the platform reports it, and
 //!   the token bucket that spaces its requests, behind a backend interface:
 //!   per process, or shared by a fleet in Redis (`quota::redis_backend`).
@@ -22,12 +23,16 @@
 //!   immutable [`config::Config`] a snapshot holds.
 //! - [`admin`]: the `/_proxy/` endpoints (health, readiness, metrics, the
 //!   login pages), which the service dispatches to.
-//! - [`routes`]: compiled routes, matching, path checks.
-//! - [`credentials`]: the app JWT, installation tokens, user grants and their
-//!   store, the token endpoint, the single-flight token cache.
+//! - [`routes`]: compiled routes, matching, path checks, token scopes
+//!   ([`routes::scope`]).
+//! - [`credentials`]: the app JWT of each app and its clock offset
+//!   ([`credentials::clock`]), installation tokens (scoped or not), user
+//!   grants and their store, the token endpoint, the single-flight token
+//!   cache.
 //! - [`store`]: the state replicas share behind one trait: the grant file,
 //!   or Redis for a fleet (grants with compare-and-set, refresh and mint
-//!   locks, logins, shared installation tokens, encryption at rest).
+//!   locks, logins, shared installation tokens per app and scope,
+//!   encryption at rest).
 //! - [`upstream`]: pooled HTTP clients to the platform, and each worker
 //!   thread's own upstream connections.
 //! - [`body`]: the response body type, and the caller's body on its way

@@ -74,6 +74,10 @@ enum Command {
         config: PathBuf,
         /// The user name routes refer to with `user: NAME`.
         user: String,
+        /// The app (under `apps:`) to log in with; needed when there are
+        /// several and the user's routes do not name just one.
+        #[arg(long)]
+        app: Option<String>,
         /// Wait (up to the link's life) until the login is done and the
         /// grant stored; exit 1 if the link expires first.
         #[arg(long)]
@@ -167,7 +171,12 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             route,
             owner,
         } => token(config, &route, owner.as_deref()).await,
-        Command::Login { config, user, wait } => login(config, &user, wait).await,
+        Command::Login {
+            config,
+            user,
+            app,
+            wait,
+        } => login(config, &user, app.as_deref(), wait).await,
         Command::Healthcheck { config, url } => Ok(healthcheck(config, url)),
         Command::Store { command } => store(command).await,
     }
@@ -224,7 +233,12 @@ async fn store(command: StoreCommand) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn login(path: PathBuf, user: &str, wait: bool) -> anyhow::Result<ExitCode> {
+async fn login(
+    path: PathBuf,
+    user: &str,
+    app: Option<&str>,
+    wait: bool,
+) -> anyhow::Result<ExitCode> {
     let config = Config::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
     let (Some(oauth), true) = (
         config.oauth.as_ref(),
@@ -244,10 +258,11 @@ async fn login(path: PathBuf, user: &str, wait: bool) -> anyhow::Result<ExitCode
             "note: no route has `user: {user}`; the grant will be stored but unused until one does"
         );
     }
+    let app = login_app(&config, user, app)?;
     let started_ms = atomgit_proxy::credentials::grants::now_ms();
     let key = atomgit_proxy::store::link_key_for(&config)
         .context("reading or creating the login-link key")?;
-    let link = login_link::link_with_key(&oauth.redirect_uri, &key, user);
+    let link = login_link::link_with_key(&oauth.redirect_uri, &key, user, app.as_deref());
     println!("{link}");
     eprintln!("Open this link in a browser within 10 minutes to log in as {user}; it works once.");
     if !wait {
@@ -277,6 +292,37 @@ async fn login(path: PathBuf, user: &str, wait: bool) -> anyhow::Result<ExitCode
             eprintln!("the link expired before {user} logged in; run the command again");
             Ok(ExitCode::FAILURE)
         }
+    }
+}
+
+/// The app a login link names: `--app` (which must exist), else none with
+/// one app, else the one app the user's routes use. `None`: the link names
+/// no app (the proxy takes the user's route's).
+fn login_app(config: &Config, user: &str, app: Option<&str>) -> anyhow::Result<Option<String>> {
+    let names: Vec<&str> = config.apps.iter().map(|a| &*a.name).collect();
+    if let Some(app) = app {
+        if config.app_named(app).is_none() {
+            bail!("no app named `{app}` (apps: {})", names.join(", "));
+        }
+        return Ok((names.len() > 1).then(|| app.to_owned()));
+    }
+    if names.len() <= 1 {
+        return Ok(None);
+    }
+    let mut used: Vec<&str> = config
+        .routes
+        .iter()
+        .filter(|r| matches!(&r.credential, RouteCredential::User(u) if &**u == user))
+        .map(|r| &*r.app)
+        .collect();
+    used.sort_unstable();
+    used.dedup();
+    match used[..] {
+        [one] => Ok(Some(one.to_owned())),
+        _ => bail!(
+            "there are several apps: pass --app NAME to say which one `{user}` logs in with (apps: {})",
+            names.join(", ")
+        ),
     }
 }
 
@@ -375,9 +421,14 @@ async fn token(path: PathBuf, route_name: &str, owner: Option<&str>) -> anyhow::
     };
     let shared = Shared::new(Snapshot::build(config, None).map_err(anyhow::Error::msg)?);
     let snap = shared.snapshot.load_full();
+    let route = snap
+        .config
+        .routes
+        .get(route_name)
+        .context("the route is in the config just loaded")?;
     let token = shared
         .credentials
-        .token(&snap.context(), &credential, &path_for_owner)
+        .token(&snap.context_for(route), &credential, &path_for_owner)
         .await
         .with_context(|| format!("route `{route_name}`"))?;
     println!("{}", token.value());

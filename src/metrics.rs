@@ -38,6 +38,13 @@ pub fn no_route_label() -> RouteLabel {
     RouteLabel(NONE.get_or_init(|| "-".into()).clone())
 }
 
+/// Labels of a per-app metric.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AppLabels {
+    /// The app's name (`default` for the `app:` shorthand).
+    pub app: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
     pub outcome: String,
@@ -55,6 +62,10 @@ pub struct Metrics {
     pub in_flight: Gauge,
     /// Accepted connections not yet closed (at most `limits.max_connections`).
     pub open_connections: Gauge,
+    /// Requests resent with a fresh token after the platform refused theirs.
+    pub token_retries: Counter,
+    /// The platform's clock minus ours, per app, once a refused JWT showed it.
+    pub clock_offset: Family<AppLabels, Gauge>,
     /// The platform's budget per credential, quota refusals and waits, the cache.
     pub quota: crate::quota::metrics::QuotaMetrics,
 }
@@ -68,6 +79,18 @@ impl Default for Metrics {
         let reload_failed = Gauge::default();
         let in_flight = Gauge::default();
         let open_connections = Gauge::default();
+        let token_retries = Counter::default();
+        let clock_offset = Family::<AppLabels, Gauge>::default();
+        registry.register(
+            "clock_offset_seconds",
+            "The platform's clock minus this machine's, per app, as learned from a refused app JWT",
+            clock_offset.clone(),
+        );
+        registry.register(
+            "token_retries",
+            "Requests resent once with a fresh token after the platform answered 401",
+            token_retries.clone(),
+        );
         registry.register(
             "store_errors",
             "Failed operations on the shared store (Redis), by operation",
@@ -113,6 +136,8 @@ impl Default for Metrics {
             reload_failed,
             in_flight,
             open_connections,
+            token_retries,
+            clock_offset,
         }
     }
 }

@@ -76,12 +76,12 @@ pub fn reload(shared: &Shared) -> Result<(), String> {
                 tracing::warn!("{warning}");
             }
             let listen_changed = next.config.listen != current.config.listen;
-            let app = next.config.app.fingerprint;
+            let apps: Vec<_> = next.config.apps.iter().map(|a| a.fingerprint).collect();
             shared.quota.follow(&next);
             shared.snapshot.store(Arc::new(next));
             // Tokens minted under another app identity must not be used
             // again; everything else is kept, so a reload mints nothing.
-            shared.credentials.retain_app(app);
+            shared.credentials.retain_apps(&apps);
             status.last_error = None;
             status.failed_files = Vec::new();
             shared.metrics.reload_failed.set(0);

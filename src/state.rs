@@ -25,6 +25,9 @@ pub struct Snapshot {
     /// The platform user grants must belong to, to be used under this config
     /// (built once: the user token cache is keyed by it).
     pub grant_binding: Arc<GrantBinding>,
+    /// The same per app, in the order of `config.apps`: a user grant belongs
+    /// to the app it was obtained with.
+    pub app_bindings: Vec<Arc<GrantBinding>>,
     /// The conditional cache (`None` when `cache.max_bytes` is 0). Kept
     /// across reloads unless the `cache:` settings change.
     pub cache: Option<Arc<crate::cache::ResponseCache>>,
@@ -55,6 +58,11 @@ impl Snapshot {
             )),
         };
         let grant_binding = Arc::new(GrantBinding::of(&config.app, &config.upstream));
+        let app_bindings = config
+            .apps
+            .iter()
+            .map(|app| Arc::new(GrantBinding::of(app, &config.upstream)))
+            .collect();
         let cache = match previous.and_then(|p| p.cache.as_ref()) {
             Some(prev) if prev.config == config.cache => Some(prev.clone()),
             _ => crate::cache::ResponseCache::new(config.cache).map(Arc::new),
@@ -66,6 +74,7 @@ impl Snapshot {
             store,
             upstream_slots,
             grant_binding,
+            app_bindings,
         })
     }
 
@@ -78,7 +87,20 @@ impl Snapshot {
             oauth: self.config.oauth.as_ref(),
             store: self.store.as_ref(),
             grant_binding: &self.grant_binding,
+            scope: None,
         }
+    }
+
+    /// What the credential layer needs for `route`'s credential: its app,
+    /// that app's grant binding, its scope.
+    pub fn context_for<'a>(&'a self, route: &'a crate::routes::Route) -> Context<'a> {
+        let mut ctx = self.context();
+        ctx.scope = route.scope.as_ref();
+        if let Some(i) = self.config.apps.iter().position(|a| a.name == route.app) {
+            ctx.app = &self.config.apps[i];
+            ctx.grant_binding = self.app_bindings.get(i).unwrap_or(&self.grant_binding);
+        }
+        ctx
     }
 }
 
@@ -110,10 +132,11 @@ pub struct Shared {
 impl Shared {
     pub fn new(snapshot: Snapshot) -> Arc<Shared> {
         let quota = crate::quota::Quota::for_snapshot(&snapshot);
+        let metrics = Metrics::default();
         Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
-            credentials: Credentials::default(),
-            metrics: Metrics::default(),
+            credentials: Credentials::new(metrics.clock_offset.clone()),
+            metrics,
             reload: Mutex::new(ReloadStatus::default()),
             quota,
             activity: Default::default(),

@@ -341,3 +341,28 @@ fn store_config_problems_name_their_field() {
     );
     assert!(!summary.contains("hunter2") && !format!("{config:?}").contains("hunter2"));
 }
+
+#[tokio::test]
+async fn a_refused_shared_token_is_replaced_once_for_the_fleet() {
+    bounded(60, "401 with a shared installation token", async {
+        let redis = RedisServer::start().await;
+        let fake = start_fleet_fake(fake_oauth(HOUR), HOUR).await;
+        let fleet = Fleet::start(2, &fake, &redis.url(), PREFIX).await;
+        let first = fleet.get(0, "/orgs/yanqianyu").await;
+        assert_eq!(first.status, StatusCode::OK, "{}", first.text());
+        assert_eq!(fake.mints_for(14), 1);
+        fake.revoke_all_tokens();
+        // Replica 1 finds the revoked token in Redis, is refused, and must
+        // mint a new one rather than adopt the refused one again.
+        let healed = fleet.get(1, "/orgs/yanqianyu").await;
+        assert_eq!(healed.status, StatusCode::OK, "{}", healed.text());
+        assert_eq!(fake.mints_for(14), 2, "one re-mint");
+        // Replica 0 still holds the old token: refused, it adopts the new
+        // shared one instead of minting a third.
+        let adopted = fleet.get(0, "/orgs/yanqianyu").await;
+        assert_eq!(adopted.status, StatusCode::OK, "{}", adopted.text());
+        assert_eq!(fake.mints_for(14), 2, "the fleet re-minted once");
+        fleet.shutdown().await;
+    })
+    .await;
+}

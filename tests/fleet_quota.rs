@@ -28,6 +28,7 @@ fn key(id: u64) -> CacheKey {
     CacheKey::Installation {
         app: AppFingerprint::of(75, "http://x", &Secret::new("k")),
         id,
+        scope: None,
     }
 }
 

@@ -168,6 +168,9 @@ fn route(n: usize, prefix: String) -> Route {
         clients: None,
         strip_prefix: false,
         credential: RouteCredential::Installation(InstallationSelector::Id(n as u64)),
+        api_version: None,
+        scope: None,
+        app: "default".into(),
     }
 }
 

@@ -115,10 +115,20 @@ async fn the_status_page_shows_routes_users_and_a_new_login_in_a_real_browser() 
             &[("authorization", &bearer)],
         )
         .await;
+        // A user request whose answer states the platform's budget: the
+        // quota section shows the credential.
+        let used = common::get(
+            &client,
+            &env.url("/as/alice/user"),
+            &[("authorization", &bearer)],
+        )
+        .await;
+        assert_eq!(used.status, StatusCode::OK, "{}", used.text());
         let mut shown = false;
         for _ in 0..40 {
             let text = visible_text(&browser).await;
             if text.contains("logged in")
+                && text.contains("user:alice")
                 && !text.contains("missing")
                 && text.contains(&failed.status.as_u16().to_string())
             {

@@ -26,7 +26,13 @@ pub(super) async fn handle(shared: &FakeState, req: Request<Incoming>) -> Resp {
     let _counted = InFlight::enter(shared);
     let owner = match authenticate(shared, req.headers()) {
         Ok(owner) => owner,
-        Err((status, msg)) => return respond::message(status, msg),
+        Err((status, msg)) => {
+            // Read the body first, as the platform's front end does: a
+            // refusal sent mid-upload would reach the proxy as a broken
+            // pipe instead of the 401 it is.
+            drain(req.into_body()).await;
+            return respond::message(status, msg);
+        }
     };
     // Every authenticated answer reports the credential's budget.
     let limits = match shared.lock().budgets.spend(&owner) {
@@ -48,6 +54,10 @@ async fn answer(shared: &FakeState, req: Request<Incoming>, owner: TokenOwner) -
             let account = shared.lock().account_of(*id).map(str::to_owned);
             if !in_scope(&path, account.as_deref()) {
                 return respond::message(StatusCode::FORBIDDEN, "installation not permitted");
+            }
+            // A scoped token does not see other repositories at all.
+            if !in_repositories(&path, repositories_of(shared, req.headers()).as_deref()) {
+                return respond::message(StatusCode::NOT_FOUND, "Not Found");
             }
             account
         }
@@ -105,6 +115,17 @@ async fn answer(shared: &FakeState, req: Request<Incoming>, owner: TokenOwner) -
     }
 }
 
+/// Reads and discards a body, up to 16 MiB.
+async fn drain(mut body: Incoming) {
+    let mut left: usize = 16 << 20;
+    while let Some(Ok(frame)) = body.frame().await {
+        left = left.saturating_sub(frame.data_ref().map_or(0, |d| d.len()));
+        if left == 0 {
+            break;
+        }
+    }
+}
+
 fn owner_label(owner: &TokenOwner) -> String {
     match owner {
         TokenOwner::Installation(id) => format!("installation:{id}"),
@@ -153,14 +174,46 @@ fn authenticate(
         .ok_or(BAD)?;
     let mut inner = shared.lock();
     let (owner, expires) = match inner.tokens.get(token) {
+        Some(rec) if rec.revoked => {
+            inner.revoked_seen += 1;
+            return Err(BAD);
+        }
         Some(rec) => (rec.owner.clone(), rec.expires),
         None => return Err(BAD),
     };
+
     if Instant::now() >= expires {
         inner.expired_seen += 1;
         return Err((StatusCode::UNAUTHORIZED, "token expired"));
     }
     Ok(owner)
+}
+
+/// The repositories the request's (already authenticated) token is
+/// limited to.
+fn repositories_of(shared: &FakeState, headers: &HeaderMap) -> Option<Vec<String>> {
+    let token = headers
+        .get(AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")?;
+    shared.lock().tokens.get(token)?.repositories.clone()
+}
+
+/// Whether `/repos/{owner}/{repo}/...` names a repository in `allowed`
+/// (`None`: any; paths not under `/repos/` pass).
+fn in_repositories(path: &str, allowed: Option<&[String]>) -> bool {
+    let Some(allowed) = allowed else {
+        return true;
+    };
+    let mut segments = path.split('/').skip(1);
+    match (segments.next(), segments.next(), segments.next()) {
+        (Some("repos"), Some(_), Some(repo)) => {
+            let repo = percent_decode_str(repo).decode_utf8_lossy().to_lowercase();
+            allowed.contains(&repo)
+        }
+        _ => true,
+    }
 }
 
 /// Installation tokens only reach their own account's `/orgs/{org}`,

@@ -14,7 +14,9 @@
 //! dev-dependency of its tests.
 //!
 //! # Layout
-//! - `app_endpoints`: app JWT checks, the installation list, `ats_` minting.
+//! - `app_endpoints`: app JWT checks (of every app), the installation list,
+//!   `ats_` minting (scoped or not).
+//! - `heal`: knobs for revoked tokens, a clock offset and scoped mints.
 //! - `oauth_endpoints`: the authorize page and the OAuth token endpoint.
 //! - `api`: every other path, behind the injected bearer token.
 //! - `state`: `FakeState`, the settings and bookkeeping the endpoints share.
@@ -25,6 +27,7 @@
 
 mod api;
 mod app_endpoints;
+mod heal;
 mod oauth_endpoints;
 mod ratelimit;
 mod resources;
@@ -62,8 +65,19 @@ pub struct FakeOptions {
     /// Lifetime of `ats_` tokens.
     pub token_lifetime: Duration,
     pub oauth: FakeOAuth,
+    /// More apps besides `app_id`, each with its own key; every app may
+    /// mint for every installation.
+    pub extra_apps: Vec<FakeApp>,
     /// The budget of every credential (`x-ratelimit-*`).
     pub rate_limit: FakeRateLimit,
+}
+
+/// One more app the fake knows.
+#[derive(Clone, Debug)]
+pub struct FakeApp {
+    pub id: u64,
+    /// PEM public key that verifies this app's JWTs.
+    pub public_key_pem: String,
 }
 
 impl Default for FakeOptions {
@@ -74,6 +88,7 @@ impl Default for FakeOptions {
             installations: Vec::new(),
             token_lifetime: Duration::from_secs(3600),
             oauth: FakeOAuth::default(),
+            extra_apps: Vec::new(),
             rate_limit: FakeRateLimit::default(),
         }
     }
@@ -195,6 +210,17 @@ impl FakeAtomGit {
             })?;
             Some(key)
         };
+        let mut extra_keys = Vec::new();
+        for app in &opts.extra_apps {
+            let key = jsonwebtoken::DecodingKey::from_rsa_pem(app.public_key_pem.as_bytes())
+                .map_err(|e| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        format!("public key of app {}: {e}", app.id),
+                    )
+                })?;
+            extra_keys.push((app.id, key));
+        }
         let inner = Inner {
             requests: VecDeque::new(),
             installations: opts.installations,
@@ -213,6 +239,11 @@ impl FakeAtomGit {
             refused_refreshes: 0,
             api_in_flight: 0,
             api_max_in_flight: 0,
+            revoke_on_issue: false,
+            revoked_seen: 0,
+            clock_offset: 0,
+            mint_bodies: Vec::new(),
+            ignore_scope: false,
             budgets: ratelimit::Budgets {
                 settings: opts.rate_limit,
                 ..Default::default()
@@ -230,6 +261,7 @@ impl FakeAtomGit {
         let shared = Arc::new(FakeState::new(
             opts.app_id,
             key,
+            extra_keys,
             oauth,
             format!("http://{addr}"),
             inner,
@@ -463,13 +495,21 @@ async fn route(shared: &FakeState, req: http::Request<Incoming>) -> Resp {
         at: tokio::time::Instant::now(),
     });
 
-    if is_app_path(&path) {
-        app_endpoints::handle(shared, req.method(), &path, req.headers())
+    let mut resp = dispatch(shared, req, &path).await;
+    // On the fake's own clock, which may be off (hyper adds none when one is set).
+    let date = shared.now().format("%a, %d %b %Y %H:%M:%S GMT").to_string();
+    respond::add_header(&mut resp, http::header::DATE, &date);
+    resp
+}
+
+async fn dispatch(shared: &FakeState, req: http::Request<Incoming>, path: &str) -> Resp {
+    if is_app_path(path) {
+        app_endpoints::handle(shared, req).await
     } else if path == "/login/oauth/authorize" {
         oauth_endpoints::authorize(shared, req.method(), req.uri().query())
     } else if path == "/login/oauth/access_token" {
         oauth_endpoints::access_token(shared, req).await
-    } else if is_oauth_path(&path) {
+    } else if is_oauth_path(path) {
         respond::message(http::StatusCode::NOT_FOUND, "Not Found")
     } else {
         api::handle(shared, req).await

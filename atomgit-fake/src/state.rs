@@ -28,6 +28,12 @@ pub(super) const CODE_LIFETIME: Duration = Duration::from_secs(600);
 pub(super) struct TokenRecord {
     pub owner: TokenOwner,
     pub expires: Instant,
+    /// Revoked before its expiry: refused (401) on use.
+    pub revoked: bool,
+    /// A scoped token reaches only these repositories (lowercased).
+    pub repositories: Option<Vec<String>>,
+    /// The app whose JWT minted it (installation tokens).
+    pub app: Option<u64>,
 }
 
 /// An authorization code handed out by the authorize page.
@@ -68,6 +74,17 @@ pub(super) struct Inner {
     /// API requests being answered now, and the most there ever were.
     pub api_in_flight: usize,
     pub api_max_in_flight: usize,
+    /// Every token issued from now on is born revoked.
+    pub revoke_on_issue: bool,
+    /// API calls refused because their token was revoked.
+    pub revoked_seen: usize,
+    /// The fake's clock minus the real one, in seconds: JWTs are judged, and
+    /// `Date` and `expires_at` written, on the fake's clock.
+    pub clock_offset: i64,
+    /// Bodies of `POST /app/installations/{id}/access_tokens`, in order.
+    pub mint_bodies: Vec<serde_json::Value>,
+    /// Mints ignore the scope they are asked for (full token, `ALL`).
+    pub ignore_scope: bool,
     /// Every credential's budget.
     pub budgets: super::ratelimit::Budgets,
     /// Resources with validators (`.../etag/{name}`).
@@ -93,8 +110,17 @@ impl Inner {
     pub fn issue_token(&mut self, prefix: &str, owner: TokenOwner, lifetime: Duration) -> String {
         let token = format!("{prefix}{}", random_hex(16));
         let expires = instant_after(lifetime);
-        self.tokens
-            .insert(token.clone(), TokenRecord { owner, expires });
+        let revoked = self.revoke_on_issue;
+        self.tokens.insert(
+            token.clone(),
+            TokenRecord {
+                owner,
+                expires,
+                revoked,
+                repositories: None,
+                app: None,
+            },
+        );
         token
     }
 }
@@ -115,6 +141,8 @@ pub(super) struct FakeState {
     pub app_id: u64,
     /// `None` when no public key was configured: every app JWT is refused.
     pub key: Option<DecodingKey>,
+    /// More apps: (id, key).
+    pub extra_keys: Vec<(u64, DecodingKey)>,
     pub oauth: OAuthApp,
     /// `http://127.0.0.1:PORT`, used for absolute URLs in bodies and headers.
     pub base_url: String,
@@ -127,6 +155,7 @@ impl FakeState {
     pub fn new(
         app_id: u64,
         key: Option<DecodingKey>,
+        extra_keys: Vec<(u64, DecodingKey)>,
         oauth: OAuthApp,
         base_url: String,
         inner: Inner,
@@ -134,6 +163,7 @@ impl FakeState {
         FakeState {
             app_id,
             key,
+            extra_keys,
             oauth,
             base_url,
             created_at: to_platform_time(Utc::now(), false),
@@ -146,6 +176,12 @@ impl FakeState {
     /// ignored rather than turned into a second panic.
     pub fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Now on the fake's clock (see `Inner::clock_offset`).
+    pub fn now(&self) -> DateTime<Utc> {
+        let offset = self.lock().clock_offset;
+        Utc::now() + TimeDelta::seconds(offset)
     }
 }
 

@@ -68,7 +68,8 @@ pub async fn login(req: http::request::Parts, snap: &Snapshot) -> Response<Body>
         }
     };
     let exp_s: u64 = exp.parse().unwrap_or(0);
-    if !login_link::verify(&key, user, exp_s, nonce, sig) {
+    let app_name = q.get("app").map(String::as_str);
+    if !login_link::verify_for_app(&key, user, app_name, exp_s, nonce, sig) {
         tracing::debug!(user = user.as_str(), "login: link with a bad signature");
         return page(
             StatusCode::FORBIDDEN,
@@ -110,17 +111,23 @@ pub async fn login(req: http::request::Parts, snap: &Snapshot) -> Response<Body>
         }
         Err(e) => return store_trouble(&e),
     }
-    let state = hex::encode(rand::random::<[u8; 24]>());
+    let Some(app) = login_app(snap, user, app_name) else {
+        return page(
+            StatusCode::BAD_REQUEST,
+            "Unknown app",
+            "This link names an app the proxy's config does not have. Ask for a new link.",
+        );
+    };
+    // The app travels in the state (checked against the cookie and the
+    // pending logins), so the callback exchanges the code with it.
+    let state = format!("{}.{}", hex::encode(rand::random::<[u8; 24]>()), app.name);
     if let Err(e) = store.insert_login(&state, user).await {
         return store_trouble(&e);
     }
     let mut target = oauth.authorize_url.clone();
     target
         .query_pairs_mut()
-        .append_pair(
-            "client_id",
-            snap.config.app.client_id.as_deref().unwrap_or_default(),
-        )
+        .append_pair("client_id", app.client_id.as_deref().unwrap_or_default())
         .append_pair("redirect_uri", oauth.redirect_uri.as_str())
         .append_pair("state", &state)
         .append_pair("response_type", "code");
@@ -219,7 +226,11 @@ pub async fn callback(
             "This login was already completed or has expired. Nothing was stored; ask for a new link.",
         );
     };
-    let grant = match exchange_code(&snap.upstream, &snap.config.app, oauth, code).await {
+    let app = state
+        .rsplit_once('.')
+        .and_then(|(_, name)| snap.config.app_named(name))
+        .unwrap_or(&snap.config.app);
+    let grant = match exchange_code(&snap.upstream, app, oauth, code).await {
         Ok(g) => g,
         Err(OAuthError::Refused { status, detail }) => {
             tracing::warn!(
@@ -283,6 +294,25 @@ fn store_trouble(e: &crate::store::StoreError) -> Response<Body> {
         ),
     };
     page(status, "Login unavailable", what)
+}
+
+/// The app a login is for: the link's, else the app of the first route
+/// acting as `user`, else the config's first.
+fn login_app<'a>(
+    snap: &'a Snapshot,
+    user: &str,
+    named: Option<&str>,
+) -> Option<&'a std::sync::Arc<crate::config::AppConfig>> {
+    use crate::routes::RouteCredential;
+    if let Some(name) = named {
+        return snap.config.app_named(name);
+    }
+    let route = snap
+        .config
+        .routes
+        .iter()
+        .find(|r| matches!(&r.credential, RouteCredential::User(u) if &**u == user));
+    Some(route.map_or(&snap.config.app, |r| snap.config.app_of(r)))
 }
 
 /// Escapes text for HTML.

@@ -20,7 +20,7 @@
 
 use crate::body::Body;
 use crate::error::ProxyError;
-use crate::routes::{InstallationSelector, RouteCredential};
+use crate::routes::{InstallationSelector, Route, RouteCredential};
 use crate::state::{Shared, Snapshot};
 use http::{Response, StatusCode};
 use serde::Serialize;
@@ -49,9 +49,19 @@ struct Detail {
     #[serde(skip_serializing_if = "Option::is_none")]
     store: Option<crate::store::StoreHealth>,
     credentials: Vec<CredentialReadiness>,
+    apps: Vec<AppReadiness>,
     /// Each credential's budget as the platform last reported it (remaining,
     /// reset), and whether the proxy is answering 429 for it meanwhile.
     quota: Vec<crate::quota::CredentialQuota>,
+}
+
+/// One app identity, as readiness shows it.
+#[derive(Serialize)]
+struct AppReadiness {
+    name: String,
+    id: u64,
+    /// The platform's clock minus ours, once a refused JWT showed it.
+    clock_offset_seconds: i64,
 }
 
 #[derive(Serialize)]
@@ -84,18 +94,29 @@ pub async fn check_credentials(
     snap: &Arc<Snapshot>,
     wait: Duration,
 ) -> Vec<CredentialReadiness> {
-    let mut seen: Vec<(RouteCredential, Vec<String>)> = Vec::new();
+    // One check per credential: same selector, scope and app.
+    let mut seen: Vec<(Route, Vec<String>)> = Vec::new();
     for route in snap.config.routes.iter() {
-        match seen.iter_mut().find(|(c, _)| *c == route.credential) {
+        let same = |r: &Route| {
+            r.credential == route.credential && r.scope == route.scope && r.app == route.app
+        };
+        match seen.iter_mut().find(|(r, _)| same(r)) {
             Some((_, routes)) => routes.push(route.name.to_string()),
-            None => seen.push((route.credential.clone(), vec![route.name.to_string()])),
+            None => seen.push((route.clone(), vec![route.name.to_string()])),
         }
     }
     let deadline = tokio::time::Instant::now() + wait;
-    let checks = seen.into_iter().map(|(credential, routes)| {
+    let checks = seen.into_iter().map(|(route, routes)| {
+        let mut credential = route.credential.to_string();
+        if let Some(scope) = &route.scope {
+            credential.push_str(&format!(" scoped to {scope}"));
+        }
+        if snap.config.apps.len() > 1 {
+            credential.push_str(&format!(" (app {})", route.app));
+        }
         // Its own task, so a check cut off by the deadline still records its
         // outcome (a listing, unlike a mint, runs in the caller's task).
-        let task = tokio::spawn(check(shared.clone(), snap.clone(), credential.clone()));
+        let task = tokio::spawn(check(shared.clone(), snap.clone(), route));
         async move {
             let (ready, error, reason, pending) =
                 match tokio::time::timeout_at(deadline, task).await {
@@ -122,7 +143,7 @@ pub async fn check_credentials(
                     ),
                 };
             CredentialReadiness {
-                credential: credential.to_string(),
+                credential,
                 routes,
                 ready,
                 error,
@@ -137,11 +158,11 @@ pub async fn check_credentials(
 async fn check(
     shared: Arc<Shared>,
     snap: Arc<Snapshot>,
-    credential: RouteCredential,
+    route: Route,
 ) -> Result<(), crate::credentials::CredentialError> {
     let creds = &shared.credentials;
-    let ctx = snap.context();
-    match &credential {
+    let ctx = snap.context_for(&route);
+    match &route.credential {
         RouteCredential::Installation(InstallationSelector::Auto) => {
             creds.check_listing(&ctx).await
         }
@@ -197,6 +218,7 @@ pub async fn readyz(
             },
             store,
             credentials,
+            apps: apps(shared, snap),
             quota: shared.quota.snapshot(),
         }),
     };
@@ -206,6 +228,18 @@ pub async fn readyz(
         StatusCode::SERVICE_UNAVAILABLE
     };
     json(status, &body)
+}
+
+fn apps(shared: &Shared, snap: &Snapshot) -> Vec<AppReadiness> {
+    snap.config
+        .apps
+        .iter()
+        .map(|app| AppReadiness {
+            name: app.name.to_string(),
+            id: app.id,
+            clock_offset_seconds: shared.credentials.clock_offset(app),
+        })
+        .collect()
 }
 
 fn json(status: StatusCode, body: &Readiness) -> Response<Body> {

@@ -87,7 +87,7 @@ async fn content(shared: &Arc<Shared>, snap: &Arc<Snapshot>) -> String {
     overview(&mut out, shared, snap);
     routes(&mut out, shared, snap).await;
     users(&mut out, snap).await;
-    quota(&mut out, shared, snap);
+    quota(&mut out, shared);
     reload(&mut out, shared);
     errors(&mut out, shared);
     out
@@ -115,7 +115,7 @@ fn overview(out: &mut String, shared: &Shared, snap: &Snapshot) {
         esc(&file),
         esc(&listen.join(", ")),
         esc(&config.upstream.base_url()),
-        config.app.id,
+        esc(&apps(shared, snap)),
         if config.clients.is_empty() {
             "no client keys (loopback only)".to_owned()
         } else {
@@ -125,13 +125,39 @@ fn overview(out: &mut String, shared: &Shared, snap: &Snapshot) {
     );
 }
 
+/// The app identities: the id alone for one app, `name (id N)` for each of
+/// several; with the platform's clock offset once a refused JWT showed one.
+fn apps(shared: &Shared, snap: &Snapshot) -> String {
+    let several = snap.config.apps.len() > 1;
+    let shown: Vec<String> = snap
+        .config
+        .apps
+        .iter()
+        .map(|app| {
+            let mut text = if several {
+                format!("{} (id {})", app.name, app.id)
+            } else {
+                app.id.to_string()
+            };
+            let offset = shared.credentials.clock_offset(app);
+            if offset != 0 {
+                text.push_str(&format!(", platform clock {offset:+}s"));
+            }
+            text
+        })
+        .collect();
+    shown.join("; ")
+}
+
 async fn routes(out: &mut String, shared: &Shared, snap: &Snapshot) {
     out.push_str(
         "<section id=\"routes\"><h2>Routes</h2><table><tr><th>route</th><th>match</th>\
          <th>credential</th><th>token</th></tr>",
     );
-    let ctx = snap.context();
+    let several_apps = snap.config.apps.len() > 1;
     for route in snap.config.routes.iter() {
+        // The route's app and scope: its token is the one cached for both.
+        let ctx = snap.context_for(route);
         let token = match &route.credential {
             RouteCredential::Installation(InstallationSelector::Auto) => {
                 "<span class=\"muted\">one per owner in the path</span>".to_owned()
@@ -143,13 +169,10 @@ async fn routes(out: &mut String, shared: &Shared, snap: &Snapshot) {
                 )
                 .await;
                 match id {
-                    Ok(Ok(id)) => {
-                        let fp = snap.config.app.fingerprint;
-                        match shared.credentials.cached_installation_token(fp, id) {
-                            Some(t) => expiry(t.expires_at),
-                            None => "<span class=\"muted\">none minted yet</span>".to_owned(),
-                        }
-                    }
+                    Ok(Ok(id)) => match shared.credentials.cached_installation_token(&ctx, id) {
+                        Some(t) => expiry(t.expires_at),
+                        None => "<span class=\"muted\">none minted yet</span>".to_owned(),
+                    },
                     Ok(Err(e)) => format!("<span class=\"bad\">{}</span>", esc(&e.to_string())),
                     Err(_) => "<span class=\"warn\">looking the installation up</span>".to_owned(),
                 }
@@ -161,13 +184,26 @@ async fn routes(out: &mut String, shared: &Shared, snap: &Snapshot) {
             "<tr><td><b>{}</b></td><td><code>{}</code></td><td>{}</td><td>{token}</td></tr>",
             esc(&route.name),
             esc(&route.prefix),
-            esc(&route.credential.to_string()),
+            esc(&credential_text(route, several_apps)),
         );
     }
     if snap.config.routes.iter().next().is_none() {
         out.push_str("<tr><td colspan=\"4\" class=\"muted\">no routes</td></tr>");
     }
     out.push_str("</table></section>");
+}
+
+/// The route's credential, with its app when there are several and its
+/// token scope when it has one.
+fn credential_text(route: &crate::routes::Route, several_apps: bool) -> String {
+    let mut text = route.credential.to_string();
+    if several_apps {
+        text.push_str(&format!(" (app {})", route.app));
+    }
+    if let Some(scope) = &route.scope {
+        text.push_str(&format!(" [{scope}]"));
+    }
+    text
 }
 
 async fn users(out: &mut String, snap: &Snapshot) {
@@ -261,36 +297,37 @@ async fn users(out: &mut String, snap: &Snapshot) {
     out.push_str("</table></section>");
 }
 
-fn quota(out: &mut String, shared: &Shared, snap: &Snapshot) {
-    let seen = shared.activity.quota();
+fn quota(out: &mut String, shared: &Shared) {
+    // The quota's own record per credential (shared by the fleet with
+    // Redis), as `readyz` shows it.
+    let budgets = shared.quota.snapshot();
     out.push_str(
-        "<section id=\"quota\"><h2>Platform quota</h2><table><tr><th>route</th>\
-         <th>credential</th><th>remaining</th><th>resets</th><th>as of</th></tr>",
+        "<section id=\"quota\"><h2>Platform quota</h2><table><tr><th>credential</th>\
+         <th>remaining</th><th>used</th><th>resets</th><th>held back</th></tr>",
     );
-    let mut any = false;
-    for route in snap.config.routes.iter() {
-        let Some(q) = seen.get(&route.name) else {
-            continue;
+    for q in &budgets {
+        let remaining = match (q.remaining, q.limit) {
+            (Some(r), Some(limit)) => format!("{r} of {limit}"),
+            (Some(r), None) => r.to_string(),
+            (None, _) => "unknown".to_owned(),
         };
-        any = true;
-        let remaining = match q.limit {
-            Some(limit) => format!("{} of {limit}", q.remaining),
-            None => q.remaining.to_string(),
-        };
-        let class = if q.remaining == 0 { "bad" } else { "ok" };
+        let class = if q.remaining == Some(0) { "bad" } else { "ok" };
+        let used = q.used.map(|u| u.to_string()).unwrap_or_default();
         let reset = q
             .reset
             .map(|s| esc(&clock(SystemTime::UNIX_EPOCH + Duration::from_secs(s))))
             .unwrap_or_default();
+        let held = match q.blocked_for_secs {
+            Some(secs) => format!("<span class=\"bad\">429 for {secs} s</span>"),
+            None => "no".to_owned(),
+        };
         let _ = write!(
             out,
-            "<tr><td>{}</td><td>{}</td><td class=\"{class}\">{remaining}</td><td>{reset}</td><td>{}</td></tr>",
-            esc(&route.name),
-            esc(&route.credential.to_string()),
-            esc(&clock(q.seen)),
+            "<tr><td>{}</td><td class=\"{class}\">{remaining}</td><td>{used}</td><td>{reset}</td><td>{held}</td></tr>",
+            esc(&q.credential),
         );
     }
-    if !any {
+    if budgets.is_empty() {
         out.push_str(
             "<tr><td colspan=\"5\" class=\"muted\">no response with x-ratelimit headers yet</td></tr>",
         );

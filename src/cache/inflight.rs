@@ -32,8 +32,8 @@ pub struct Inflight {
 
 /// The result of joining a key.
 pub enum Joined {
-    /// Go upstream, and publish the outcome.
-    Leader(Lead),
+    /// Go upstream, and publish the outcome (boxed: a lead carries its key).
+    Leader(Box<Lead>),
     /// Wait for the leader.
     Follower(Follow),
 }
@@ -59,12 +59,12 @@ impl Inflight {
                 let id = self.next_id.fetch_add(1, Ordering::Relaxed);
                 let (tx, rx) = watch::channel(Outcome::Pending);
                 v.insert((id, rx));
-                Joined::Leader(Lead {
+                Joined::Leader(Box::new(Lead {
                     inflight: self.clone(),
                     key: key.clone(),
                     id,
                     tx,
-                })
+                }))
             }
         }
     }
@@ -138,6 +138,7 @@ mod tests {
                     &crate::config::Secret::new("k"),
                 ),
                 id: 14,
+                scope: None,
             },
             path_and_query: "/a".into(),
             accept: None,

@@ -18,8 +18,11 @@ pub struct ConfigFile {
     /// Extra PEM CA bundle trusted for the upstream, on top of the webpki roots
     /// (for a platform behind a private CA).
     pub upstream_ca_file: Option<PathBuf>,
-    /// The app identity used to mint installation tokens and exchange user codes.
-    pub app: AppFile,
+    /// The app identity used to mint installation tokens and exchange user
+    /// codes: the one-app shorthand of `apps:` (named `default`).
+    pub app: Option<AppFile>,
+    /// Several app identities by name; routes name theirs with `app:`.
+    pub apps: Option<std::collections::BTreeMap<String, AppFile>>,
     /// OAuth settings; only user routes need them.
     pub oauth: Option<OAuthFile>,
     /// Where durable user grants live.
@@ -45,6 +48,8 @@ pub struct ConfigFile {
     /// loopback, listen addresses and routes' `match.host`): the DNS
     /// rebinding defence.
     pub allowed_hosts: Option<Vec<String>>,
+    /// Sent as `X-Api-Version` on forwarded requests that carry none.
+    pub api_version: Option<String>,
     /// A token bucket per credential: `per_second`, `burst`, `max_wait`.
     pub quota: Option<QuotaFile>,
     /// The conditional cache: `max_bytes`, `max_entry_bytes`.
@@ -214,9 +219,13 @@ pub struct RouteFile {
     pub matcher: MatchFile,
     #[serde(default)]
     pub strip_prefix: bool,
-    #[serde(default, with = "serde_yaml::with::singleton_map")]
     pub installation: Option<InstallationFile>,
     pub user: Option<String>,
+    /// This route's `X-Api-Version`, over the top-level `api_version`.
+    pub api_version: Option<String>,
+    /// The name of the app under `apps:` this route's credential uses;
+    /// optional when there is only one.
+    pub app: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -228,11 +237,56 @@ pub struct MatchFile {
     pub clients: Option<Vec<String>>,
 }
 
-/// `{ id: 14 }`, `{ account: name }` or the word `auto`.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "lowercase", deny_unknown_fields)]
+/// `{ id: 14 }`, `{ account: name }` or `{ auto: true }`, each optionally
+/// scoped (`repositories`, `permissions`), or the word `auto`.
+#[derive(Debug)]
 pub enum InstallationFile {
+    /// The word `auto`.
     Auto,
-    Id(u64),
-    Account(String),
+    Spec(InstallationSpecFile),
+}
+
+/// The mapping form of `installation:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstallationSpecFile {
+    pub id: Option<u64>,
+    pub account: Option<String>,
+    /// `auto: true`: the owner named by the path, like the word `auto`.
+    pub auto: Option<bool>,
+    /// Repository names (under the installation's account) the token is
+    /// limited to.
+    pub repositories: Option<Vec<String>>,
+    /// Permission name to `read` or `write`: the token gets no more.
+    pub permissions: Option<std::collections::BTreeMap<String, String>>,
+}
+
+impl<'de> Deserialize<'de> for InstallationFile {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = InstallationFile;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("auto or a mapping")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                match v {
+                    "auto" => Ok(InstallationFile::Auto),
+                    // The value is never quoted: it could be a pasted secret.
+                    _ => Err(E::invalid_value(
+                        serde::de::Unexpected::Other("a word other than auto"),
+                        &self,
+                    )),
+                }
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
+                InstallationSpecFile::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(InstallationFile::Spec)
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }

@@ -57,8 +57,12 @@ pub struct Config {
     pub secret_files: Vec<PathBuf>,
     /// Where requests and token calls go.
     pub upstream: UpstreamConfig,
-    /// The app identity; shared so the credential layer can hold it across reloads.
+    /// The app identity (the first of `apps`, the only one with `app:`);
+    /// shared so the credential layer can hold it across reloads.
     pub app: Arc<AppConfig>,
+    /// Every app identity, in name order (one with `app:`); routes name
+    /// theirs (`Route::app`).
+    pub apps: Vec<Arc<AppConfig>>,
     /// OAuth endpoints; present when any route acts as a user.
     pub oauth: Option<OAuthEndpoints>,
     /// Durable grant store file; required when any route acts as a user.
@@ -215,6 +219,9 @@ impl UpstreamConfig {
 
 /// The app identity.
 pub struct AppConfig {
+    /// The key under `apps:`, or `default` for the `app:` shorthand: how
+    /// routes, logs, metrics and `login --app` name it.
+    pub name: Arc<str>,
     /// The JWT issuer.
     pub id: u64,
     /// Parsed once; signing a JWT needs no parsing.
@@ -231,6 +238,7 @@ pub struct AppConfig {
 impl fmt::Debug for AppConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AppConfig")
+            .field("name", &self.name)
             .field("id", &self.id)
             .field("client_id", &self.client_id)
             .finish_non_exhaustive()
@@ -358,6 +366,16 @@ impl fmt::Display for ConfigError {
 }
 
 impl Config {
+    /// The app called `name`.
+    pub fn app_named(&self, name: &str) -> Option<&Arc<AppConfig>> {
+        self.apps.iter().find(|a| &*a.name == name)
+    }
+
+    /// The app `route`'s credential uses.
+    pub fn app_of(&self, route: &crate::routes::Route) -> &Arc<AppConfig> {
+        self.app_named(&route.app).unwrap_or(&self.app)
+    }
+
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
@@ -396,7 +414,17 @@ impl Config {
         let listen: Vec<String> = self.listen.iter().map(ToString::to_string).collect();
         let _ = writeln!(out, "listen:   {}", listen.join(", "));
         let _ = writeln!(out, "upstream: {}", self.upstream.base_url());
-        let _ = writeln!(out, "app:      {}", self.app.id);
+        // One app shows as before `apps:` existed; several by name.
+        match &self.apps[..] {
+            [app] => {
+                let _ = writeln!(out, "app:      {}", app.id);
+            }
+            apps => {
+                for app in apps {
+                    let _ = writeln!(out, "app:      {} (id {})", app.name, app.id);
+                }
+            }
+        }
         if !self.clients.is_empty() {
             let names: Vec<&str> = self.clients.iter().map(|c| &*c.name).collect();
             let _ = writeln!(out, "clients:  {}", names.join(", "));

@@ -28,6 +28,10 @@ use tokio::time::Instant;
 
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// At most one token per credential is dropped for a refusal in this time:
+/// an endpoint that answers 401 whatever the token must not turn every
+/// request into a mint.
+pub const REFUSAL_FLOOR: Duration = Duration::from_secs(10);
 
 /// Why a mint produced no new token, and what can still be served meanwhile.
 ///
@@ -73,6 +77,8 @@ struct SlotState {
     failure: Option<Failure>,
     /// A background refresh is under way; do not start another.
     refreshing: bool,
+    /// When a token was last dropped because the platform refused it.
+    refused_at: Option<Instant>,
 }
 
 struct Failure {
@@ -236,6 +242,30 @@ impl<K: Eq + Hash + Clone> TokenCache<K> {
     /// The cached token, if any, without minting (for readiness and tests).
     pub fn peek(&self, key: &K) -> Option<Token> {
         self.slots.get(key).and_then(|s| s.state().token.clone())
+    }
+
+    /// Drops `stale` (a token the platform refused) if the slot still holds
+    /// it, so the next [`TokenCache::get`] mints. Only that token: when a
+    /// burst of requests all saw it refused, the first drops it and mints,
+    /// and the rest find the new one instead of dropping it in turn. And
+    /// only once per [`REFUSAL_FLOOR`]: a refusal that new tokens do not
+    /// cure is not worth a mint per request. Returns whether it was dropped.
+    pub fn discard(&self, key: &K, stale: &Token) -> bool {
+        let Some(slot) = self.slots.get(key).map(|s| s.clone()) else {
+            return false;
+        };
+        let mut st = slot.state();
+        let now = Instant::now();
+        let recent = st
+            .refused_at
+            .is_some_and(|at| now.duration_since(at) < REFUSAL_FLOOR);
+        if !recent && st.token.as_ref().is_some_and(|t| t.same_as(stale)) {
+            st.token = None;
+            st.refused_at = Some(now);
+            true
+        } else {
+            false
+        }
     }
 
     /// Drops the cached state for `key` (e.g. after a new login replaced a grant).
@@ -408,6 +438,29 @@ mod tests {
                 "{mints} mints of 3 s tokens in {SPAN:?} (mint time {mint_time:?})"
             );
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_token_is_dropped_once_by_a_burst() {
+        let cache = TokenCache::<u64>::default();
+        let count = Arc::new(AtomicUsize::new(0));
+        let first = cache.get(&1, minter(&count, false)).await.unwrap();
+        // The first of a burst drops it and mints; the others, seeing a
+        // token other than the one refused, keep the new one.
+        assert!(cache.discard(&1, &first));
+        let second = cache.get(&1, minter(&count, false)).await.unwrap();
+        assert!(!cache.discard(&1, &first));
+        assert_eq!(
+            cache.get(&1, minter(&count, false)).await.unwrap().value(),
+            second.value()
+        );
+        assert_eq!(second.value(), "ats_2");
+        assert_eq!(count.load(Ordering::SeqCst), 2);
+        assert!(!cache.discard(&2, &first), "an unknown key drops nothing");
+        // The new token refused too, at once: kept until the floor passes.
+        assert!(!cache.discard(&1, &second));
+        tokio::time::advance(REFUSAL_FLOOR).await;
+        assert!(cache.discard(&1, &second));
     }
 
     #[tokio::test(start_paused = true)]

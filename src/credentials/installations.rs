@@ -6,10 +6,12 @@
 //! flood of calls to the platform. A directory older than [`MAX_AGE`] is
 //! refreshed in the background while its answers keep being used.
 
+pub use super::app_call::AppSigner;
+use super::app_call::app_call;
 use super::{CredentialError, Token};
+use crate::routes::TokenScope;
 use crate::upstream::Upstream;
 use bytes::Bytes;
-use http_body_util::Full;
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -188,13 +190,16 @@ impl Directory {
 /// `GET /app/installations`.
 pub async fn list(
     upstream: Arc<Upstream>,
-    jwt: String,
+    signer: AppSigner,
 ) -> Result<HashMap<String, u64>, CredentialError> {
-    let req = request(&upstream, http::Method::GET, "/app/installations", &jwt)?;
-    let resp = upstream
-        .call(req)
-        .await
-        .map_err(CredentialError::from_call)?;
+    let resp = app_call(
+        &upstream,
+        &signer,
+        http::Method::GET,
+        "/app/installations",
+        None,
+    )
+    .await?;
     if !resp.status.is_success() {
         return Err(CredentialError::TokenEndpoint(format!(
             "GET /app/installations answered {}",
@@ -213,16 +218,14 @@ pub async fn list(
 /// `POST /app/installations/{id}/access_tokens`.
 pub async fn mint(
     upstream: Arc<Upstream>,
-    jwt: String,
+    signer: AppSigner,
     id: u64,
+    scope: Option<Arc<TokenScope>>,
     margin: Duration,
 ) -> Result<Token, CredentialError> {
     let path = format!("/app/installations/{id}/access_tokens");
-    let req = request(&upstream, http::Method::POST, &path, &jwt)?;
-    let resp = upstream
-        .call(req)
-        .await
-        .map_err(CredentialError::from_call)?;
+    let body = scope.as_ref().map(|s| Bytes::from(s.body().to_string()));
+    let resp = app_call(&upstream, &signer, http::Method::POST, &path, body).await?;
     if resp.status == http::StatusCode::NOT_FOUND {
         return Err(CredentialError::InstallationNotFound(format!("id {id}")));
     }
@@ -232,7 +235,19 @@ pub async fn mint(
             resp.status
         )));
     }
-    let body: AccessToken = serde_json::from_slice(&resp.body).map_err(|e| {
+    let answer: serde_json::Value = serde_json::from_slice(&resp.body).map_err(|e| {
+        CredentialError::TokenEndpoint(format!("POST {path}: unexpected answer: {e}"))
+    })?;
+    if let Some(scope) = &scope {
+        // Fail closed: a token broader than asked never reaches the API.
+        scope.check(&answer).map_err(|why| {
+            CredentialError::TokenEndpoint(format!(
+                "POST {path}: the platform did not honour the token scope ({scope}): {why}; \
+                 the token is not used"
+            ))
+        })?;
+    }
+    let body: AccessToken = serde_json::from_value(answer).map_err(|e| {
         CredentialError::TokenEndpoint(format!("POST {path}: unexpected answer: {e}"))
     })?;
     // Never assume a lifetime: read it from the answer.
@@ -242,7 +257,9 @@ pub async fn mint(
             body.expires_at
         ))
     })?;
-    let lifetime = super::token::lifetime_until(expires_at.into());
+    // Timed on the platform's clock, which wrote `expires_at`.
+    let offset = chrono::TimeDelta::seconds(signer.jwt.offset());
+    let lifetime = super::token::lifetime_until((expires_at - offset).into());
     if lifetime.is_zero() {
         return Err(CredentialError::TokenEndpoint(format!(
             "POST {path}: the token it issued has already expired (check this machine's clock)"
@@ -256,28 +273,6 @@ pub async fn mint(
     Token::new(&body.token, Instant::now(), lifetime, margin).ok_or_else(|| {
         CredentialError::TokenEndpoint(format!("POST {path}: the token is not header-safe"))
     })
-}
-
-fn request(
-    upstream: &Upstream,
-    method: http::Method,
-    path: &str,
-    jwt: &str,
-) -> Result<http::Request<Full<Bytes>>, CredentialError> {
-    let uri = upstream
-        .uri(path)
-        .map_err(|e| CredentialError::Internal(e.to_string()))?;
-    let mut auth = http::HeaderValue::try_from(format!("Bearer {jwt}"))
-        .map_err(|e| CredentialError::Internal(e.to_string()))?;
-    auth.set_sensitive(true);
-    http::Request::builder()
-        .method(method)
-        .uri(uri)
-        .header(http::header::AUTHORIZATION, auth)
-        .header(http::header::ACCEPT, "application/json")
-        .header(http::header::USER_AGENT, crate::USER_AGENT)
-        .body(Full::new(Bytes::new()))
-        .map_err(|e| CredentialError::Internal(e.to_string()))
 }
 
 #[cfg(test)]

@@ -54,10 +54,14 @@ pub fn load_or_create_key(store: &Path) -> std::io::Result<Vec<u8>> {
     }
 }
 
-fn mac(key: &[u8], user: &str, exp: u64, nonce: &str) -> HmacSha256 {
+fn mac(key: &[u8], user: &str, app: Option<&str>, exp: u64, nonce: &str) -> HmacSha256 {
     // HMAC takes keys of any length.
     let mut mac = HmacSha256::new_from_slice(key).unwrap_or_else(|_| unreachable!());
     mac.update(format!("atomgit-proxy login\n{user}\n{exp}\n{nonce}").as_bytes());
+    // Only links naming an app sign one, so links without stay as they were.
+    if let Some(app) = app {
+        mac.update(format!("\napp={app}").as_bytes());
+    }
     mac
 }
 
@@ -75,26 +79,36 @@ pub fn link_for(redirect_uri: &Url, store: &Path, user: &str) -> std::io::Result
             ),
         )
     })?;
-    Ok(link_with_key(redirect_uri, &key, user))
+    Ok(link_with_key(redirect_uri, &key, user, None))
 }
 
 /// A login link signed with `key` (for a fleet: derived from the store's
-/// `encryption_key`, see `store::link_key_for`).
-pub fn link_with_key(redirect_uri: &Url, key: &[u8], user: &str) -> String {
+/// `encryption_key`, see `store::link_key_for`), for a login with the app
+/// named `app` (under `apps:`; signed too) or the config's only one.
+pub fn link_with_key(redirect_uri: &Url, key: &[u8], user: &str, app: Option<&str>) -> String {
     let exp = super::grants::now_ms() / 1000 + LINK_LIFETIME.as_secs();
     let mut link = redirect_uri.clone();
     let path = link.path().trim_end_matches("/callback").to_owned();
     link.set_path(&format!("{path}/login"));
-    link.set_query(Some(&sign(key, user, exp)));
+    link.set_query(Some(&sign_for_app(key, user, app, exp)));
     link.to_string()
 }
 
 /// The query string of a login link for `user`, expiring at `exp` (epoch s).
 pub fn sign(key: &[u8], user: &str, exp: u64) -> String {
+    sign_for_app(key, user, None, exp)
+}
+
+/// [`sign`], with the app the login is for (signed too).
+pub fn sign_for_app(key: &[u8], user: &str, app: Option<&str>, exp: u64) -> String {
     let nonce = hex::encode(rand::random::<[u8; 16]>());
-    let sig = hex::encode(mac(key, user, exp, &nonce).finalize().into_bytes());
-    url::form_urlencoded::Serializer::new(String::new())
-        .append_pair("user", user)
+    let sig = hex::encode(mac(key, user, app, exp, &nonce).finalize().into_bytes());
+    let mut query = url::form_urlencoded::Serializer::new(String::new());
+    query.append_pair("user", user);
+    if let Some(app) = app {
+        query.append_pair("app", app);
+    }
+    query
         .append_pair("exp", &exp.to_string())
         .append_pair("nonce", &nonce)
         .append_pair("sig", &sig)
@@ -103,10 +117,22 @@ pub fn sign(key: &[u8], user: &str, exp: u64) -> String {
 
 /// Whether `sig` is ours for these values (compared in constant time).
 pub fn verify(key: &[u8], user: &str, exp: u64, nonce: &str, sig: &str) -> bool {
+    verify_for_app(key, user, None, exp, nonce, sig)
+}
+
+/// [`verify`] for a link that may name an app.
+pub fn verify_for_app(
+    key: &[u8],
+    user: &str,
+    app: Option<&str>,
+    exp: u64,
+    nonce: &str,
+    sig: &str,
+) -> bool {
     let Ok(sig) = hex::decode(sig) else {
         return false;
     };
-    mac(key, user, exp, nonce).verify_slice(&sig).is_ok()
+    mac(key, user, app, exp, nonce).verify_slice(&sig).is_ok()
 }
 
 #[cfg(test)]

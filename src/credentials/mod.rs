@@ -4,8 +4,10 @@
 //! credential (the app fingerprint and installation id), so a reload keeps
 //! every token that is still right and nothing is minted because of it.
 
+mod app_call;
 mod app_jwt;
 pub mod cache;
+pub mod clock;
 pub mod grants;
 pub mod grants_file;
 pub mod installations;
@@ -17,13 +19,16 @@ pub mod token_endpoint;
 pub mod user;
 
 use crate::config::{AppConfig, AppFingerprint, OAuthEndpoints};
-use crate::routes::{InstallationSelector, RouteCredential, owner_from_path};
+use crate::metrics::AppLabels;
+use crate::routes::{InstallationSelector, RouteCredential, TokenScope, owner_from_path};
 use crate::upstream::{CallError, Upstream};
 use app_jwt::AppJwt;
 use cache::TokenCache;
 use dashmap::DashMap;
 use grants::GrantBinding;
 use installations::Directory;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use std::sync::Arc;
 use std::time::Duration;
 pub use token::Token;
@@ -69,9 +74,12 @@ impl CredentialError {
 /// What a cached token belongs to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum CacheKey {
+    /// One token per (app, installation, scope): a scoped route never gets
+    /// a broader route's token, nor the other way round.
     Installation {
         app: AppFingerprint,
         id: u64,
+        scope: Option<Arc<TokenScope>>,
     },
     /// A user's token belongs to the person and the platform the grant was
     /// obtained for, not the app key: it survives any reload that keeps both,
@@ -82,9 +90,20 @@ pub enum CacheKey {
     },
 }
 
+fn installation_key(ctx: &Context<'_>, id: u64) -> CacheKey {
+    CacheKey::Installation {
+        app: ctx.app.fingerprint,
+        id,
+        scope: ctx.scope.cloned(),
+    }
+}
+
 /// Every credential's cached state.
 #[derive(Default)]
 pub struct Credentials {
+    /// `atomgit_proxy_clock_offset_seconds{app}`, shared with the metrics
+    /// registry: each app's JWT sets its own.
+    clock_offsets: Family<AppLabels, Gauge>,
     /// Minted tokens.
     tokens: TokenCache<CacheKey>,
     /// One signed JWT per app identity.
@@ -102,9 +121,19 @@ pub struct Context<'a> {
     pub store: Option<&'a Arc<dyn crate::store::Store>>,
     /// The platform user grants must belong to.
     pub grant_binding: &'a Arc<GrantBinding>,
+    /// What the route's installation token is limited to.
+    pub scope: Option<&'a Arc<TokenScope>>,
 }
 
 impl Credentials {
+    /// Credentials whose clock offsets are reported in `clock_offsets`.
+    pub fn new(clock_offsets: Family<AppLabels, Gauge>) -> Self {
+        Credentials {
+            clock_offsets,
+            ..Credentials::default()
+        }
+    }
+
     /// A token for `credential`, as a request to `forward_path` needs it.
     pub async fn token(
         &self,
@@ -112,17 +141,14 @@ impl Credentials {
         credential: &RouteCredential,
         forward_path: &str,
     ) -> Result<Token, CredentialError> {
-        match credential {
-            RouteCredential::Installation(selector) => {
-                let id = self.installation_id(ctx, selector, forward_path).await?;
-                self.installation_token(ctx, id).await
-            }
-            RouteCredential::User(user) => self.user_token(ctx, user).await,
-        }
+        let key = self.key(ctx, credential, forward_path).await?;
+        self.token_for_key(ctx, &key).await
     }
 
     /// What identifies the credential a request to `forward_path` uses (the
-    /// quota and the conditional cache are kept per credential).
+    /// token cache, the quota and the conditional cache are kept per
+    /// credential: app, installation and scope, or user and the app's grant
+    /// binding).
     pub async fn key(
         &self,
         ctx: &Context<'_>,
@@ -130,10 +156,10 @@ impl Credentials {
         forward_path: &str,
     ) -> Result<CacheKey, CredentialError> {
         Ok(match credential {
-            RouteCredential::Installation(selector) => CacheKey::Installation {
-                app: ctx.app.fingerprint,
-                id: self.installation_id(ctx, selector, forward_path).await?,
-            },
+            RouteCredential::Installation(selector) => installation_key(
+                ctx,
+                self.installation_id(ctx, selector, forward_path).await?,
+            ),
             RouteCredential::User(user) => CacheKey::User {
                 user: user.clone(),
                 platform: ctx.grant_binding.clone(),
@@ -141,15 +167,59 @@ impl Credentials {
         })
     }
 
-    /// A token for the credential `key` names (see [`Credentials::key`]).
+    /// A token for the credential `key` names (see [`Credentials::key`]);
+    /// `ctx` must be the one the key was made with.
     pub async fn token_for_key(
         &self,
         ctx: &Context<'_>,
         key: &CacheKey,
     ) -> Result<Token, CredentialError> {
+        self.token_after(ctx, key, None).await
+    }
+
+    /// A fresh token for `key` after the platform refused `stale` (401):
+    /// `stale` is dropped if it is still the cached one, and the next comes
+    /// through the same single flight as any mint, so a burst of refusals of
+    /// one token causes one mint. A user's token is refreshed with the
+    /// grant's refresh token (under the store's lock), and a fleet's shared
+    /// installation token is replaced, never re-read from the store as it was.
+    pub async fn renew(
+        &self,
+        ctx: &Context<'_>,
+        key: &CacheKey,
+        stale: &Token,
+    ) -> Result<Token, CredentialError> {
+        self.tokens.discard(key, stale);
+        let fresh = self.token_after(ctx, key, Some(stale)).await?;
+        if fresh.same_as(stale) {
+            // Kept: another refusal was answered with a new token moments ago.
+            return Err(CredentialError::TokenEndpoint(format!(
+                "the platform keeps refusing fresh tokens; the next one is minted at most {}s after the last",
+                cache::REFUSAL_FLOOR.as_secs()
+            )));
+        }
+        Ok(fresh)
+    }
+
+    /// The token for `key`, never answering with `refused`.
+    async fn token_after(
+        &self,
+        ctx: &Context<'_>,
+        key: &CacheKey,
+        refused: Option<&Token>,
+    ) -> Result<Token, CredentialError> {
         match key {
-            CacheKey::Installation { id, .. } => self.installation_token(ctx, *id).await,
-            CacheKey::User { user, .. } => self.user_token(ctx, user).await,
+            CacheKey::Installation { id, .. } => {
+                self.installation_token_after(ctx, *id, refused).await
+            }
+            CacheKey::User { user, .. } => self.user_token_after(ctx, user, refused).await,
+        }
+    }
+
+    fn user_key(&self, ctx: &Context<'_>, user: &Arc<str>) -> CacheKey {
+        CacheKey::User {
+            user: user.clone(),
+            platform: ctx.grant_binding.clone(),
         }
     }
 
@@ -159,10 +229,17 @@ impl Credentials {
         ctx: &Context<'_>,
         user: &Arc<str>,
     ) -> Result<Token, CredentialError> {
-        let key = CacheKey::User {
-            user: user.clone(),
-            platform: ctx.grant_binding.clone(),
-        };
+        self.user_token_after(ctx, user, None).await
+    }
+
+    /// [`Credentials::user_token`], never answering with `refused`.
+    async fn user_token_after(
+        &self,
+        ctx: &Context<'_>,
+        user: &Arc<str>,
+        refused: Option<&Token>,
+    ) -> Result<Token, CredentialError> {
+        let key = self.user_key(ctx, user);
         if let Some(token) = self.tokens.fresh(&key) {
             return Ok(token);
         }
@@ -180,6 +257,7 @@ impl Credentials {
             user: user.clone(),
             binding: ctx.grant_binding.clone(),
             margin: ctx.refresh_margin,
+            refused: refused.cloned(),
         };
         self.tokens.get(&key, move || source.token()).await
     }
@@ -228,57 +306,68 @@ impl Credentials {
     }
 
     fn lister(&self, ctx: &Context<'_>) -> installations::Lister {
-        let (jwts, app, upstream) = (self.jwt(ctx.app), ctx.app.clone(), ctx.upstream.clone());
+        let (jwt, app, upstream) = (self.jwt(ctx.app), ctx.app.clone(), ctx.upstream.clone());
         Arc::new(move || {
-            let (jwt, upstream) = (jwts.get(&app), upstream.clone());
-            Box::pin(async move {
-                let jwt = jwt.map_err(|e| {
-                    CredentialError::Internal(format!("cannot sign the app JWT: {e}"))
-                })?;
-                installations::list(upstream, jwt).await
-            })
+            let signer = installations::AppSigner {
+                app: app.clone(),
+                jwt: jwt.clone(),
+            };
+            Box::pin(installations::list(upstream.clone(), signer))
         })
     }
 
-    /// A token for installation `id`.
+    /// A token for installation `id` (with the context's app and scope).
     pub async fn installation_token(
         &self,
         ctx: &Context<'_>,
         id: u64,
     ) -> Result<Token, CredentialError> {
-        let key = CacheKey::Installation {
-            app: ctx.app.fingerprint,
-            id,
-        };
+        self.installation_token_after(ctx, id, None).await
+    }
+
+    /// [`Credentials::installation_token`], never answering with `refused`.
+    async fn installation_token_after(
+        &self,
+        ctx: &Context<'_>,
+        id: u64,
+        refused: Option<&Token>,
+    ) -> Result<Token, CredentialError> {
+        let key = installation_key(ctx, id);
         if let Some(token) = self.tokens.fresh(&key) {
             return Ok(token);
         }
-        let (jwts, app, upstream, margin) = (
-            self.jwt(ctx.app),
-            ctx.app.clone(),
-            ctx.upstream.clone(),
-            ctx.refresh_margin,
-        );
+        let signer = installations::AppSigner {
+            app: ctx.app.clone(),
+            jwt: self.jwt(ctx.app),
+        };
+        let (upstream, margin) = (ctx.upstream.clone(), ctx.refresh_margin);
+        let scope = ctx.scope.cloned();
         // A fleet shares installation tokens through the store (one mint per
-        // installation and expiry); the memory cache above stays first.
+        // installation, scope and expiry); the memory cache above stays first.
         let shared = ctx
             .store
             .filter(|s| s.shares_installation_tokens())
             .cloned();
+        let refused = refused.cloned();
         self.tokens
             .get(&key, move || async move {
-                let app_hex = app.fingerprint.short_hex();
-                let mint = || async move {
-                    let jwt = jwts.get(&app).map_err(|e| {
-                        CredentialError::Internal(format!("cannot sign the app JWT: {e}"))
-                    })?;
-                    installations::mint(upstream, jwt, id, margin).await
-                };
+                let key = crate::store::InstallationKey::new(
+                    &signer.app.fingerprint,
+                    id,
+                    scope.as_deref(),
+                );
+                let mint = || installations::mint(upstream, signer, id, scope, margin);
                 let Some(store) = shared else {
                     return Ok(mint().await?);
                 };
-                let key = crate::store::InstallationKey { app: app_hex, id };
-                Ok(shared_installations::installation_token(&store, &key, margin, mint).await?)
+                Ok(shared_installations::installation_token(
+                    &store,
+                    &key,
+                    margin,
+                    refused.as_ref(),
+                    mint,
+                )
+                .await?)
             })
             .await
     }
@@ -287,22 +376,37 @@ impl Credentials {
         if let Some(jwt) = self.jwts.get(&app.fingerprint) {
             return jwt.clone();
         }
-        self.jwts.entry(app.fingerprint).or_default().clone()
+        self.jwts
+            .entry(app.fingerprint)
+            .or_insert_with(|| {
+                let gauge = self.clock_offsets.get_or_create(&AppLabels {
+                    app: app.name.to_string(),
+                });
+                Arc::new(AppJwt::new(gauge.clone()))
+            })
+            .clone()
+    }
+
+    /// The platform's clock minus ours for `app`, in seconds, as learned
+    /// from refused app calls (0 until one).
+    pub fn clock_offset(&self, app: &AppConfig) -> i64 {
+        self.jwts.get(&app.fingerprint).map_or(0, |j| j.offset())
     }
 
     /// Forgets everything minted under app identities other than `current`:
-    /// after a reload changed the app id or key, old tokens must not be used.
-    pub fn retain_app(&self, current: AppFingerprint) {
+    /// after a reload changed an app's id or key, old tokens must not be used.
+    pub fn retain_apps(&self, current: &[AppFingerprint]) {
         self.tokens.retain(|k| match k {
-            CacheKey::Installation { app, .. } => *app == current,
+            CacheKey::Installation { app, .. } => current.contains(app),
             CacheKey::User { .. } => true,
         });
-        self.jwts.retain(|k, _| *k == current);
-        self.directories.retain(|k, _| *k == current);
+        self.jwts.retain(|k, _| current.contains(k));
+        self.directories.retain(|k, _| current.contains(k));
     }
 
-    /// The cached token for an installation, without minting.
-    pub fn cached_installation_token(&self, app: AppFingerprint, id: u64) -> Option<Token> {
-        self.tokens.peek(&CacheKey::Installation { app, id })
+    /// The cached token for an installation (with the context's app and
+    /// scope), without minting.
+    pub fn cached_installation_token(&self, ctx: &Context<'_>, id: u64) -> Option<Token> {
+        self.tokens.peek(&installation_key(ctx, id))
     }
 }

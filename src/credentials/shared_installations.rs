@@ -21,11 +21,13 @@ use tokio::time::Instant;
 const MINT_WAIT: Duration = Duration::from_secs(15);
 const POLL: Duration = Duration::from_millis(50);
 
-/// The shared token for `key`, or one minted with `mint` (and shared).
+/// The shared token for `key`, or one minted with `mint` (and shared). A
+/// stored token the platform `refused` (401) is replaced, not adopted.
 pub async fn installation_token<Fut>(
     store: &Arc<dyn Store>,
     key: &InstallationKey,
     margin: Duration,
+    refused: Option<&Token>,
     mint: impl FnOnce() -> Fut,
 ) -> Result<Token, CredentialError>
 where
@@ -33,7 +35,7 @@ where
 {
     let deadline = Instant::now() + MINT_WAIT;
     let _lock = loop {
-        match adopt(store, key, margin).await {
+        match adopt(store, key, margin, refused).await {
             Ok(Some(token)) => return Ok(token),
             Ok(None) => {}
             Err(()) => return mint().await,
@@ -55,7 +57,7 @@ where
         }
     };
     // Whoever held the lock before us may have minted already.
-    if let Ok(Some(token)) = adopt(store, key, margin).await {
+    if let Ok(Some(token)) = adopt(store, key, margin, refused).await {
         return Ok(token);
     }
     let token = mint().await?;
@@ -80,6 +82,7 @@ async fn adopt(
     store: &Arc<dyn Store>,
     key: &InstallationKey,
     margin: Duration,
+    refused: Option<&Token>,
 ) -> Result<Option<Token>, ()> {
     let shared = match store.installation_token(key).await {
         Ok(s) => s,
@@ -92,5 +95,6 @@ async fn adopt(
     Ok(shared.and_then(|s| {
         token_timed(&s.token, s.issued_at_ms, s.expires_at_ms, margin, now)
             .filter(|t| t.is_usable(now) && now < t.refresh_at)
+            .filter(|t| !refused.is_some_and(|r| r.same_as(t)))
     }))
 }

@@ -64,6 +64,11 @@ impl Token {
             .unwrap_or_default()
     }
 
+    /// Whether both carry the same token (whatever their timing).
+    pub fn same_as(&self, other: &Token) -> bool {
+        self.header == other.header
+    }
+
     pub fn is_usable(&self, now: Instant) -> bool {
         now < self.usable_until
     }

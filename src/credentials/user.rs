@@ -48,6 +48,9 @@ pub struct UserSource {
     /// The platform the grant must belong to (the snapshot's).
     pub binding: Arc<GrantBinding>,
     pub margin: Duration,
+    /// A token the platform refused (401): the stored grant holding it is
+    /// refreshed even when not yet due.
+    pub refused: Option<Token>,
 }
 
 /// Where a stored grant stands with respect to the platform of a config.
@@ -157,7 +160,8 @@ impl UserSource {
             return Ok(token);
         }
         let now = Instant::now();
-        let current = token_from_grant(&grant, self.margin, now).filter(|t| t.is_usable(now));
+        let current = token_from_grant(&grant, self.margin, now)
+            .filter(|t| t.is_usable(now) && !self.is_refused(t));
         if grant.refresh_expires_at_ms.is_some_and(|at| at <= now_ms()) {
             return Err(self
                 .revoke(grant, version, "the refresh token has expired".into())
@@ -214,10 +218,17 @@ impl UserSource {
         }
     }
 
+    /// Whether `token` is the one the platform refused (401): never served
+    /// again, however long it has left.
+    fn is_refused(&self, token: &Token) -> bool {
+        self.refused.as_ref().is_some_and(|r| r.same_as(token))
+    }
+
     /// The grant's token when it is usable and not yet due.
     fn not_due(&self, grant: &Grant) -> Option<Token> {
         let now = Instant::now();
-        token_from_grant(grant, self.margin, now).filter(|t| t.is_usable(now) && now < t.refresh_at)
+        token_from_grant(grant, self.margin, now)
+            .filter(|t| t.is_usable(now) && now < t.refresh_at && !self.is_refused(t))
     }
 
     /// The store is out of reach: `store_unavailable`, serving the last
@@ -240,7 +251,8 @@ impl UserSource {
     fn still_usable(&self) -> Option<Token> {
         let grant = self.store.cached_grant(&self.user)?;
         let now = Instant::now();
-        token_from_grant(&grant, self.margin, now).filter(|t| t.is_usable(now))
+        token_from_grant(&grant, self.margin, now)
+            .filter(|t| t.is_usable(now) && !self.is_refused(t))
     }
 
     /// The user's stored grant and its version, if it is alive and belongs

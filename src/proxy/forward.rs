@@ -5,15 +5,17 @@
 
 use super::ConnInfo;
 use super::headers::{rewrite_links, strip_caller_credentials, strip_hop_by_hop};
-use crate::body::{Body, CallerBody};
+use super::retry::Heal;
+use crate::body::{Body, CallerBody, CallerFault};
+use crate::cache::entry::API_VERSION;
 use crate::credentials::Token;
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
 use crate::state::Snapshot;
 use crate::upstream::error_chain;
-use http::header::{AUTHORIZATION, HOST};
+use http::header::HOST;
 use http::uri::Authority;
-use http::{Request, Response, Version};
+use http::{HeaderMap, HeaderValue, Request, Response, Version};
 use hyper::body::Incoming;
 
 /// Where the caller reached the proxy, for rewriting links back to it. Only
@@ -72,20 +74,32 @@ pub fn inbound_host<B>(req: &Request<B>) -> Result<Option<Authority>, ProxyError
     Ok(Some(authority))
 }
 
-/// Sends `req` to `uri` with `token` and returns the platform's answer,
-/// hop-by-hop headers removed (links are rewritten by the caller, see
+/// Sets the route's `api_version` as `X-Api-Version` (the platform's API
+/// version header, `ATOMGIT_API.md` section 7) unless the caller sent one:
+/// the caller knows what shape it expects. Done before the cache key is
+/// made, so answers of two versions are never mixed up.
+pub fn default_api_version(headers: &mut HeaderMap, version: Option<&HeaderValue>) {
+    if let Some(version) = version
+        && !headers.contains_key(API_VERSION)
+    {
+        headers.insert(API_VERSION, version.clone());
+    }
+}
+
+/// Sends `req` to `uri` with `token` (resent once with a fresh one if the
+/// platform refuses it, see [`super::retry`]) and returns the platform's
+/// answer, hop-by-hop headers removed (links are rewritten by the caller, see
 /// [`rewrite_for_caller`], once it knows which answer the caller gets).
 pub async fn send(
     req: Request<Incoming>,
     uri: http::Uri,
     snap: &Snapshot,
-    token: &Token,
-    metrics: &Metrics,
+    token: Token,
+    heal: Heal<'_>,
 ) -> Result<Response<Incoming>, ProxyError> {
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     strip_caller_credentials(&mut parts.headers);
-    parts.headers.insert(AUTHORIZATION, token.header().clone());
     parts
         .headers
         .insert(HOST, snap.upstream.host_header.clone());
@@ -93,9 +107,20 @@ pub async fn send(
     // The pool negotiates HTTP/2 by ALPN where the platform offers it; an
     // inbound HTTP/2 request must not force prior-knowledge HTTP/2 upstream.
     parts.version = Version::HTTP_11;
-    let (body, caller_fault) = CallerBody::new(body);
-    let req = Request::from_parts(parts, body);
+    let metrics = heal.metrics;
+    super::retry::exchange(parts, body, token, heal, |parts, body, fault| {
+        exchange_once(Request::from_parts(parts, body), fault, snap, metrics)
+    })
+    .await
+}
 
+/// One request to the platform, up to its response headers.
+async fn exchange_once(
+    req: Request<CallerBody>,
+    caller_fault: CallerFault,
+    snap: &Snapshot,
+    metrics: &Metrics,
+) -> Result<Response<Incoming>, ProxyError> {
     let timeout = snap.config.upstream.response_timeout;
     let started = tokio::time::Instant::now();
     // At most `limits.max_upstream_requests` at the platform; the rest wait

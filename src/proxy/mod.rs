@@ -7,6 +7,7 @@ pub mod clients;
 mod forward;
 pub mod guard;
 pub mod headers;
+mod retry;
 mod spend;
 
 use crate::body::Body;
@@ -63,10 +64,9 @@ impl Proxy {
         observed.finish(&resp);
         self.shared.activity.observe(observed.route.as_ref(), &resp);
         if let Some(audit) = audit {
-            let (ctx, credentials) = (snapshot.context(), &self.shared.credentials);
             let route = observed.route.as_ref();
             audit
-                .finish(&ctx, &snapshot.config, credentials, route, &resp)
+                .finish(&snapshot, &self.shared.credentials, route, &resp)
                 .await;
         }
         resp
@@ -74,7 +74,7 @@ impl Proxy {
 
     async fn try_handle(
         &self,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         conn: &ConnInfo,
         snap: &Arc<Snapshot>,
         route_name: &mut Option<Arc<str>>,
@@ -114,7 +114,9 @@ impl Proxy {
             })?;
         *route_name = Some(route.name.clone());
         let forward_path = route.forward_path(path);
-        let ctx = snap.context();
+        // The route's app and scope: the credential (and so the token, the
+        // quota and the cache entries) belongs to both.
+        let ctx = snap.context_for(route);
         let credentials = &self.shared.credentials;
         let credential = credentials
             .key(&ctx, &route.credential, forward_path)
@@ -127,6 +129,13 @@ impl Proxy {
             .forward_uri(req.uri(), forward_path)
             .map_err(|e| ProxyError::BadRequest(format!("cannot build the upstream URI: {e}")))?;
         let origin = forward::CallerOrigin::new(host.clone(), conn, route.reverse_prefix());
-        spend::spend(&self.shared, snap, &credential, req, uri, token, origin).await
+        let heal = retry::Heal {
+            credentials,
+            ctx: &ctx,
+            credential: &credential,
+            metrics: &self.shared.metrics,
+        };
+        forward::default_api_version(req.headers_mut(), route.api_version.as_ref());
+        spend::spend(&self.shared, snap, req, uri, token, origin, heal).await
     }
 }

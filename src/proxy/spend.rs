@@ -4,16 +4,18 @@
 //! In order: a credential whose budget is spent is answered 429 here; a
 //! cacheable GET joins an identical one in flight (and takes its answer);
 //! the request waits for its slot in the credential's bucket; a stored
-//! entry makes it conditional; it is sent; the answer's `x-ratelimit-*` is
+//! entry makes it conditional; it is sent (and resent once with a fresh
+//! token after a 401, within the same slot); the answer's `x-ratelimit-*` is
 //! recorded; and the cache turns a 304 into the stored 200, or copies a
 //! storable 200 as it streams.
 
 use super::forward::{self, CallerOrigin};
+use super::retry::Heal;
 use crate::body::Body;
 use crate::cache::entry::EntryKey;
 use crate::cache::inflight::Joined;
 use crate::cache::respond_from;
-use crate::credentials::{CacheKey, CredentialError, Token};
+use crate::credentials::{CredentialError, Token};
 use crate::error::ProxyError;
 use crate::quota::Rate;
 use crate::state::{Shared, Snapshot};
@@ -26,12 +28,13 @@ use std::sync::Arc;
 pub(super) async fn spend(
     shared: &Shared,
     snap: &Arc<Snapshot>,
-    credential: &CacheKey,
     mut req: Request<Incoming>,
     uri: http::Uri,
     token: impl Future<Output = Result<Token, CredentialError>>,
     origin: CallerOrigin<'_>,
+    heal: Heal<'_>,
 ) -> Result<Response<Body>, ProxyError> {
+    let credential = heal.credential;
     let metrics = &shared.metrics.quota;
     shared.quota.check_budget(credential, metrics).await?;
 
@@ -43,7 +46,7 @@ pub(super) async fn spend(
     let mut lead = None;
     if let (Some(cache), Some(key)) = (cache, &key) {
         match cache.join(key) {
-            Joined::Leader(l) => lead = Some(l),
+            Joined::Leader(l) => lead = Some(*l),
             Joined::Follower(follow) => {
                 // Bounded: a leader whose caller reads its body slowly must
                 // not hold every follower as long.
@@ -70,7 +73,8 @@ pub(super) async fn spend(
         entry.add_conditionals(req.headers_mut());
     }
     let token = token.await?;
-    let resp = forward::send(req, uri, snap, &token, &shared.metrics).await?;
+    // A 401 is healed inside: the resend spends no second slot.
+    let resp = forward::send(req, uri, snap, token, heal).await?;
     shared
         .quota
         .record(credential, resp.status(), resp.headers(), metrics)

@@ -45,7 +45,11 @@ const WRITE_EVERY: Duration = Duration::from_secs(1);
 /// more parts.
 pub fn shared_name(key: &CacheKey) -> String {
     match key {
-        CacheKey::Installation { app, id } => format!("inst:{}:{id}", app.short_hex()),
+        // The same name the fleet's shared token has: app, id and scope.
+        CacheKey::Installation { app, id, scope } => format!(
+            "inst:{}",
+            crate::store::InstallationKey::new(app, *id, scope.as_deref()).slot()
+        ),
         CacheKey::User { user, platform } => {
             use sha2::{Digest, Sha256};
             let mut h = Sha256::new();

@@ -8,6 +8,7 @@ fn key() -> CacheKey {
     CacheKey::Installation {
         app: AppFingerprint::of(75, "http://x", &Secret::new("k")),
         id: 14,
+        scope: None,
     }
 }
 

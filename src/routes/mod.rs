@@ -10,8 +10,10 @@
 
 mod owner;
 pub mod path;
+pub mod scope;
 
 pub use owner::owner_from_path;
+pub use scope::{Access, TokenScope};
 
 use http::Method;
 use std::borrow::Cow;
@@ -34,6 +36,14 @@ pub struct Route {
     pub strip_prefix: bool,
     /// What the request is sent as.
     pub credential: RouteCredential,
+    /// `X-Api-Version` to send when the caller sends none (the route's, else
+    /// the top-level one), built once at load.
+    pub api_version: Option<http::HeaderValue>,
+    /// What an installation token is limited to (`repositories`,
+    /// `permissions`); `None`: all the installation allows.
+    pub scope: Option<Arc<TokenScope>>,
+    /// The name of the app (under `apps:`) the credential belongs to.
+    pub app: Arc<str>,
 }
 
 /// Who a route acts as. A user grant is just one more variant here; the
@@ -87,7 +97,14 @@ impl fmt::Display for Route {
         if self.strip_prefix {
             f.write_str(" (strip prefix)")?;
         }
-        write!(f, " -> {}", self.credential)
+        write!(f, " -> {}", self.credential)?;
+        if &*self.app != "default" {
+            write!(f, " (app {})", self.app)?;
+        }
+        if let Some(scope) = &self.scope {
+            write!(f, " scoped to {scope}")?;
+        }
+        Ok(())
     }
 }
 
@@ -272,6 +289,9 @@ mod tests {
             clients: None,
             strip_prefix: false,
             credential: RouteCredential::Installation(InstallationSelector::Auto),
+            api_version: None,
+            scope: None,
+            app: "default".into(),
         }
     }
 

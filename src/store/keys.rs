@@ -6,8 +6,8 @@
 //! ```text
 //! {prefix}{user:NAME}:grant        hash: v (version), g (sealed grant)
 //! {prefix}{user:NAME}:lock         refresh lock: owner id, lease in PX
-//! {prefix}{inst:APP:ID}:token      sealed installation token, PX = its life
-//! {prefix}{inst:APP:ID}:mint       mint lock: owner id, lease in PX
+//! {prefix}{inst:SLOT}:token        sealed installation token, PX = its life
+//! {prefix}{inst:SLOT}:mint         mint lock: owner id, lease in PX
 //! {prefix}{login:STATE}            a pending login's user, PX 10 min
 //! {prefix}{link:NONCE}             a used login link, until the link expires
 //! {prefix}{quota:CRED}:bucket      the credential's GCRA tat (µs), PX = until idle
@@ -52,13 +52,14 @@ impl Keys {
         format!("{}{{user:{}}}:lock", self.prefix, tag_safe(user))
     }
 
-    /// `app` is the app fingerprint's short hex form.
-    pub fn installation_token(&self, app: &str, id: u64) -> String {
-        format!("{}{{inst:{app}:{id}}}:token", self.prefix)
+    /// `slot` is [`InstallationKey::slot`](super::InstallationKey::slot):
+    /// `APP:ID` or `APP:ID:SCOPE` (hex and digits only).
+    pub fn installation_token(&self, slot: &str) -> String {
+        format!("{}{{inst:{slot}}}:token", self.prefix)
     }
 
-    pub fn mint_lock(&self, app: &str, id: u64) -> String {
-        format!("{}{{inst:{app}:{id}}}:mint", self.prefix)
+    pub fn mint_lock(&self, slot: &str) -> String {
+        format!("{}{{inst:{slot}}}:mint", self.prefix)
     }
 
     pub fn pending_login(&self, state: &str) -> String {
@@ -112,10 +113,10 @@ mod tests {
         assert_eq!(k.grant("alice"), "atomgit-proxy:{user:alice}:grant");
         assert_eq!(k.refresh_lock("alice"), "atomgit-proxy:{user:alice}:lock");
         assert_eq!(
-            k.installation_token("ab12", 7),
+            k.installation_token("ab12:7"),
             "atomgit-proxy:{inst:ab12:7}:token"
         );
-        assert_eq!(k.mint_lock("ab12", 7), "atomgit-proxy:{inst:ab12:7}:mint");
+        assert_eq!(k.mint_lock("ab12:7"), "atomgit-proxy:{inst:ab12:7}:mint");
         assert_eq!(k.user_of_grant(&k.grant("a{b}%")).as_deref(), Some("a{b}%"));
         assert_eq!(k.grant("a{b}"), "atomgit-proxy:{user:a%7Bb%7D}:grant");
         assert_eq!(k.user_of_grant("other:{user:x}:grant"), None);

@@ -63,11 +63,39 @@ pub struct SharedToken {
 }
 
 /// Names an installation's token across the fleet: the app fingerprint's
-/// short hex form and the installation id.
+/// short hex form, the installation id and, for a scoped token, a digest of
+/// its scope (two scopes on one installation are two tokens, in a fleet as
+/// in one process).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct InstallationKey {
     pub app: String,
     pub id: u64,
+    pub scope: Option<String>,
+}
+
+impl InstallationKey {
+    pub fn new(
+        app: &crate::config::AppFingerprint,
+        id: u64,
+        scope: Option<&crate::routes::TokenScope>,
+    ) -> InstallationKey {
+        use sha2::Digest;
+        InstallationKey {
+            app: app.short_hex(),
+            id,
+            // The scope's canonical text (sorted names) digested: short, and
+            // free of braces that would end the hash tag.
+            scope: scope.map(|s| hex::encode(&sha2::Sha256::digest(s.to_string())[..8])),
+        }
+    }
+
+    /// The part of the Redis keys that names this token (`APP:ID[:SCOPE]`).
+    pub fn slot(&self) -> String {
+        match &self.scope {
+            None => format!("{}:{}", self.app, self.id),
+            Some(scope) => format!("{}:{}:{scope}", self.app, self.id),
+        }
+    }
 }
 
 /// A held lock; dropping it releases the lock (for Redis: by its owner only).
@@ -221,4 +249,44 @@ pub fn store_errors() -> &'static Family<StoreOpLabels, Counter> {
 /// The store's health for `readyz`, within [`redis::OP_TIMEOUT`].
 pub async fn health_of(store: Option<&Arc<dyn Store>>) -> Option<StoreHealth> {
     Some(store?.health().await)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::InstallationKey;
+    use crate::config::{AppFingerprint, Secret};
+    use crate::routes::TokenScope;
+
+    #[test]
+    fn apps_and_scopes_name_different_tokens() {
+        let app = AppFingerprint::of(75, "http://x", &Secret::new("k"));
+        let other = AppFingerprint::of(76, "http://x", &Secret::new("k2"));
+        let read = TokenScope {
+            repositories: Some(vec!["docs".into()]),
+            permissions: None,
+        };
+        let write = TokenScope {
+            repositories: Some(vec!["site".into()]),
+            permissions: None,
+        };
+        let plain = InstallationKey::new(&app, 14, None);
+        assert_eq!(plain.slot(), format!("{}:14", app.short_hex()));
+        let slots = [
+            plain.slot(),
+            InstallationKey::new(&app, 14, Some(&read)).slot(),
+            InstallationKey::new(&app, 14, Some(&write)).slot(),
+            InstallationKey::new(&other, 14, Some(&read)).slot(),
+        ];
+        for (i, a) in slots.iter().enumerate() {
+            assert!(!a.contains(['{', '}']), "{a}");
+            for b in &slots[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+        // The same scope always names the same token (replicas agree).
+        assert_eq!(
+            InstallationKey::new(&app, 14, Some(&read)),
+            InstallationKey::new(&app, 14, Some(&read.clone()))
+        );
+    }
 }

@@ -426,7 +426,7 @@ impl Store for RedisStore {
         &self,
         key: &InstallationKey,
     ) -> Result<Option<SharedToken>, StoreError> {
-        let name = self.keys.installation_token(&key.app, key.id);
+        let name = self.keys.installation_token(&key.slot());
         let sealed: Option<Vec<u8>> = self
             .query("token_get", ::redis::cmd("GET").arg(&name))
             .await?;
@@ -446,7 +446,7 @@ impl Store for RedisStore {
         if ttl == 0 {
             return Ok(());
         }
-        let name = self.keys.installation_token(&key.app, key.id);
+        let name = self.keys.installation_token(&key.slot());
         let json = serde_json::to_vec(token)
             .map_err(|e| StoreError::Unavailable(format!("cannot encode a token: {e}")))?;
         let sealed = self.sealer.seal(&name, &json);
@@ -462,7 +462,7 @@ impl Store for RedisStore {
     }
 
     async fn try_lock_mint(&self, key: &InstallationKey) -> Result<Option<LockGuard>, StoreError> {
-        self.lock(self.keys.mint_lock(&key.app, key.id), Duration::ZERO)
+        self.lock(self.keys.mint_lock(&key.slot()), Duration::ZERO)
             .await
     }
 

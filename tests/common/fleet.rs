@@ -141,7 +141,7 @@ impl Fleet {
         let config = Config::load(self.config(0)).expect("the fleet config loads");
         let key = atomgit_proxy::store::link_key_for(&config).expect("a link key");
         let oauth = config.oauth.expect("oauth is configured");
-        atomgit_proxy::credentials::login_link::link_with_key(&oauth.redirect_uri, &key, user)
+        atomgit_proxy::credentials::login_link::link_with_key(&oauth.redirect_uri, &key, user, None)
     }
 
     pub async fn shutdown(mut self) {

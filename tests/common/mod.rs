@@ -226,7 +226,12 @@ impl TestEnv {
         let fake = start_fake(opts.installations, opts.token_lifetime).await;
         let upstream = opts.upstream.unwrap_or_else(|| fake.url());
         let yaml = config_yaml(&upstream, &inline_key(), opts.extra_yaml, opts.routes);
-        let config = Config::from_yaml(&yaml, Path::new("."), "test config")
+        Self::start_yaml(fake, &yaml).await
+    }
+
+    /// The proxy, from a whole config text, in front of `fake`.
+    pub async fn start_yaml(fake: FakeAtomGit, yaml: &str) -> TestEnv {
+        let config = Config::from_yaml(yaml, Path::new("."), "test config")
             .unwrap_or_else(|e| panic!("test config is invalid: {e}\n{yaml}"));
         let listeners =
             server::bind(&config.listen, config.unix_socket_mode).expect("bind the proxy");

@@ -358,10 +358,9 @@ routes:
         assert!(fields.contains(&"limits.max_connections"), "{shown:#?}");
         assert!(fields.contains(&"routes[0].name"), "{shown:#?}");
         assert!(
-            shown
-                .iter()
-                .any(|s| s
-                    .starts_with("line 8: routes[0].installation: has 2 keys (`account`, `id`)")),
+            shown.iter().any(
+                |s| s.starts_with("line 8: routes[0].installation: needs exactly one of `id:`")
+            ),
             "{shown:#?}"
         );
         assert!(
@@ -431,5 +430,39 @@ routes:
             problems(tabs),
             vec!["line 2: (yaml): is indented with a tab character; YAML indents with spaces only"]
         );
+    }
+
+    #[test]
+    fn problems_under_apps_and_api_version_name_their_fields() {
+        let text = "\
+api_version: [1]
+apps:
+  one:
+    id: [1]
+    private_key: { file: missing.pem }
+    bogus: 1
+  two:
+    id: 76
+    private_key: { file: missing.pem }
+routes:
+  - name: a
+    app: three
+    match: { path_prefix: /a }
+    installation: { id: 3 }
+";
+        let shown = problems(text);
+        let fields: Vec<&str> = shown
+            .iter()
+            .map(|s| s.split(": ").nth(1).unwrap_or(""))
+            .collect();
+        for field in [
+            "api_version",
+            "apps.one.id",
+            "apps.one",
+            "apps.two.private_key",
+            "routes[0] (a).app",
+        ] {
+            assert!(fields.contains(&field), "{field}: {shown:#?}");
+        }
     }
 }

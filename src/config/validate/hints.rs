@@ -3,7 +3,7 @@
 //! for unknown keys. Nothing from the file is echoed but a key-file path
 //! (shown back only when it plainly is one) and known key names.
 
-use super::yaml_errors::{SECRET_SHAPE, safe_name, shape_of};
+use super::yaml_errors::{SECRET_SHAPE, shape_of};
 use serde_yaml::Value;
 
 /// Messages for the mistakes newcomers make, where serde's own would say
@@ -21,22 +21,6 @@ pub(super) fn newcomer_message(path: &str, node: &Value) -> Option<String> {
             };
             Some(format!(
                 "expected {SECRET_SHAPE}, found a string; did you mean `{{ file: {shown} }}`?"
-            ))
-        }
-        ("routes[].installation", Value::Mapping(m)) if m.len() > 1 => {
-            let keys: Vec<&str> = m
-                .keys()
-                .filter_map(Value::as_str)
-                .filter_map(safe_name)
-                .collect();
-            Some(format!(
-                "has {} keys ({}); a route's installation is exactly one of \
-                 {{ id: N }}, {{ account: NAME }} or auto",
-                m.len(),
-                keys.iter()
-                    .map(|k| format!("`{k}`"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
             ))
         }
         _ => None,

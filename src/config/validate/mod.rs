@@ -3,6 +3,7 @@
 //! Validation never stops at the first error: `check` must list them all, each
 //! naming its field, so an operator fixes a config in one pass.
 
+mod apps;
 mod collect;
 mod hints;
 mod keys;
@@ -15,12 +16,11 @@ mod yaml_errors;
 
 use super::file::{self, ConfigFile, SecretFile};
 use super::secret::{self, Secret};
-use super::{AppConfig, AppFingerprint, ClientConfig, Config, ListenAddr, Problem, UpstreamConfig};
+use super::{ClientConfig, Config, ListenAddr, Problem};
 use crate::routes::{RouteCredential, RouteTable};
 use network::{listen_addrs, oauth, upstream};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 /// Accumulates problems while validation goes on.
@@ -178,11 +178,23 @@ fn build(raw: ConfigFile, base: &Path, problems: &mut Problems) -> Option<Config
     let files = referenced_files(&raw, base);
     let secret_files = secret_files(&raw, base);
     let client_names: HashSet<&str> = clients.iter().map(|c| &*c.name).collect();
-    let routes = routes::routes(&raw.routes, &client_names, problems);
+    let api_version = raw
+        .api_version
+        .as_deref()
+        .and_then(|v| routes::api_version_header(v, "api_version", problems));
+    let raw_apps = apps::raw_apps(&raw, problems);
+    let app_names: Vec<&str> = raw_apps.iter().map(|(n, ..)| n.as_str()).collect();
+    let routes = routes::routes(
+        &raw.routes,
+        &client_names,
+        api_version.as_ref(),
+        &app_names,
+        problems,
+    );
     let needs_user = routes
         .iter()
         .any(|r| matches!(r.credential, RouteCredential::User(_)));
-    let app = app(&raw.app, base, upstream.as_ref(), needs_user, problems);
+    let apps = apps::apps(&raw_apps, base, upstream.as_ref(), &routes, problems);
     let oauth = oauth(&raw, upstream.as_ref(), needs_user, problems);
     let (store_path, store_redis) = super::store::store(raw.store.as_ref(), base, problems);
     if needs_user && raw.store.is_none() {
@@ -206,7 +218,8 @@ fn build(raw: ConfigFile, base: &Path, problems: &mut Problems) -> Option<Config
         files,
         secret_files,
         upstream: upstream?,
-        app: Arc::new(app?),
+        app: apps.first()?.clone(),
+        apps,
         oauth,
         store_path,
         store_redis,
@@ -233,8 +246,12 @@ fn referenced_files(raw: &ConfigFile, base: &Path) -> Vec<PathBuf> {
 /// Files secrets are read from, resolved.
 fn secret_files(raw: &ConfigFile, base: &Path) -> Vec<PathBuf> {
     let store = raw.store.as_ref();
-    let secrets = std::iter::once(&raw.app.private_key)
-        .chain(raw.app.client_secret.as_ref())
+    let apps = raw
+        .app
+        .iter()
+        .chain(raw.apps.iter().flat_map(|a| a.values()));
+    let secrets = apps
+        .flat_map(|a| std::iter::once(&a.private_key).chain(a.client_secret.as_ref()))
         .chain(store.and_then(|s| s.redis.as_ref()).map(|r| &r.url))
         .chain(store.and_then(|s| s.encryption_key.as_ref()))
         .chain(raw.clients.iter().flatten().map(|c| &c.key));
@@ -299,67 +316,4 @@ fn clients(raw: &[file::ClientFile], base: &Path, problems: &mut Problems) -> Ve
         }
     }
     out
-}
-
-fn app(
-    raw: &file::AppFile,
-    base: &Path,
-    upstream: Option<&UpstreamConfig>,
-    needs_user: bool,
-    problems: &mut Problems,
-) -> Option<AppConfig> {
-    let id = match &raw.id {
-        file::AppId::Number(n) => Some(*n),
-        file::AppId::Text(t) => t.trim().parse().ok().or_else(|| {
-            problems.add("app.id", "expected a numeric app id like 75");
-            None
-        }),
-    };
-    let pem = secret(&raw.private_key, "app.private_key", base, problems);
-    let key = pem.as_ref().and_then(|pem| parse_key(pem, problems));
-    // Only user routes use the client secret: an installation-only config
-    // (the example as shipped) must not fail on an unset variable.
-    let client_secret = raw
-        .client_secret
-        .as_ref()
-        .filter(|_| needs_user)
-        .and_then(|s| secret(s, "app.client_secret", base, problems));
-    if needs_user {
-        if raw.client_id.is_none() {
-            problems.add("app.client_id", "is required when a route has `user:`");
-        }
-        if raw.client_secret.is_none() {
-            problems.add("app.client_secret", "is required when a route has `user:`");
-        }
-    }
-    let (id, key, pem) = (id?, key?, pem?);
-    let upstream_base = upstream.map(UpstreamConfig::base_url).unwrap_or_default();
-    Some(AppConfig {
-        id,
-        key,
-        fingerprint: AppFingerprint::of(id, &upstream_base, &pem),
-        client_id: raw.client_id.clone(),
-        client_secret,
-    })
-}
-
-/// Parses the PEM and signs one throwaway JWT, so a key the signer cannot use
-/// (wrong type, truncated) fails at load instead of on the first request.
-fn parse_key(pem: &Secret, problems: &mut Problems) -> Option<jsonwebtoken::EncodingKey> {
-    let key = match jsonwebtoken::EncodingKey::from_rsa_pem(pem.expose().as_bytes()) {
-        Ok(k) => k,
-        // The PEM parser's errors can quote the armour's label: not shown.
-        Err(_) => {
-            problems.add("app.private_key", keys::why_not_rsa_private(pem.expose()));
-            return None;
-        }
-    };
-    let header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
-    match jsonwebtoken::encode(&header, &serde_json::json!({"probe": true}), &key) {
-        Ok(_) => Some(key),
-        Err(_) => {
-            problems.add("app.private_key", "cannot sign an RS256 JWT with this key");
-            None
-        }
-    }
 }

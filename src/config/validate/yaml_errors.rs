@@ -87,7 +87,7 @@ pub(super) fn diagnose(e: &serde_yaml::Error, text: &str) -> (Problem, Fix) {
         .strip_prefix("data did not match any variant of untagged enum ")
         .and_then(untagged_field)
     {
-        path = field.to_owned();
+        path = under_apps(field, text).unwrap_or_else(|| field.to_owned());
         line = None;
     }
     let found = match fault {
@@ -190,8 +190,12 @@ pub(super) fn diagnose(e: &serde_yaml::Error, text: &str) -> (Problem, Fix) {
 
 /// `routes[3].match.host` as `routes[].match.host`.
 pub(super) fn shape_of(path: &str) -> String {
-    let shape: String = parse_path(path)
-        .unwrap_or_default()
+    let mut segs = parse_path(path).unwrap_or_default();
+    // `apps.NAME.FIELD` has the fields of `app.FIELD`, and its words.
+    if let [Seg::Key("apps"), Seg::Key(_), ..] = &segs[..] {
+        segs.splice(0..2, [Seg::Key("app")]);
+    }
+    let shape: String = segs
         .iter()
         .map(|s| match s {
             Seg::Key(k) => format!(".{k}"),
@@ -296,6 +300,20 @@ fn wrong(expected: Option<&str>, found: Option<&str>) -> String {
     }
 }
 
+/// `app.id` written under `apps:`: the `apps.NAME.id` that is neither a
+/// number nor a text (the untagged enum's error does not say which app).
+fn under_apps(field: &str, text: &str) -> Option<String> {
+    let rest = field.strip_prefix("app.")?;
+    let doc: Value = serde_yaml::from_str(text).ok()?;
+    let apps = doc.get("apps")?.as_mapping()?;
+    apps.iter().find_map(|(name, app)| {
+        let value = app.get(rest)?;
+        let wrong = !(value.is_number() || value.is_string());
+        let name = safe_name(name.as_str()?)?;
+        wrong.then(|| format!("apps.{name}.{rest}"))
+    })
+}
+
 /// The field an untagged enum stands for (its errors carry no path).
 fn untagged_field(type_name: &str) -> Option<&'static str> {
     Some(match type_name {
@@ -314,12 +332,15 @@ fn expected_phrase(path: &str, serde_expected: Option<&str>) -> Option<&'static 
     let by_field = match shape.as_str() {
         "app.private_key" | "app.client_secret" | "clients[].key" => Some(SECRET_SHAPE),
         "app.id" => Some("a numeric app id like 75"),
+        "api_version" => Some(r#"an API version like "2023-02-21" (printable ASCII, no spaces)"#),
         "unix_socket_mode" => Some(r#"an octal file mode like "0660""#),
         "limits.max_header_bytes" => Some("a size like 64KiB or 65536"),
         "cache" | "cache.max_bytes" | "cache.max_entry_bytes" => {
             Some("sizes like 64MiB or 1048576 (max_bytes, max_entry_bytes)")
         }
-        "routes[].installation" => Some("auto, { id: N } or { account: NAME }"),
+        "routes[].installation" => Some(
+            "auto, { id: N } or { account: NAME } (optionally with repositories: [...] and permissions: { NAME: read|write })",
+        ),
         "routes[].user" => Some("a user name"),
         s if s.ends_with(".file") => Some("a file path"),
         s if s.ends_with(".env") => Some("an environment variable name"),
@@ -484,8 +505,9 @@ mod tests {
         assert_eq!(
             shown("bogus_setting: 1\n"),
             "line 4: (top level): unknown field `bogus_setting`; expected one of: listen, upstream, \
-             upstream_ca_file, app, oauth, store, clients, unix_socket_mode, allow_unauthenticated, \
-             tokens, timeouts, limits, allowed_origins, allowed_hosts, quota, cache, routes, audit"
+             upstream_ca_file, app, apps, oauth, store, clients, unix_socket_mode, \
+             allow_unauthenticated, tokens, timeouts, limits, allowed_origins, allowed_hosts, \
+             api_version, quota, cache, routes, audit"
         );
         assert_eq!(
             shown("limits: { max_connections: -1 }\n"),
@@ -499,8 +521,7 @@ mod tests {
             shown(
                 "routes:\n  - name: a\n    match: { path_prefix: /a }\n    installation: { acount: x }\n"
             ),
-            "line 7: routes[0] (a).installation: `acount` is not a known key here; \
-             expected auto, { id: N } or { account: NAME }"
+            "line 7: routes[0] (a).installation: unknown field `acount`; did you mean `account`?"
         );
     }
 
