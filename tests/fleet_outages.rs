@@ -176,34 +176,9 @@ async fn a_replica_killed_mid_refresh_blocks_the_others_only_for_the_lease() {
             l.local_addr().expect("an address")
         };
         let config = fleet.extra_config(addr, &fake, &redis.url(), PREFIX);
-        let mut process = tokio::process::Command::new(env!("CARGO_BIN_EXE_atomgit-proxy"))
-            .args(["--log-format", "json", "serve", "-c"])
-            .arg(&config)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("run atomgit-proxy serve");
+        let mut process = common::process::serve(&config, None);
         let process_url = format!("http://{addr}/as/alice/user");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while common::try_send(
-            &fleet.client,
-            common::request(
-                http::Method::GET,
-                &format!("http://{addr}/_proxy/healthz"),
-                &[],
-                common::full(""),
-            ),
-        )
-        .await
-        .is_err()
-        {
-            assert!(
-                Instant::now() < deadline,
-                "the replica process did not start"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        common::process::wait_healthy(&addr.to_string()).await;
         log_in_across(&fleet, &fake, 0).await;
         // The token runs out; the process replica starts a refresh that hangs.
         tokio::time::sleep(Duration::from_secs(4)).await;

@@ -3,16 +3,17 @@
 
 mod common;
 
+use common::process::{
+    exit_and_stderr, serve_logged, signal, try_get, wait_for_reload, wait_healthy,
+};
 use common::*;
 use http::StatusCode;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
-use tokio::io::AsyncReadExt;
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
 const ROUTES: &str = "
 - name: yanqianyu
@@ -38,99 +39,30 @@ fn write_config(dir: &Path, upstream: &str, listen: &str, extra: &str, routes: &
     path
 }
 
-fn serve(config: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_atomgit-proxy"))
-        .args(["--log-format", "json", "serve", "-c"])
-        .arg(config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap()
-}
-
-fn signal(child: &Child, name: &str) {
-    let pid = child.id().unwrap().to_string();
-    let ok = std::process::Command::new("kill")
-        .args(["-s", name, &pid])
-        .status()
-        .unwrap();
-    assert!(ok.success());
-}
-
-async fn get(addr: &str, path: &str) -> Option<Reply> {
-    let url = format!("http://{addr}{path}");
-    try_send(&client(), request(http::Method::GET, &url, &[], full("")))
-        .await
-        .ok()
-}
-
-async fn wait_healthy(addr: &str) {
-    bounded(30, "the proxy to come up", async {
-        loop {
-            if get(addr, "/_proxy/healthz")
-                .await
-                .is_some_and(|r| r.status == StatusCode::OK)
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-}
-
-async fn stderr_of(mut child: Child) -> (std::process::ExitStatus, String) {
-    let status = bounded(40, "the proxy to exit", child.wait())
-        .await
-        .unwrap();
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .await
-        .unwrap();
-    (status, err)
-}
-
-fn reloads_ok(metrics: &str) -> u64 {
-    metrics
-        .lines()
-        .find(|l| {
-            l.starts_with("atomgit_proxy_config_reloads_total") && l.contains("outcome=\"ok\"")
-        })
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0)
-}
-
 #[tokio::test]
 async fn sighup_reloads_and_sigterm_drains_then_exits_zero() {
     let fake = start_fake(&[(14, "yanqianyu")], Duration::from_secs(3600)).await;
     let dir = tempfile::tempdir().unwrap();
     let addr = format!("127.0.0.1:{}", dead_port());
     let config = write_config(dir.path(), &fake.url(), &addr, "", ROUTES);
-    let child = serve(&config);
+    let child = serve_logged(&config);
     wait_healthy(&addr).await;
     assert_eq!(
-        get(&addr, "/orgs/yanqianyu/repos").await.unwrap().status,
+        try_get(&addr, "/orgs/yanqianyu/repos")
+            .await
+            .unwrap()
+            .status,
         StatusCode::OK
     );
 
     // The file is unchanged, so only SIGHUP can cause this reload.
     signal(&child, "HUP");
-    bounded(10, "SIGHUP reload", async {
-        while reloads_ok(&get(&addr, "/_proxy/metrics").await.unwrap().text()) < 1 {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await;
+    wait_for_reload(&addr, "ok").await;
     assert_eq!(fake.mints_for(14), 1, "the reload minted nothing");
 
     // A request in flight when SIGTERM arrives still completes.
     let slow_addr = addr.clone();
-    let in_flight = tokio::spawn(async move { get(&slow_addr, "/slow/1500").await });
+    let in_flight = tokio::spawn(async move { try_get(&slow_addr, "/slow/1500").await });
     tokio::time::sleep(Duration::from_millis(300)).await;
     signal(&child, "TERM");
     let reply = bounded(20, "the in-flight request", in_flight)
@@ -138,7 +70,7 @@ async fn sighup_reloads_and_sigterm_drains_then_exits_zero() {
         .unwrap()
         .unwrap();
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
-    let (status, stderr) = stderr_of(child).await;
+    let (status, stderr) = exit_and_stderr(child).await;
     assert!(status.success(), "exit status {status:?}\n{stderr}");
     assert!(
         stderr.contains("SIGHUP received") && stderr.contains("SIGTERM received"),
@@ -158,7 +90,7 @@ async fn a_public_listener_without_clients_refuses_to_start() {
         "",
         ROUTES,
     );
-    let (status, stderr) = stderr_of(serve(&config)).await;
+    let (status, stderr) = exit_and_stderr(serve_logged(&config)).await;
     assert_eq!(status.code(), Some(2), "{stderr}");
     assert!(
         stderr.contains("listen[0]") && stderr.contains("allow_unauthenticated: true"),
@@ -178,10 +110,10 @@ async fn allow_unauthenticated_starts_with_a_warning() {
         "allow_unauthenticated: true\n",
         ROUTES,
     );
-    let child = serve(&config);
+    let child = serve_logged(&config);
     wait_healthy(&format!("127.0.0.1:{port}")).await;
     signal(&child, "TERM");
-    let (status, stderr) = stderr_of(child).await;
+    let (status, stderr) = exit_and_stderr(child).await;
     assert!(status.success(), "{stderr}");
     assert!(
         stderr.contains("WARN") && stderr.contains("allow_unauthenticated"),
@@ -215,7 +147,7 @@ async fn a_unix_socket_listener_serves_with_its_mode_and_is_removed_on_exit() {
     drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
     assert!(socket.exists());
     let config = write_config(dir.path(), &fake.url(), "unix:proxy.sock", "", ROUTES);
-    let child = serve(&config);
+    let child = serve_logged(&config);
     bounded(30, "the socket to answer", async {
         while tokio::net::UnixStream::connect(&socket).await.is_err() {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -230,7 +162,7 @@ async fn a_unix_socket_listener_serves_with_its_mode_and_is_removed_on_exit() {
     let (status, _) = get_unix(&socket, "/_proxy/healthz").await;
     assert_eq!(status, StatusCode::OK);
     signal(&child, "TERM");
-    let (status, stderr) = stderr_of(child).await;
+    let (status, stderr) = exit_and_stderr(child).await;
     assert!(status.success(), "{stderr}");
     assert!(!socket.exists(), "the socket file is removed on shutdown");
     fake.shutdown();
@@ -246,7 +178,7 @@ async fn the_unix_socket_mode_is_configurable() {
         "unix_socket_mode: \"0600\"\n",
         ROUTES,
     );
-    let child = serve(&config);
+    let child = serve_logged(&config);
     let socket = dir.path().join("p.sock");
     bounded(30, "the socket to appear", async {
         while tokio::net::UnixStream::connect(&socket).await.is_err() {
@@ -259,7 +191,7 @@ async fn the_unix_socket_mode_is_configurable() {
         0o600
     );
     signal(&child, "TERM");
-    let (status, stderr) = stderr_of(child).await;
+    let (status, stderr) = exit_and_stderr(child).await;
     assert!(status.success(), "{stderr}");
 }
 
@@ -295,7 +227,7 @@ async fn a_corrupt_grant_store_stops_the_start_and_is_left_alone() {
         "{check_err}"
     );
 
-    let (status, stderr) = stderr_of(serve(&config)).await;
+    let (status, stderr) = exit_and_stderr(serve_logged(&config)).await;
     assert_eq!(status.code(), Some(2), "{stderr}");
     assert!(
         stderr.contains("not a valid grant file") && stderr.contains("left untouched"),
@@ -308,16 +240,6 @@ async fn a_corrupt_grant_store_stops_the_start_and_is_left_alone() {
     );
 }
 
-fn reloads_failed(metrics: &str) -> u64 {
-    metrics
-        .lines()
-        .find(|l| {
-            l.starts_with("atomgit_proxy_config_reloads_total") && l.contains("outcome=\"error\"")
-        })
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0)
-}
-
 #[tokio::test]
 async fn a_reload_with_an_inline_key_logs_and_shows_no_key_and_open_files_are_warned() {
     let fake = start_fake(&[(14, "yanqianyu")], Duration::from_secs(3600)).await;
@@ -326,7 +248,7 @@ async fn a_reload_with_an_inline_key_logs_and_shows_no_key_and_open_files_are_wa
     let config = write_config(dir.path(), &fake.url(), &addr, "", ROUTES);
     let key = dir.path().join("app.pem");
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let child = serve(&config);
+    let child = serve_logged(&config);
     wait_healthy(&addr).await;
 
     // The typo: the PEM itself where `{ value: ... }` belongs.
@@ -336,20 +258,15 @@ async fn a_reload_with_an_inline_key_logs_and_shows_no_key_and_open_files_are_wa
         .replace("{ file: app.pem }", &pem);
     std::fs::write(&config, text).unwrap();
     signal(&child, "HUP");
-    bounded(10, "the failed reload", async {
-        while reloads_failed(&get(&addr, "/_proxy/metrics").await.unwrap().text()) < 1 {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await;
-    let ready = get(&addr, "/_proxy/readyz").await.unwrap();
+    wait_for_reload(&addr, "error").await;
+    let ready = try_get(&addr, "/_proxy/readyz").await.unwrap();
     assert_eq!(ready.status, StatusCode::OK, "the old config serves");
     let body = ready.text();
     assert!(body.contains("app.private_key"), "{body}");
     assert_no_secret(&body);
 
     signal(&child, "TERM");
-    let (status, stderr) = stderr_of(child).await;
+    let (status, stderr) = exit_and_stderr(child).await;
     assert!(status.success(), "{stderr}");
     assert!(
         stderr.contains("config reload failed") && stderr.contains("app.private_key"),

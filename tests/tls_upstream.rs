@@ -8,6 +8,7 @@
 
 mod common;
 
+use common::process::{serve, signal, wait_for_reload, wait_healthy};
 use common::*;
 use http::{Method, StatusCode};
 use rcgen::{
@@ -16,12 +17,10 @@ use rcgen::{
 use sha2::{Digest, Sha256};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::process::{Child, Command};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -180,45 +179,6 @@ async fn mint_forward_reuse_upload(
     assert_eq!(json["bytes"], 3 << 20, "{json}");
 }
 
-async fn wait_healthy(addr: &str) {
-    bounded(30, "the proxy to come up", async {
-        let client = client();
-        loop {
-            let req = request(Method::GET, &at(addr, "/_proxy/healthz"), &[], full(""));
-            if try_send(&client, req)
-                .await
-                .is_ok_and(|r| r.status == StatusCode::OK)
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-}
-
-fn serve(config: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_atomgit-proxy"))
-        .args(["--log-format", "json", "serve", "-c"])
-        .arg(config)
-        .env("ATOMGIT_PROXY_WORKERS", "2")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start the binary")
-}
-
-fn reloads_ok(metrics: &str) -> u64 {
-    metrics
-        .lines()
-        .find(|l| {
-            l.starts_with("atomgit_proxy_config_reloads_total") && l.contains("outcome=\"ok\"")
-        })
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0)
-}
-
 #[tokio::test]
 async fn the_binary_on_two_workers_talks_http1_over_tls_and_refuses_an_untrusted_cert() {
     let fake = start_fake(&[(14, "yanqianyu")], Duration::from_secs(3600)).await;
@@ -230,7 +190,7 @@ async fn the_binary_on_two_workers_talks_http1_over_tls_and_refuses_an_untrusted
     let addr = format!("127.0.0.1:{}", dead_port());
     let config = dir.path().join("config.yaml");
     std::fs::write(&config, yaml(&addr, &front.url(), "ca.pem")).expect("write config");
-    let child = serve(&config);
+    let child = serve(&config, Some("2"));
     wait_healthy(&addr).await;
 
     mint_forward_reuse_upload(&addr, &fake, &front, http::Version::HTTP_11).await;
@@ -239,24 +199,9 @@ async fn the_binary_on_two_workers_talks_http1_over_tls_and_refuses_an_untrusted
     // token is still good, so the forward itself fails, quickly.
     std::fs::write(dir.path().join("other-ca.pem"), new_ca().pem).expect("write CA");
     std::fs::write(&config, yaml(&addr, &front.url(), "other-ca.pem")).expect("write config");
-    let pid = child.id().expect("a running child").to_string();
-    let hup = std::process::Command::new("kill")
-        .args(["-s", "HUP", &pid])
-        .status()
-        .expect("kill");
-    assert!(hup.success());
+    signal(&child, "HUP");
+    wait_for_reload(&addr, "ok").await;
     let client = client();
-    bounded(10, "the reload", async {
-        while reloads_ok(
-            &get(&client, &at(&addr, "/_proxy/metrics"), &[])
-                .await
-                .text(),
-        ) < 1
-        {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await;
     let reply = bounded(
         15,
         "an answer despite the untrusted certificate",

@@ -5,12 +5,12 @@
 
 mod common;
 
+use common::process::{self, signal, try_get, wait_for_reload, wait_healthy};
 use common::*;
 use http::StatusCode;
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
 const ROUTES: &str = "
 - name: slow
@@ -36,35 +36,7 @@ fn write_config(dir: &Path, upstream: &str, listen: &str) -> std::path::PathBuf 
 }
 
 fn serve(dir: &Path, upstream: &str, listen: &str, workers: &str) -> Child {
-    let config = write_config(dir, upstream, listen);
-    Command::new(env!("CARGO_BIN_EXE_atomgit-proxy"))
-        .args(["--log-format", "json", "serve", "-c"])
-        .arg(&config)
-        .env("ATOMGIT_PROXY_WORKERS", workers)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap()
-}
-
-async fn get(addr: &str, path: &str) -> Option<Reply> {
-    let url = format!("http://{addr}{path}");
-    try_send(&client(), request(http::Method::GET, &url, &[], full("")))
-        .await
-        .ok()
-}
-
-async fn wait_healthy(addr: &str) {
-    bounded(30, "the proxy to come up", async {
-        while get(addr, "/_proxy/healthz")
-            .await
-            .is_none_or(|r| r.status != StatusCode::OK)
-        {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
+    process::serve(&write_config(dir, upstream, listen), Some(workers))
 }
 
 /// Each worker thread's id and how often it has woken up (`voluntary_ctxt_switches`):
@@ -104,7 +76,7 @@ async fn every_worker_serves_and_sigterm_drains_them_all() {
     let requests: Vec<_> = (0..6)
         .map(|_| {
             let addr = addr.clone();
-            tokio::spawn(async move { get(&addr, "/slow/1500").await })
+            tokio::spawn(async move { try_get(&addr, "/slow/1500").await })
         })
         .collect();
     bounded(10, "the slow requests reach the fake", async {
@@ -128,11 +100,7 @@ async fn every_worker_serves_and_sigterm_drains_them_all() {
     }
 
     // SIGTERM with requests in flight on every worker: all of them finish.
-    let ok = std::process::Command::new("kill")
-        .args(["-s", "TERM", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(ok.success());
+    signal(&child, "TERM");
     for request in requests {
         let reply = bounded(20, "an in-flight request", request)
             .await
@@ -155,19 +123,9 @@ async fn zero_workers_serve_on_the_main_runtime() {
     let child = serve(dir.path(), &fake.url(), &addr, "0");
     wait_healthy(&addr).await;
     assert!(workers_of(child.id().unwrap()).is_empty());
-    let reply = get(&addr, "/slow/10").await.unwrap();
+    let reply = try_get(&addr, "/slow/10").await.unwrap();
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
     fake.shutdown();
-}
-
-fn reloads_ok(metrics: &str) -> u64 {
-    metrics
-        .lines()
-        .find(|l| {
-            l.starts_with("atomgit_proxy_config_reloads_total") && l.contains("outcome=\"ok\"")
-        })
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0)
 }
 
 #[tokio::test]
@@ -179,22 +137,16 @@ async fn a_reload_to_another_upstream_leaves_the_workers_old_connections() {
     // One worker: the request after the reload meets the kept connection.
     let child = serve(dir.path(), &old.url(), &addr, "1");
     wait_healthy(&addr).await;
-    assert_eq!(get(&addr, "/slow/1").await.unwrap().status, StatusCode::OK);
+    assert_eq!(
+        try_get(&addr, "/slow/1").await.unwrap().status,
+        StatusCode::OK
+    );
 
     write_config(dir.path(), &new.url(), &addr);
     // The watcher sees the edit; SIGHUP makes sure.
-    let hup = std::process::Command::new("kill")
-        .args(["-s", "HUP", &child.id().unwrap().to_string()])
-        .status()
-        .unwrap();
-    assert!(hup.success());
-    bounded(10, "the reload", async {
-        while reloads_ok(&get(&addr, "/_proxy/metrics").await.unwrap().text()) < 1 {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await;
-    get(&addr, "/slow/2").await.unwrap();
+    signal(&child, "HUP");
+    wait_for_reload(&addr, "ok").await;
+    try_get(&addr, "/slow/2").await.unwrap();
     let seen = |fake: &atomgit_fake::FakeAtomGit, path: &str| {
         fake.api_requests().iter().any(|r| r.path == path)
     };

@@ -10,7 +10,8 @@
 //! - [`browser`]: a tiny cookie-keeping browser that follows the login's
 //!   redirects;
 //! - [`redis`]: a real `redis-server` on a free port, killable and
-//!   restartable; [`fleet`]: several proxies sharing it.
+//!   restartable; [`fleet`]: several proxies sharing it;
+//! - [`process`]: the built binary's `serve` as a child process.
 //!
 //! Each test binary compiles this module on its own (`mod common;`) and uses
 //! only part of it, hence the `dead_code` allowance.
@@ -20,6 +21,7 @@
 pub mod browser;
 pub mod fleet;
 mod http_client;
+pub mod process;
 pub mod redis;
 pub mod users;
 
