@@ -89,15 +89,7 @@ impl FileEnv {
     }
 
     fn reloads(&self, outcome: &str) -> u64 {
-        let text = self.running().shared().metrics.encode();
-        text.lines()
-            .find(|l| {
-                l.starts_with("atomgit_proxy_config_reloads_total")
-                    && l.contains(&format!("outcome=\"{outcome}\""))
-            })
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0)
+        common::process::reloads(&self.running().shared().metrics.encode(), outcome)
     }
 
     /// Polls until `path` answers `status` (bounded).

@@ -7,7 +7,7 @@
 //! callback of all replicas is replica 1's address ("B"), as a Service in
 //! front of a fleet would be one address for all.
 
-use super::{HttpClient, Reply, app_key, client, config_yaml_with, get};
+use super::{HttpClient, Reply, app_key, client, get};
 use atomgit_fake::{FakeAtomGit, FakeInstallation, FakeOAuth, FakeOptions};
 use atomgit_proxy::app::{self, Running};
 use atomgit_proxy::config::Config;
@@ -162,37 +162,19 @@ fn fleet_config(
     key_prefix: &str,
     extra: &str,
 ) -> String {
-    let defaults = FakeOAuth::default();
-    let upstream = fake.url();
-    config_yaml_with(
-        &addr.to_string(),
-        &upstream,
+    super::users::oauth_config_yaml(
+        addr,
+        callback,
+        fake,
         &format!(
             r#"
-            private_key: {{ file: app.pem }}
-            client_id: "{client_id}"
-            client_secret: {{ value: "{client_secret}" }}
-            "#,
-            client_id = defaults.client_id,
-            client_secret = defaults.client_secret,
-        ),
-        &(super::reindent(
-            &format!(
-                r#"
-            oauth:
-              authorize_url: {upstream}/login/oauth/authorize
-              redirect_uri: http://{callback}/_proxy/oauth/callback
-            store:
-              redis:
-                url: {{ value: "{redis_url}" }}
-                key_prefix: "{key_prefix}"
-              encryption_key: {{ file: store.key }}
-            timeouts:
-              shutdown: 5s
+            redis:
+              url: {{ value: "{redis_url}" }}
+              key_prefix: "{key_prefix}"
+            encryption_key: {{ file: store.key }}
             "#
-            ),
-            0,
-        ) + &super::reindent(extra, 0)),
+        ),
+        extra,
         "
         - name: yanqianyu
           match: { path_prefix: /orgs/yanqianyu }

@@ -6,7 +6,7 @@
 
 use super::browser::{Browser, Page};
 use super::{
-    HttpClient, Reply, app_key, client, config_yaml_with, fake_options, get, now_ms,
+    HttpClient, Reply, app_key, client, config_yaml_with, fake_options, get, now_ms, reindent,
     start_fake_with,
 };
 use atomgit_fake::{FakeAtomGit, FakeOAuth, FakeOptions, TokenOwner};
@@ -253,8 +253,44 @@ pub async fn start_oauth_fake(oauth: FakeOAuth) -> FakeAtomGit {
 /// The config: the proxy on `addr`, the fake as upstream and authorize page,
 /// the store in `state/`, and one user route.
 fn config_yaml(addr: SocketAddr, fake: &FakeAtomGit) -> String {
+    oauth_config_yaml(
+        addr,
+        addr,
+        fake,
+        "path: state/grants.json",
+        "",
+        "
+        - name: alice
+          match: { path_prefix: /as/alice }
+          strip_prefix: true
+          user: alice
+        ",
+    )
+}
+
+/// A config with the fake's OAuth client (the app key in `app.pem`): the
+/// proxy on `addr`, the fake as upstream and authorize page, the platform's
+/// callback to `callback`, `store` (the `store:` keys, any indentation), a
+/// 5 s shutdown, `extra` (more top-level YAML) and `routes`.
+pub fn oauth_config_yaml(
+    addr: SocketAddr,
+    callback: SocketAddr,
+    fake: &FakeAtomGit,
+    store: &str,
+    extra: &str,
+    routes: &str,
+) -> String {
     let defaults = FakeOAuth::default();
     let upstream = fake.url();
+    let top_level = format!(
+        "oauth:\n  authorize_url: {upstream}/login/oauth/authorize\n  \
+         redirect_uri: http://{callback}/_proxy/oauth/callback\n\
+         store:\n{store}\
+         timeouts:\n  shutdown: 5s\n\
+         {extra}",
+        store = reindent(store, 2),
+        extra = reindent(extra, 0),
+    );
     config_yaml_with(
         &addr.to_string(),
         &upstream,
@@ -267,23 +303,8 @@ fn config_yaml(addr: SocketAddr, fake: &FakeAtomGit) -> String {
             client_id = defaults.client_id,
             client_secret = defaults.client_secret,
         ),
-        &format!(
-            "
-            oauth:
-              authorize_url: {upstream}/login/oauth/authorize
-              redirect_uri: http://{addr}/_proxy/oauth/callback
-            store:
-              path: state/grants.json
-            timeouts:
-              shutdown: 5s
-            "
-        ),
-        "
-        - name: alice
-          match: { path_prefix: /as/alice }
-          strip_prefix: true
-          user: alice
-        ",
+        &top_level,
+        routes,
     )
 }
 
