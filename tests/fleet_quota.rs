@@ -5,7 +5,7 @@
 
 mod common;
 
-use atomgit_fake::{FakeRateLimit, TokenOwner};
+use atomgit_fake::TokenOwner;
 use atomgit_proxy::config::{AppFingerprint, Secret};
 use atomgit_proxy::credentials::CacheKey;
 use atomgit_proxy::quota::backend::{QuotaBackend, Refusal};
@@ -14,6 +14,7 @@ use atomgit_proxy::quota::{Rate, RateLimit};
 use atomgit_proxy::store::keys::Keys;
 use atomgit_proxy::store::{StoreOpLabels, store_errors};
 use common::fleet::{Fleet, start_fleet_fake};
+use common::quota::{allow_six_per_second, arrivals, assert_at_most_six_per_second};
 use common::redis::RedisServer;
 use common::users::fake_oauth;
 use common::{Reply, bounded};
@@ -237,28 +238,6 @@ async fn with_redis_down_the_backend_keeps_a_local_bucket_and_counts_errors() {
     .await;
 }
 
-/// The most requests among `times` that fall within one second.
-fn most_in_one_second(mut times: Vec<Instant>) -> usize {
-    times.sort();
-    (0..times.len())
-        .map(|i| {
-            times[i..]
-                .iter()
-                .take_while(|t| **t - times[i] < Duration::from_secs(1))
-                .count()
-        })
-        .max()
-        .unwrap_or(0)
-}
-
-fn arrivals(fake: &atomgit_fake::FakeAtomGit) -> Vec<Instant> {
-    fake.api_requests()
-        .iter()
-        .filter(|r| r.path.starts_with("/orgs/yanqianyu"))
-        .map(|r| r.at)
-        .collect()
-}
-
 async fn spread(fleet: &Fleet, n: usize) -> Vec<Reply> {
     futures_util::future::join_all((0..n).map(|i| {
         let url = fleet.url(i % fleet.replicas.len(), &format!("/orgs/yanqianyu/r{i}"));
@@ -276,19 +255,11 @@ async fn three_replicas_share_one_bucket_per_credential() {
         let quota = "quota: { per_second: 5, burst: 1, max_wait: 20s }";
         let fleet = Fleet::start_with(3, &fake, &redis.url(), PREFIX, quota).await;
         // The platform refuses a seventh request in one second.
-        fake.set_rate_limit(FakeRateLimit {
-            limit: 1000,
-            window: HOUR,
-            per_second: Some(6),
-        });
+        allow_six_per_second(&fake);
         for r in spread(&fleet, 30).await {
             assert_eq!(r.status, StatusCode::OK, "{}", r.text());
         }
-        let most = most_in_one_second(arrivals(&fake));
-        assert!(
-            most <= 6,
-            "{most} requests reached the platform in one second"
-        );
+        assert_at_most_six_per_second(&fake, "/orgs/yanqianyu");
         fleet.shutdown().await;
     })
     .await;
@@ -307,7 +278,7 @@ async fn a_budget_spent_as_seen_by_one_replica_is_answered_locally_by_the_others
         fake.exhaust_budget(&TokenOwner::Installation(14));
         let first = fleet.get(0, "/orgs/yanqianyu/a").await;
         assert_eq!(first.status, StatusCode::FORBIDDEN, "{}", first.text());
-        let seen = arrivals(&fake).len();
+        let seen = arrivals(&fake, "/orgs/yanqianyu").len();
         for i in [1, 2, 1] {
             let reply = fleet.get(i, "/orgs/yanqianyu/b").await;
             reply.assert_proxy_error(StatusCode::TOO_MANY_REQUESTS, "rate_limited");
@@ -319,7 +290,7 @@ async fn a_budget_spent_as_seen_by_one_replica_is_answered_locally_by_the_others
             assert_eq!(reply.header("x-ratelimit-remaining"), Some("0"));
         }
         assert_eq!(
-            arrivals(&fake).len(),
+            arrivals(&fake, "/orgs/yanqianyu").len(),
             seen,
             "no request reached the platform"
         );
@@ -343,19 +314,11 @@ async fn with_redis_down_each_replica_still_spaces_its_own_requests() {
         assert_eq!(warm.status, StatusCode::OK, "{}", warm.text());
         tokio::time::sleep(Duration::from_secs(1)).await;
         redis.kill(false).await;
-        fake.set_rate_limit(FakeRateLimit {
-            limit: 1000,
-            window: HOUR,
-            per_second: Some(6),
-        });
+        allow_six_per_second(&fake);
         for r in spread(&fleet, 12).await {
             assert_eq!(r.status, StatusCode::OK, "{}", r.text());
         }
-        let most = most_in_one_second(arrivals(&fake));
-        assert!(
-            most <= 6,
-            "{most} requests reached the platform in one second"
-        );
+        assert_at_most_six_per_second(&fake, "/orgs/yanqianyu");
         let metrics = fleet.get(0, "/_proxy/metrics").await.text();
         assert!(
             metrics.contains(r#"atomgit_proxy_store_errors_total{op="quota_reserve"}"#),

@@ -5,10 +5,10 @@
 mod common;
 
 use atomgit_fake::{FakeRateLimit, TokenOwner};
+use common::quota::{allow_six_per_second, assert_at_most_six_per_second};
 use common::{EnvOptions, Reply, TestEnv, YANQIANYU_ROUTE, bounded};
 use http::StatusCode;
 use std::time::Duration;
-use tokio::time::Instant;
 
 const TWO_ROUTES: &str = "
 - name: yanqianyu
@@ -45,27 +45,14 @@ fn retry_after(reply: &Reply) -> u64 {
         .unwrap_or_else(|| panic!("no numeric Retry-After: {:?}", reply.headers))
 }
 
-/// The most requests among `times` that fall within one second.
-fn most_in_one_second(mut times: Vec<Instant>) -> usize {
-    times.sort();
-    (0..times.len())
-        .map(|i| {
-            times[i..]
-                .iter()
-                .take_while(|t| **t - times[i] < Duration::from_secs(1))
-                .count()
-        })
-        .max()
-        .unwrap_or(0)
-}
-
-fn arrival_times(env: &TestEnv, prefix: &str) -> Vec<Instant> {
-    env.fake
-        .api_requests()
-        .iter()
-        .filter(|r| r.path.starts_with(prefix))
-        .map(|r| r.at)
-        .collect()
+/// Thirty requests under `/orgs/yanqianyu` at once, to a platform that
+/// refuses a seventh request in one second.
+async fn thirty_at_once(env: &TestEnv) -> Vec<Reply> {
+    allow_six_per_second(&env.fake);
+    futures_util::future::join_all(
+        (0..30).map(|i| async move { env.get(&format!("/orgs/yanqianyu/r{i}")).await }),
+    )
+    .await
 }
 
 #[tokio::test]
@@ -196,25 +183,11 @@ async fn thirty_concurrent_requests_are_spaced_to_per_second() {
             YANQIANYU_ROUTE,
         )
         .await;
-        // The platform refuses a seventh request in one second.
-        env.fake.set_rate_limit(FakeRateLimit {
-            limit: 1000,
-            window: Duration::from_secs(3600),
-            per_second: Some(6),
-        });
-        let replies = futures_util::future::join_all((0..30).map(|i| {
-            let env = &env;
-            async move { env.get(&format!("/orgs/yanqianyu/r{i}")).await }
-        }))
-        .await;
+        let replies = thirty_at_once(&env).await;
         for r in &replies {
             assert_eq!(r.status, StatusCode::OK, "{}", r.text());
         }
-        let most = most_in_one_second(arrival_times(&env, "/orgs/yanqianyu"));
-        assert!(
-            most <= 6,
-            "{most} requests reached the platform in one second"
-        );
+        assert_at_most_six_per_second(&env.fake, "/orgs/yanqianyu");
         let metrics = env.get("/_proxy/metrics").await.text();
         assert!(
             metrics.contains("atomgit_proxy_quota_wait_seconds_count 30"),
@@ -233,18 +206,7 @@ async fn past_max_wait_requests_are_refused_and_none_exceed_the_rate() {
             YANQIANYU_ROUTE,
         )
         .await;
-        env.fake.set_rate_limit(FakeRateLimit {
-            limit: 1000,
-            window: Duration::from_secs(3600),
-            per_second: Some(6),
-        });
-        let replies = futures_util::future::join_all(
-            (0..30).map(|i| {
-                let env = &env;
-                async move { env.get(&format!("/orgs/yanqianyu/r{i}")).await }
-            }),
-        )
-        .await;
+        let replies = thirty_at_once(&env).await;
         let ok = replies.iter().filter(|r| r.status == StatusCode::OK).count();
         let refused: Vec<&Reply> = replies
             .iter()
@@ -257,8 +219,7 @@ async fn past_max_wait_requests_are_refused_and_none_exceed_the_rate() {
             assert!(retry_after(r) >= 1);
         }
         assert_eq!(seen_under(&env, "/orgs/yanqianyu"), ok);
-        let most = most_in_one_second(arrival_times(&env, "/orgs/yanqianyu"));
-        assert!(most <= 6, "{most} requests reached the platform in one second");
+        assert_at_most_six_per_second(&env.fake, "/orgs/yanqianyu");
         let metrics = env.get("/_proxy/metrics").await.text();
         let line = format!(
             r#"atomgit_proxy_quota_rejected_total{{credential="installation:14",reason="max_wait"}} {}"#,

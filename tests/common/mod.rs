@@ -11,7 +11,8 @@
 //!   redirects;
 //! - [`redis`]: a real `redis-server` on a free port, killable and
 //!   restartable; [`fleet`]: several proxies sharing it;
-//! - [`process`]: the built binary's `serve` as a child process.
+//! - [`process`]: the built binary's `serve` as a child process;
+//! - [`quota`]: a per-second limit on the fake and counting against it.
 //!
 //! Each test binary compiles this module on its own (`mod common;`) and uses
 //! only part of it, hence the `dead_code` allowance.
@@ -22,6 +23,7 @@ pub mod browser;
 pub mod fleet;
 mod http_client;
 pub mod process;
+pub mod quota;
 pub mod redis;
 pub mod users;
 
