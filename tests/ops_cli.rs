@@ -143,24 +143,31 @@ async fn login_wait_returns_once_the_user_has_logged_in() {
     .await;
 }
 
-#[tokio::test]
-async fn text_logs_carry_no_colour_codes_off_a_terminal() {
-    // `serve` warns (through the log) about a key file others can read,
-    // then fails to bind a port that is taken: a log line, then an exit.
+/// A config on which `serve` warns (through the log) about a key file others
+/// can read, then fails to bind its port, which is taken: the listener that
+/// holds the port, the folder (removed on drop) and the config's path.
+fn warning_config_on_a_taken_port() -> (std::net::TcpListener, tempfile::TempDir, std::path::PathBuf)
+{
+    use std::os::unix::fs::PermissionsExt;
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let dir = tempfile::tempdir().expect("a temp dir");
     let key = dir.path().join("app.pem");
     std::fs::write(&key, common::private_key_pem()).expect("write the key");
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
-    }
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
     let path = dir.path().join("p.yaml");
     let yaml = format!(
         "listen: [\"{}\"]\napp: {{ id: 1, private_key: {{ file: app.pem }} }}\n",
         taken.local_addr().expect("an address")
     );
     std::fs::write(&path, yaml).expect("write");
+    (taken, dir, path)
+}
+
+#[tokio::test]
+async fn text_logs_carry_no_colour_codes_off_a_terminal() {
+    // `serve` warns (through the log) about a key file others can read,
+    // then fails to bind a port that is taken: a log line, then an exit.
+    let (taken, _dir, path) = warning_config_on_a_taken_port();
     let config = path.display().to_string();
     let out = run_cli(&["--log-format", "text", "serve", "-c", &config]).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -176,20 +183,7 @@ async fn text_logs_carry_no_colour_codes_off_a_terminal() {
 /// `serve` on a taken port behind a pseudo-terminal (`script` from
 /// util-linux), with `NO_COLOR` set or not: what it writes.
 fn serve_on_a_terminal(no_color: Option<&str>) -> Option<String> {
-    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let dir = tempfile::tempdir().expect("a temp dir");
-    let key = dir.path().join("app.pem");
-    std::fs::write(&key, common::private_key_pem()).expect("write the key");
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
-    }
-    let path = dir.path().join("p.yaml");
-    let yaml = format!(
-        "listen: [\"{}\"]\napp: {{ id: 1, private_key: {{ file: app.pem }} }}\n",
-        taken.local_addr().expect("an address")
-    );
-    std::fs::write(&path, yaml).expect("write");
+    let (_taken, _dir, path) = warning_config_on_a_taken_port();
     let command = format!(
         "{} --log-format text serve -c {}",
         env!("CARGO_BIN_EXE_atomgit-proxy"),

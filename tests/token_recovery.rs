@@ -34,6 +34,19 @@ async fn metric(env: &TestEnv, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("no {name} in the metrics:\n{text}"))
 }
 
+/// A proxy routing `/upload` to installation 14, whose token (minted by a
+/// first request) the platform has since revoked.
+async fn upload_with_a_revoked_token() -> TestEnv {
+    let env = TestEnv::start(
+        "- name: up\n  match: { path_prefix: /upload }\n  installation: { id: 14 }\n",
+        &[(14, "yanqianyu")],
+    )
+    .await;
+    assert_eq!(env.get("/upload/warm").await.status, StatusCode::OK);
+    env.fake.revoke_all_tokens();
+    env
+}
+
 #[tokio::test]
 async fn a_revoked_token_is_replaced_by_one_mint_and_one_resend() {
     bounded(60, "revoked token", async {
@@ -108,13 +121,7 @@ async fn a_burst_of_refusals_of_one_token_mints_once() {
 #[tokio::test]
 async fn a_small_body_is_replayed_whole() {
     bounded(60, "small body replay", async {
-        let env = TestEnv::start(
-            "- name: up\n  match: { path_prefix: /upload }\n  installation: { id: 14 }\n",
-            &[(14, "yanqianyu")],
-        )
-        .await;
-        assert_eq!(env.get("/upload/warm").await.status, StatusCode::OK);
-        env.fake.revoke_all_tokens();
+        let env = upload_with_a_revoked_token().await;
         let body = vec![7u8; 40_000];
         let reply = env
             .request(Method::POST, "/upload", &[], body.clone())
@@ -140,13 +147,7 @@ fn streamed(chunks: usize) -> common::ReqBody {
 #[tokio::test]
 async fn a_streaming_post_is_not_replayed() {
     bounded(60, "streaming body", async {
-        let env = TestEnv::start(
-            "- name: up\n  match: { path_prefix: /upload }\n  installation: { id: 14 }\n",
-            &[(14, "yanqianyu")],
-        )
-        .await;
-        assert_eq!(env.get("/upload/warm").await.status, StatusCode::OK);
-        env.fake.revoke_all_tokens();
+        let env = upload_with_a_revoked_token().await;
         // 256 KiB of chunks, no Content-Length: past what is kept for a resend.
         let reply = send(
             &env.client,
