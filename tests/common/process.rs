@@ -41,6 +41,16 @@ pub fn serve_logged(config: &Path) -> Child {
         .expect("run atomgit-proxy serve")
 }
 
+/// [`serve_logged`] with extra environment variables (e.g. `SSL_CERT_FILE`).
+pub fn serve_logged_with_env(config: &Path, env: &[(&str, &str)]) -> Child {
+    let mut command = serve_command(config, None);
+    command.envs(env.iter().copied());
+    command
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run atomgit-proxy serve")
+}
+
 /// Sends the signal `name` (`HUP`, `TERM`) to `child`.
 pub fn signal(child: &Child, name: &str) {
     let pid = child.id().expect("a running child").to_string();

@@ -4,6 +4,9 @@
 //! It keeps nothing on disk by itself (`--save ""`, no AOF); [`RedisServer::kill`]
 //! can `SAVE` first, so a restart comes back with the data, as a Redis with
 //! persistence does after a crash.
+//!
+//! [`RedisServer::start_tls`] runs it with TLS only and a password, for
+//! `rediss://` (issue 9).
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -16,11 +19,30 @@ pub struct RedisServer {
     pub port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    tls: Option<Tls>,
+}
+
+/// What a TLS-only server runs with: its PEM files and the password.
+pub struct Tls {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub ca_pem: String,
+    pub password: String,
 }
 
 impl RedisServer {
     /// Starts a server and waits until it answers.
     pub async fn start() -> RedisServer {
+        RedisServer::start_with(None).await
+    }
+
+    /// A server with TLS only (`--port 0`, no client certificates) and
+    /// `--requirepass`; [`RedisServer::connection`] trusts `tls.ca_pem`.
+    pub async fn start_tls(tls: Tls) -> RedisServer {
+        RedisServer::start_with(Some(tls)).await
+    }
+
+    async fn start_with(tls: Option<Tls>) -> RedisServer {
         let port = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
             l.local_addr().expect("an address").port()
@@ -29,14 +51,25 @@ impl RedisServer {
             port,
             dir: tempfile::tempdir().expect("a folder for redis"),
             child: None,
+            tls,
         };
+        if let Some(tls) = &server.tls {
+            let dir = server.dir.path();
+            std::fs::write(dir.join("server.crt"), &tls.cert_pem).expect("write server.crt");
+            std::fs::write(dir.join("server.key"), &tls.key_pem).expect("write server.key");
+            std::fs::write(dir.join("ca.crt"), &tls.ca_pem).expect("write ca.crt");
+        }
         server.spawn().await;
         server
     }
 
-    /// `redis://127.0.0.1:PORT/0`.
+    /// `redis://127.0.0.1:PORT/0`; with TLS `rediss://:PASSWORD@localhost:PORT/0`
+    /// (the name the certificate carries).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        match &self.tls {
+            None => format!("redis://127.0.0.1:{}/0", self.port),
+            Some(tls) => format!("rediss://:{}@localhost:{}/0", tls.password, self.port),
+        }
     }
 
     pub fn dir(&self) -> PathBuf {
@@ -44,8 +77,23 @@ impl RedisServer {
     }
 
     async fn spawn(&mut self) {
-        let child = Command::new(REDIS_SERVER)
-            .args(["--port", &self.port.to_string()])
+        let mut command = Command::new(REDIS_SERVER);
+        if let Some(tls) = &self.tls {
+            let dir = self.dir.path();
+            command
+                .args(["--port", "0", "--tls-port", &self.port.to_string()])
+                .arg("--tls-cert-file")
+                .arg(dir.join("server.crt"))
+                .arg("--tls-key-file")
+                .arg(dir.join("server.key"))
+                .arg("--tls-ca-cert-file")
+                .arg(dir.join("ca.crt"))
+                .args(["--tls-auth-clients", "no"])
+                .args(["--requirepass", &tls.password]);
+        } else {
+            command.args(["--port", &self.port.to_string()]);
+        }
+        let child = command
             .args(["--bind", "127.0.0.1"])
             .arg("--dir")
             .arg(self.dir.path())
@@ -77,9 +125,17 @@ impl RedisServer {
 
     /// A plain connection for the test's own looks into Redis.
     pub async fn connection(&self) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
-        redis::Client::open(self.url())?
-            .get_multiplexed_async_connection()
-            .await
+        let client = match &self.tls {
+            None => redis::Client::open(self.url())?,
+            Some(tls) => redis::Client::build_with_tls(
+                self.url(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(tls.ca_pem.as_bytes().to_vec()),
+                },
+            )?,
+        };
+        client.get_multiplexed_async_connection().await
     }
 
     /// Kills the server with SIGKILL; with `save`, it writes its data to
