@@ -176,6 +176,33 @@ async fn a_429_with_retry_after_is_passed_on_once_and_held_to() {
 }
 
 #[tokio::test]
+async fn requests_queued_behind_a_slow_mint_still_leave_spaced() {
+    bounded(40, "a slow mint, then 12 requests at 5 per second", async {
+        let env = env(
+            "quota: { per_second: 5, burst: 1, max_wait: 10s }",
+            YANQIANYU_ROUTE,
+        )
+        .await;
+        allow_six_per_second(&env.fake);
+        // The first mint takes 1.5 s: slots taken while it runs would all
+        // be due by the time the token lands, and leave together.
+        env.fake.set_mint_delay(Some(Duration::from_millis(1500)));
+        let callers = &env;
+        let replies = futures_util::future::join_all(
+            (0..12).map(|i| async move { callers.get(&format!("/orgs/yanqianyu/m{i}")).await }),
+        )
+        .await;
+        for r in &replies {
+            assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        }
+        assert_eq!(env.fake.mints_for(14), 1, "one mint for the burst");
+        assert_at_most_six_per_second(&env.fake, "/orgs/yanqianyu");
+        env.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn thirty_concurrent_requests_are_spaced_to_per_second() {
     bounded(40, "30 requests at 5 per second", async {
         let env = env(

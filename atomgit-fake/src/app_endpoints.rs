@@ -43,6 +43,10 @@ pub(super) async fn handle(shared: &FakeState, req: Request<Incoming>) -> Resp {
         Some(id) if method == Method::POST => {
             // Small JSON; bounded so a bad caller cannot grow the fake.
             let body = Limited::new(body, 64 * 1024).collect().await;
+            let delay = shared.lock().mint_delay;
+            if let Some(delay) = delay {
+                tokio::time::sleep(delay).await;
+            }
             match body {
                 Ok(body) => mint(shared, id, headers, &body.to_bytes()),
                 Err(_) => respond::message(StatusCode::BAD_REQUEST, "unreadable body"),

@@ -228,6 +228,7 @@ impl FakeAtomGit {
             access_lifetime: opts.oauth.access_lifetime,
             failure: None,
             oauth_delay: None,
+            mint_delay: None,
             tokens: HashMap::new(),
             codes: HashMap::new(),
             refresh: HashMap::new(),
@@ -337,6 +338,12 @@ impl FakeAtomGit {
     /// request; `None` restores normal speed.
     pub fn set_oauth_delay(&self, delay: Option<Duration>) {
         self.shared.lock().oauth_delay = delay;
+    }
+
+    /// `Some(d)`: an installation token mint waits `d` before it answers
+    /// (a slow platform); `None` restores normal speed.
+    pub fn set_mint_delay(&self, delay: Option<Duration>) {
+        self.shared.lock().mint_delay = delay;
     }
 
     /// Lifetime of `ats_` tokens minted from now on.

@@ -62,6 +62,8 @@ pub(super) struct Inner {
     /// The OAuth token endpoint waits this long before answering (a slow
     /// platform, so a test can stop a proxy in the middle of a refresh).
     pub oauth_delay: Option<Duration>,
+    /// How long an installation token mint waits before it answers.
+    pub mint_delay: Option<Duration>,
     pub tokens: HashMap<String, TokenRecord>,
     pub codes: HashMap<String, CodeRecord>,
     pub refresh: HashMap<String, RefreshRecord>,

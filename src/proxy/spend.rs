@@ -3,7 +3,8 @@
 //!
 //! In order: a credential whose budget is spent is answered 429 here; a
 //! cacheable GET joins an identical one in flight (and takes its answer);
-//! the request waits for its slot in the credential's bucket; a stored
+//! the token is obtained; the request waits for its slot in the
+//! credential's bucket; a stored
 //! entry makes it conditional; it is sent (and resent once with a fresh
 //! token after a 401, within the same slot); the answer's `x-ratelimit-*` is
 //! recorded; and the cache turns a 304 into the stored 200, or copies a
@@ -62,6 +63,10 @@ pub(super) async fn spend(
         }
     }
 
+    // The token first: a slot taken while a slow mint runs would be spent
+    // waiting, and every request queued behind that mint would then leave
+    // at once when it lands, over the rate the bucket promised.
+    let token = token.await?;
     let rate = Rate::of(&snap.config.quota);
     shared.quota.wait_turn(credential, rate, metrics).await?;
     let stored = match (cache, &key) {
@@ -72,7 +77,6 @@ pub(super) async fn spend(
         metrics.cache_result("hit");
         entry.add_conditionals(req.headers_mut());
     }
-    let token = token.await?;
     // A 401 is healed inside: the resend spends no second slot.
     let resp = forward::send(req, uri, snap, token, heal).await?;
     shared
