@@ -22,6 +22,8 @@
 use super::Stream;
 use super::connection::{self, Settings};
 use crate::proxy::{ConnInfo, Proxy};
+use hyper_util::rt::TokioExecutor;
+use hyper_util::server::conn::auto;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -67,6 +69,9 @@ struct Worker {
 pub(super) struct Workers {
     workers: Vec<Worker>,
     serve: Serve,
+    /// The connection builder for serving on the caller's runtime when no
+    /// worker started: built once, not per connection.
+    fallback: auto::Builder<TokioExecutor>,
 }
 
 /// The worker count: `ATOMGIT_PROXY_WORKERS` if set and valid, else the
@@ -96,7 +101,12 @@ impl Workers {
                 Err(e) => tracing::warn!(error = %e, worker = index, "cannot start a worker"),
             }
         }
-        Workers { workers, serve }
+        let fallback = super::builder(&serve.settings);
+        Workers {
+            workers,
+            serve,
+            fallback,
+        }
     }
 
     /// Serves `io` on the least busy worker.
@@ -106,12 +116,11 @@ impl Workers {
             .iter()
             .min_by_key(|w| w.load.load(Ordering::Relaxed))
         else {
-            let builder = super::builder(&self.serve.settings);
             let serve = &self.serve;
             connection::spawn(
                 io,
                 held,
-                &builder,
+                &self.fallback,
                 &serve.proxy,
                 info,
                 serve.settings,
