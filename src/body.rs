@@ -27,7 +27,55 @@ pub mod tee;
 /// Response bodies: the upstream's stream (as is, or copied on its way for
 /// the conditional cache by a [`Tee`](tee::Tee)), or a small body the proxy
 /// made (or the cache kept).
-pub type Body = Either<Either<Incoming, tee::Tee>, Full<Bytes>>;
+pub type Body = Either<Either<UpstreamBody, tee::Tee>, Full<Bytes>>;
+
+/// An error while streaming a body, whoever's it is.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The upstream's answer body: from hyper's client (HTTP/2, TLS, or a
+/// request whose body streamed), or read off a worker's own connection.
+#[derive(Debug)]
+pub enum UpstreamBody {
+    Hyper(Incoming),
+    Lane(crate::wire::client::ResponseBody),
+}
+
+impl HttpBody for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            UpstreamBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            UpstreamBody::Lane(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Hyper(b) => b.is_end_stream(),
+            UpstreamBody::Lane(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::Hyper(b) => b.size_hint(),
+            UpstreamBody::Lane(b) => b.size_hint(),
+        }
+    }
+}
+
+/// A caller's request body: hyper's stream, or none at all (a request the
+/// HTTP/1 fast path took, which has no body by construction).
+#[derive(Debug)]
+pub enum Inbound {
+    Hyper(Incoming),
+    Empty,
+}
 
 /// The caller's `Incoming`, passed through unchanged, after the bytes
 /// already read from it, if any.
@@ -68,6 +116,14 @@ impl CallerBody {
         let (mut body, fault) = CallerBody::new(inner);
         body.prefix = Some(prefix).filter(|p| !p.is_empty());
         (body, fault)
+    }
+
+    /// The whole body, when it was read ahead (a stream gives `None`).
+    pub fn in_hand(&self) -> Option<Bytes> {
+        match self.inner {
+            None => Some(self.prefix.clone().unwrap_or_default()),
+            Some(_) => None,
+        }
     }
 
     /// A body read whole, which can be sent again.

@@ -75,6 +75,7 @@ pub mod server;
 pub mod state;
 pub mod store;
 pub mod upstream;
+pub mod wire;
 
 /// Sent on the proxy's own calls to the platform.
 pub const USER_AGENT: &str = concat!("atomgit-proxy/", env!("CARGO_PKG_VERSION"));

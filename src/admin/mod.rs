@@ -15,13 +15,13 @@ use crate::state::{Shared, Snapshot};
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
+use crate::body::Inbound;
 use std::sync::Arc;
 
 /// Answers a `/_proxy/` request. `caller` is whether the request presented a
 /// valid client key (always so without `clients:`), as the service found it.
 pub async fn handle(
-    req: Request<Incoming>,
+    req: Request<Inbound>,
     shared: &Arc<Shared>,
     snap: &Arc<Snapshot>,
     caller: Result<(), ProxyError>,

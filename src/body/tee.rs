@@ -9,7 +9,7 @@
 
 use bytes::{Bytes, BytesMut};
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use hyper::body::Incoming;
+use super::{BoxError, UpstreamBody};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -18,7 +18,7 @@ pub type OnEnd = Box<dyn FnOnce(Option<Bytes>) + Send + Sync>;
 
 /// The upstream's body, teed.
 pub struct Tee {
-    inner: Incoming,
+    inner: UpstreamBody,
     capture: Option<Capture>,
 }
 
@@ -44,7 +44,7 @@ impl Drop for Capture {
 
 impl Tee {
     /// Streams `inner`, capturing at most `limit` bytes for `on_end`.
-    pub fn new(inner: Incoming, limit: usize, on_end: OnEnd) -> Tee {
+    pub fn new(inner: UpstreamBody, limit: usize, on_end: OnEnd) -> Tee {
         // Sized by the announced length when it fits, so the copy is not
         // regrown frame by frame.
         let hint = inner.size_hint().exact().unwrap_or(0).min(limit as u64) as usize;
@@ -73,12 +73,12 @@ impl Tee {
 
 impl HttpBody for Tee {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {

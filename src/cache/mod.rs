@@ -25,7 +25,7 @@ use http::header::CONTENT_LENGTH;
 use http::response::Parts;
 use http::{HeaderName, HeaderValue, Response, StatusCode};
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
+use crate::body::UpstreamBody;
 use inflight::{Inflight, Lead};
 use std::sync::Arc;
 
@@ -105,7 +105,7 @@ impl ResponseCache {
         stored: Option<Arc<Entry>>,
         lead: Option<Lead>,
         mut parts: Parts,
-        body: Incoming,
+        body: UpstreamBody,
     ) -> (Response<Body>, Served) {
         if let (StatusCode::NOT_MODIFIED, Some(stored)) = (parts.status, &stored) {
             let fresh = Arc::new(stored.refreshed(&parts.headers));

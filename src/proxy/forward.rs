@@ -6,7 +6,7 @@
 use super::ConnInfo;
 use super::headers::{rewrite_links, strip_caller_credentials, strip_hop_by_hop};
 use super::retry::Heal;
-use crate::body::{Body, CallerBody, CallerFault};
+use crate::body::{Body, CallerBody, CallerFault, Inbound, UpstreamBody};
 use crate::cache::entry::API_VERSION;
 use crate::credentials::Token;
 use crate::error::ProxyError;
@@ -16,7 +16,6 @@ use crate::upstream::error_chain;
 use http::header::HOST;
 use http::uri::Authority;
 use http::{HeaderMap, HeaderValue, Request, Response, Version};
-use hyper::body::Incoming;
 
 /// Where the caller reached the proxy, for rewriting links back to it. Only
 /// turned into a URL when a response carries a link to rewrite; until then it
@@ -91,12 +90,12 @@ pub fn default_api_version(headers: &mut HeaderMap, version: Option<&HeaderValue
 /// answer, hop-by-hop headers removed (links are rewritten by the caller, see
 /// [`rewrite_for_caller`], once it knows which answer the caller gets).
 pub async fn send(
-    req: Request<Incoming>,
+    req: Request<Inbound>,
     uri: http::Uri,
     snap: &Snapshot,
     token: Token,
     heal: Heal<'_>,
-) -> Result<Response<Incoming>, ProxyError> {
+) -> Result<Response<UpstreamBody>, ProxyError> {
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     strip_caller_credentials(&mut parts.headers);
@@ -120,7 +119,7 @@ async fn exchange_once(
     caller_fault: CallerFault,
     snap: &Snapshot,
     metrics: &Metrics,
-) -> Result<Response<Incoming>, ProxyError> {
+) -> Result<Response<UpstreamBody>, ProxyError> {
     let timeout = snap.config.upstream.response_timeout;
     let started = tokio::time::Instant::now();
     // At most `limits.max_upstream_requests` at the platform; the rest wait

@@ -10,13 +10,12 @@ pub mod headers;
 mod retry;
 mod spend;
 
-use crate::body::Body;
+use crate::body::{Body, Inbound};
 use crate::error::ProxyError;
 use crate::routes::Miss;
 use crate::state::{Shared, Snapshot};
 use http::uri::Authority;
 use http::{Request, Response};
-use hyper::body::Incoming;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -43,7 +42,7 @@ impl Proxy {
         &self.shared
     }
 
-    pub async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<Body> {
+    pub async fn handle(&self, req: Request<Inbound>, conn: &ConnInfo) -> Response<Body> {
         // One snapshot for the whole request: a reload mid-request does not
         // change the route, credential or upstream it uses.
         let snapshot = self.shared.snapshot.load_full();
@@ -74,7 +73,7 @@ impl Proxy {
 
     async fn try_handle(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<Inbound>,
         conn: &ConnInfo,
         snap: &Arc<Snapshot>,
         route_name: &mut Option<Arc<str>>,

@@ -21,7 +21,7 @@
 //! bound is sent as it came (the part read first, then the rest of the
 //! stream) and never replayed.
 
-use crate::body::{CallerBody, CallerFault};
+use crate::body::{CallerBody, CallerFault, Inbound, UpstreamBody};
 use crate::credentials::{CacheKey, Context, Credentials, Token};
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
@@ -64,14 +64,14 @@ enum Outgoing {
 /// every header but `Authorization`, which is set here per attempt.
 pub async fn exchange<F, Fut>(
     parts: Parts,
-    body: Incoming,
+    body: Inbound,
     token: Token,
     heal: Heal<'_>,
     send: F,
-) -> Result<Response<Incoming>, ProxyError>
+) -> Result<Response<UpstreamBody>, ProxyError>
 where
     F: Fn(Parts, CallerBody, CallerFault) -> Fut,
-    Fut: Future<Output = Result<Response<Incoming>, ProxyError>>,
+    Fut: Future<Output = Result<Response<UpstreamBody>, ProxyError>>,
 {
     let outgoing = read_ahead(body, &parts.headers).await?;
     let bytes = match outgoing {
@@ -143,8 +143,11 @@ fn copy_head(parts: &Parts) -> Parts {
 }
 
 /// Reads the body ahead of sending while it may still be replayed.
-async fn read_ahead(mut body: Incoming, headers: &HeaderMap) -> Result<Outgoing, ProxyError> {
+async fn read_ahead(body: Inbound, headers: &HeaderMap) -> Result<Outgoing, ProxyError> {
     use http_body::Body as _;
+    let Inbound::Hyper(mut body) = body else {
+        return Ok(Outgoing::Whole(Bytes::new()));
+    };
     if body.is_end_stream() {
         return Ok(Outgoing::Whole(Bytes::new()));
     }

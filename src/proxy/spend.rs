@@ -22,14 +22,14 @@ use crate::quota::Rate;
 use crate::state::{Shared, Snapshot};
 use http::{Request, Response};
 use http_body_util::Either;
-use hyper::body::Incoming;
+use crate::body::Inbound;
 use std::future::Future;
 use std::sync::Arc;
 
 pub(super) async fn spend(
     shared: &Shared,
     snap: &Arc<Snapshot>,
-    mut req: Request<Incoming>,
+    mut req: Request<Inbound>,
     uri: http::Uri,
     token: impl Future<Output = Result<Token, CredentialError>>,
     origin: CallerOrigin<'_>,

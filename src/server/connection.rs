@@ -11,6 +11,7 @@
 use super::Stream;
 use super::activity::{self, Activity, Expiry, Timeouts, Watched};
 use super::workers::Load;
+use crate::body::Inbound;
 use crate::error::ProxyError;
 use crate::proxy::{ConnInfo, Proxy};
 use http::{Request, Version};
@@ -101,7 +102,7 @@ pub(super) fn spawn(
                 let resp = if head_size(&req) > limit {
                     ProxyError::HeadTooLarge { limit }.into_response(None)
                 } else {
-                    proxy.handle(req, &info).await
+                    proxy.handle(req.map(Inbound::Hyper), &info).await
                 };
                 Ok::<_, Infallible>(resp.map(|body| activity::Held::new(body, in_flight)))
             }
@@ -187,7 +188,7 @@ async fn watch_over<C>(
 /// same on both. hyper already refuses larger HTTP/1 heads once they fill
 /// its read buffer, which cannot be smaller than 8 KiB; this check makes the
 /// limit exact below that and on HTTP/2.
-fn head_size(req: &Request<Incoming>) -> usize {
+pub(super) fn head_size<B>(req: &Request<B>) -> usize {
     let uri = req.uri();
     let target = uri.path_and_query().map_or(1, |p| p.as_str().len());
     let authority = uri

@@ -10,11 +10,13 @@
 //! driven by the thread whose requests use it: no request hops threads on
 //! its way upstream and back, and no pool lock is shared between threads.
 //! To a plain-`http` upstream that is a list of HTTP/1 connections
-//! (`worker_pool.rs`); over TLS, a hyper-util client per worker.
+//! (`lane.rs`, on [`crate::wire`], or `worker_pool.rs` for a body that
+//! streams); over TLS, a hyper-util client per worker.
 
+mod lane;
 mod worker_pool;
 
-use crate::body::CallerBody;
+use crate::body::{CallerBody, UpstreamBody};
 use crate::config::UpstreamConfig;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -119,14 +121,15 @@ impl Upstream {
     pub async fn forward(
         &self,
         req: http::Request<CallerBody>,
-    ) -> Result<http::Response<hyper::body::Incoming>, worker_pool::BoxError> {
-        if !ON_WORKER.get() {
-            return Ok(self.forward.request(req).await?);
-        }
-        if self.config.scheme == http::uri::Scheme::HTTP {
-            return worker_pool::send(self, req).await;
-        }
-        Ok(self.worker_client(req).await?)
+    ) -> Result<http::Response<UpstreamBody>, worker_pool::BoxError> {
+        let resp = if !ON_WORKER.get() {
+            self.forward.request(req).await?
+        } else if self.config.scheme == http::uri::Scheme::HTTP {
+            return lane::send(self, req).await;
+        } else {
+            self.worker_client(req).await?
+        };
+        Ok(resp.map(UpstreamBody::Hyper))
     }
 
     /// This worker's own hyper-util client for this upstream.

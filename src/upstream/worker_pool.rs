@@ -1,4 +1,5 @@
-//! A worker thread's own HTTP/1 connections to a plain-`http` upstream.
+//! A worker thread's own hyper HTTP/1 connections to a plain-`http`
+//! upstream, for requests whose body streams (the rest take `lane.rs`).
 //!
 //! hyper-util's pooled client costs, per request, a pool lookup under a
 //! mutex (hashing the scheme and authority), a wrapper that puts the
@@ -112,6 +113,18 @@ fn checkin(owner: &Arc<()>, sender: SendRequest<CallerBody>) {
 
 /// A new connection, driven by a task on this thread.
 async fn connect(up: &Upstream) -> Result<SendRequest<CallerBody>, BoxError> {
+    let tcp = tcp_connect(up).await?;
+    let (sender, conn) = http1::handshake(TokioIo::new(tcp)).await?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "upstream connection ended with an error");
+        }
+    });
+    Ok(sender)
+}
+
+/// A TCP connection to the upstream, within its connect timeout.
+pub(super) async fn tcp_connect(up: &Upstream) -> Result<tokio::net::TcpStream, BoxError> {
     let authority = &up.config.authority;
     // `[::1]` is how a URI writes an IPv6 address; the socket wants `::1`.
     let host = authority
@@ -130,11 +143,5 @@ async fn connect(up: &Upstream) -> Result<SendRequest<CallerBody>, BoxError> {
         Ok(Ok(tcp)) => tcp,
     };
     tcp.set_nodelay(true)?;
-    let (sender, conn) = http1::handshake(TokioIo::new(tcp)).await?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "upstream connection ended with an error");
-        }
-    });
-    Ok(sender)
+    Ok(tcp)
 }

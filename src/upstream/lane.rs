@@ -1,0 +1,123 @@
+//! Forwarded requests whose whole body is in hand, over this worker's own
+//! HTTP/1.1 connections to a plain-`http` upstream (see [`crate::wire`]).
+//!
+//! The head and body go out in one write; the answer's head is read by the
+//! request's own task, and its body off the socket by whoever streams it to
+//! the caller. A request that streams its body (an upload larger than the
+//! 401 recovery keeps, see `proxy/retry.rs`) goes through hyper's client
+//! instead (`worker_pool.rs`), which writes it while reading the answer.
+//!
+//! A kept connection the upstream closed just as it was taken is replaced
+//! and the request sent again, as hyper-util's pool does, but only when
+//! nothing of an answer arrived and the request either never left or is
+//! idempotent: a request the platform may have acted on is not repeated.
+
+use super::Upstream;
+use super::worker_pool::{self, BoxError};
+use crate::body::{CallerBody, UpstreamBody};
+use crate::wire::body::Decoder;
+use crate::wire::client::{self, Conn, ResponseBody};
+use crate::wire::head;
+use bytes::{Bytes, BytesMut};
+use http::header::CONTENT_LENGTH;
+use http::{Method, Request, Response, StatusCode};
+use tokio::io::AsyncWriteExt;
+
+/// The largest response head read; hyper's client allows about as much.
+const MAX_HEAD: usize = 64 * 1024;
+
+/// How an exchange on one connection failed.
+struct Failed {
+    /// Something of the answer arrived, or the write completed and the
+    /// method is not safe to repeat: the request is not sent again.
+    final_: bool,
+    error: BoxError,
+}
+
+/// Sends `req` upstream; streamed bodies go through hyper's client.
+pub async fn send(
+    up: &Upstream,
+    req: Request<CallerBody>,
+) -> Result<Response<UpstreamBody>, BoxError> {
+    let Some(body) = req.body().in_hand() else {
+        let resp = worker_pool::send(up, req).await?;
+        return Ok(resp.map(UpstreamBody::Hyper));
+    };
+    let (parts, _) = req.into_parts();
+    // A body, or a caller's explicit `Content-Length: 0`, is announced.
+    let length = (!body.is_empty() || parts.headers.contains_key(CONTENT_LENGTH))
+        .then_some(body.len() as u64);
+    let mut out = BytesMut::with_capacity(512 + body.len());
+    head::put_request(&mut out, &parts, length);
+    out.extend_from_slice(&body);
+    let out = out.freeze();
+    let idempotent = matches!(
+        parts.method,
+        Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS
+    );
+    let mut kept = client::checkout(&up.alive);
+    loop {
+        let reused = kept.is_some();
+        let mut conn = match kept.take() {
+            Some(conn) => conn,
+            None => Conn::new(worker_pool::tcp_connect(up).await?, &up.alive),
+        };
+        match exchange(&mut conn, &out, idempotent).await {
+            Ok(resp) => {
+                let framing = head::response_framing(&parts.method, resp.status, &resp.headers)?;
+                let reusable = head::keeps_alive(resp.version, &resp.headers)
+                    && framing != crate::wire::body::Framing::Close;
+                let body = ResponseBody::new(conn, Decoder::new(framing), reusable);
+                return Ok(Response::from_parts(resp, UpstreamBody::Lane(body)));
+            }
+            Err(failed) if reused && !failed.final_ => {
+                tracing::debug!(error = %failed.error, "kept upstream connection was closed; sending on a new one");
+            }
+            Err(failed) => return Err(failed.error),
+        }
+    }
+}
+
+/// Writes the request and reads the answer's head (past any `100 Continue`).
+async fn exchange(
+    conn: &mut Conn,
+    out: &Bytes,
+    idempotent: bool,
+) -> Result<http::response::Parts, Failed> {
+    let retry = |error: BoxError| Failed {
+        final_: false,
+        error,
+    };
+    if let Err(e) = conn.io.write_all(out).await {
+        return Err(retry(e.into()));
+    }
+    // Written: repeating is safe only for an idempotent method, and only
+    // while nothing of an answer has come back.
+    let mut received = false;
+    let failed = |received: bool, error: BoxError| Failed {
+        final_: received || !idempotent,
+        error,
+    };
+    loop {
+        match head::take_response(&mut conn.buf) {
+            Ok(Some(parts)) if parts.status == StatusCode::SWITCHING_PROTOCOLS => {
+                return Err(failed(true, "the upstream switched protocols".into()));
+            }
+            Ok(Some(parts)) if parts.status.is_informational() => continue,
+            Ok(Some(parts)) => return Ok(parts),
+            Ok(None) if conn.buf.len() > MAX_HEAD => {
+                return Err(failed(true, "the upstream's response head is too large".into()));
+            }
+            Ok(None) => {}
+            Err(e) => return Err(failed(true, e.into())),
+        }
+        match conn.fill().await {
+            Ok(0) => {
+                let e = "the upstream closed the connection before answering";
+                return Err(failed(received, e.into()));
+            }
+            Ok(_) => received = true,
+            Err(e) => return Err(failed(received, e.into())),
+        }
+    }
+}
