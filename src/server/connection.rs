@@ -9,6 +9,8 @@
 //! late head is dropped at once: a graceful close would go on reading it.
 
 use super::Stream;
+use super::lane::{self, Rewind};
+use bytes::Bytes;
 use super::activity::{self, Activity, Expiry, Timeouts, Watched};
 use super::workers::Load;
 use crate::body::Inbound;
@@ -38,6 +40,8 @@ pub(super) struct Settings {
     pub max_header_bytes: usize,
     /// How long a connection may drain once the server shuts down.
     pub shutdown_grace: Duration,
+    /// Connections start on the HTTP/1.1 fast path (`lane.rs`).
+    pub lane: bool,
 }
 
 /// What a connection holds until it closes: its place under
@@ -89,6 +93,31 @@ pub(super) fn spawn(
     let open = proxy.shared().metrics.open_connections.clone();
     open.inc();
     let slot = Slot { _held: held, open };
+    let (builder, proxy) = (builder.clone(), proxy.clone());
+    tokio::spawn(async move {
+        let (mut io, mut stop) = (io, stop);
+        let prefix = if settings.lane {
+            match lane::serve(&mut io, &proxy, &info, settings, &mut stop).await {
+                lane::Outcome::Closed => return drop(slot),
+                lane::Outcome::Handoff(prefix) => prefix,
+            }
+        } else {
+            Bytes::new()
+        };
+        serve_hyper(Rewind::new(prefix, io), &builder, &proxy, info, settings, stop).await;
+        drop(slot);
+    });
+}
+
+/// Serves the rest of a connection with hyper.
+async fn serve_hyper(
+    io: Rewind<Stream>,
+    builder: &auto::Builder<TokioExecutor>,
+    proxy: &Proxy,
+    info: ConnInfo,
+    settings: Settings,
+    stop: watch::Receiver<bool>,
+) {
     let activity = Activity::new();
     let service = {
         let (proxy, activity) = (proxy.clone(), activity.clone());
@@ -109,11 +138,8 @@ pub(super) fn spawn(
         })
     };
     let io = TokioIo::new(Watched::new(io, activity.clone()));
-    let conn = builder.serve_connection(io, service).into_owned();
-    tokio::spawn(async move {
-        watch_over(conn, &activity, settings, stop).await;
-        drop(slot);
-    });
+    let conn = builder.serve_connection(io, service);
+    watch_over(conn, &activity, settings, stop).await;
 }
 
 /// Drives `conn` to its end, closing it on a timeout or on shutdown.

@@ -7,13 +7,17 @@
 //!
 //! # Layout
 //! - `workers.rs`: the worker threads that serve the accepted connections.
-//! - `connection.rs`: one connection's service and watchdog (timeouts, 431).
+//! - `connection.rs`: one connection: the fast path first, then hyper's
+//!   service and watchdog (timeouts, 431).
+//! - `lane.rs`: the HTTP/1.1 fast path for requests without a body.
 //! - `activity.rs`: what a connection is doing, which the watchdog reads.
 
 mod activity;
 mod connection;
+mod lane;
 mod workers;
 
+pub use lane::LANE_ENV;
 pub use workers::{WORKERS_ENV, count as worker_count};
 
 use crate::config::ListenAddr;
@@ -120,6 +124,7 @@ pub async fn run(
         },
         max_header_bytes: limits.max_header_bytes,
         shutdown_grace: grace,
+        lane: lane::enabled(),
     };
     // One count for every listener: file descriptors are the process's.
     let cap = limits.max_connections.clamp(1, MAX_CONNECTIONS_CAP);

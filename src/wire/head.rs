@@ -48,9 +48,12 @@ fn headers(head: &Bytes, spans: &[(usize, usize, usize, usize)]) -> Result<Heade
     Ok(map)
 }
 
-/// A request head at the start of `buf`, taken out of it when complete.
-/// `Ok(None)`: incomplete, read more.
-pub fn take_request(buf: &mut BytesMut) -> Result<Option<http::request::Parts>, HeadError> {
+/// A request head at the start of `buf`, taken out of it when complete,
+/// with the head's bytes (which its values share). `Ok(None)`: incomplete,
+/// read more.
+pub fn take_request(
+    buf: &mut BytesMut,
+) -> Result<Option<(http::request::Parts, Bytes)>, HeadError> {
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut []);
     let len = match req.parse_with_uninit_headers(buf, &mut slots)? {
@@ -69,14 +72,27 @@ pub fn take_request(buf: &mut BytesMut) -> Result<Option<http::request::Parts>, 
         *slot = (n, nl, v, vl);
     }
     let head = buf.split_to(len).freeze();
-    let uri = Uri::from_maybe_shared(head.slice(target.0..target.0 + target.1))
-        .map_err(|_| HeadError::Invalid)?;
+    let built = Uri::from_maybe_shared(head.slice(target.0..target.0 + target.1))
+        .map_err(|_| HeadError::Invalid)
+        .and_then(|uri| Ok((uri, headers(&head, &spans[..count])?)));
+    let (uri, headers) = match built {
+        Ok(built) => built,
+        Err(e) => {
+            // Left as it was, for whoever parses it next (hyper, which
+            // answers the error).
+            let mut whole = BytesMut::with_capacity(head.len() + buf.len());
+            whole.extend_from_slice(&head);
+            whole.extend_from_slice(buf);
+            *buf = whole;
+            return Err(e);
+        }
+    };
     let mut parts = http::Request::new(()).into_parts().0;
     parts.method = method;
     parts.uri = uri;
     parts.version = version;
-    parts.headers = headers(&head, &spans[..count])?;
-    Ok(Some(parts))
+    parts.headers = headers;
+    Ok(Some((parts, head)))
 }
 
 /// A response head at the start of `buf`, taken out of it when complete.
@@ -281,7 +297,8 @@ mod tests {
     fn request_heads_parse_whole_and_leave_the_rest() {
         let mut buf =
             BytesMut::from(&b"GET /orgs/x?q=1 HTTP/1.1\r\nHost: a:1\r\nX-A: 1\r\nx-a: 2\r\n\r\nGET /"[..]);
-        let parts = take_request(&mut buf).unwrap().unwrap();
+        let (parts, head) = take_request(&mut buf).unwrap().unwrap();
+        assert!(head.ends_with(b"\r\n\r\n"));
         assert_eq!(parts.method, Method::GET);
         assert_eq!(parts.uri.path(), "/orgs/x");
         assert_eq!(parts.uri.query(), Some("q=1"));
