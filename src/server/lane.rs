@@ -78,8 +78,21 @@ where
     // The first head is timed from accept; later ones from their first byte.
     let mut idle_until = Instant::now() + settings.timeouts.header_read;
     let mut first = true;
+    // One timer and one shutdown watch for the connection's life, not one
+    // per request: the timer may fire early and is then moved on (see
+    // `next_head`), so a request never touches the timer wheel.
+    let timer = tokio::time::sleep_until(idle_until);
+    let mut timer = std::pin::pin!(timer);
+    let mut stop_watch = stop.clone();
+    let stopped = stop_watch.wait_for(|stop| *stop);
+    let mut stopped = std::pin::pin!(stopped);
     loop {
-        let (parts, raw) = match next_head(io, &mut buf, settings, stop, idle_until, first).await {
+        let waits = Waits {
+            timer: timer.as_mut(),
+            stopped: stopped.as_mut(),
+            idle_until,
+        };
+        let (parts, raw) = match next_head(io, &mut buf, settings, waits, first).await {
             Next::Request(parts, raw) => (parts, raw),
             Next::Handoff => return Outcome::Handoff(buf.freeze()),
             Next::Close => return Outcome::Closed,
@@ -128,17 +141,27 @@ fn takes(parts: &http::request::Parts) -> bool {
         )
 }
 
+/// What waiting for a head can end on besides bytes.
+struct Waits<'a, S> {
+    /// Set at or before the deadline.
+    timer: Pin<&'a mut tokio::time::Sleep>,
+    /// Resolves once the server shuts down.
+    stopped: Pin<&'a mut S>,
+    /// Close when no head has started by then.
+    idle_until: Instant,
+}
+
 /// Reads until a whole request head is in `buf`.
-async fn next_head<I>(
+async fn next_head<I, S>(
     io: &mut I,
     buf: &mut BytesMut,
     settings: Settings,
-    stop: &mut watch::Receiver<bool>,
-    idle_until: Instant,
+    mut waits: Waits<'_, S>,
     first: bool,
 ) -> Next
 where
     I: AsyncRead + Unpin,
+    S: std::future::Future,
 {
     // Past this, hyper gets the bytes and answers 431 itself.
     let max = settings.max_header_bytes.max(8192);
@@ -154,7 +177,12 @@ where
                 head_until = Some(Instant::now() + settings.timeouts.header_read);
             }
         }
-        let deadline = head_until.unwrap_or(idle_until);
+        let deadline = head_until.unwrap_or(waits.idle_until);
+        // Only ever brought forward here; a timer that fires before the
+        // deadline is moved on below.
+        if waits.timer.deadline() > deadline {
+            waits.timer.as_mut().reset(deadline);
+        }
         if buf.capacity() - buf.len() < READ_STEP / 2 {
             buf.reserve(READ_STEP);
         }
@@ -166,12 +194,16 @@ where
                     Ok(_) => {}
                 }
             }
-            () = tokio::time::sleep_until(deadline) => {
+            () = waits.timer.as_mut() => {
+                if Instant::now() < deadline {
+                    waits.timer.as_mut().reset(deadline);
+                    continue;
+                }
                 tracing::debug!("idle or header read timeout: closing connection");
                 return Next::Close;
             }
             // A dropped sender (the server is gone) counts as shutdown too.
-            _ = stop.wait_for(|stop| *stop) => return Next::Close,
+            _ = waits.stopped.as_mut() => return Next::Close,
         }
     }
 }
