@@ -24,6 +24,7 @@ pub mod fleet;
 mod http_client;
 pub mod process;
 pub mod quota;
+pub mod raw_http;
 pub mod redis;
 pub mod users;
 
