@@ -102,6 +102,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
             .expect("write");
     }
 
+    /// Writes `bytes` in `piece`-byte writes a millisecond apart, so the
+    /// peer sees them in many reads.
+    pub async fn write_slowly(&mut self, bytes: &[u8], piece: usize) {
+        for part in bytes.chunks(piece.max(1)) {
+            self.write(part).await;
+            self.io.flush().await.expect("flush");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
     /// Reads more into the buffer; the count read (0: EOF or reset).
     async fn fill(&mut self) -> usize {
         let mut chunk = [0u8; 16 * 1024];
@@ -241,6 +251,8 @@ pub async fn connect(addr: SocketAddr) -> RawConn {
     let stream = bounded(READ_SECS, "connecting", TcpStream::connect(addr))
         .await
         .expect("connect to the proxy");
+    // Small writes leave at once (see `write_slowly`).
+    stream.set_nodelay(true).expect("set TCP_NODELAY");
     Wire::new(stream)
 }
 
