@@ -77,7 +77,11 @@ async fn keep_alive_serves_three_requests_on_one_connection_with_the_token_and_h
         assert_eq!(resp.version, "HTTP/1.1");
         assert_eq!(echoed_path(&resp), path);
         assert_eq!(resp.json()["owner"], "installation:14");
-        assert!(resp.head.get("connection").is_none_or(|c| !c.eq_ignore_ascii_case("close")));
+        assert!(
+            resp.head
+                .get("connection")
+                .is_none_or(|c| !c.eq_ignore_ascii_case("close"))
+        );
 
         let seen = env.last_api_request(&path);
         single_bearer(&seen.headers);
@@ -145,7 +149,9 @@ async fn connection_close_is_answered_with_connection_close_then_closed() {
 async fn head_gets_the_upstream_length_and_no_body_and_the_connection_goes_on() {
     let upstream = RawUpstream::start(|req, _| {
         if req.head.line.starts_with("HEAD ") {
-            Answer::keep("HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 12345\r\n\r\n")
+            Answer::keep(
+                "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 12345\r\n\r\n",
+            )
         } else {
             Answer::keep(ok("after the head"))
         }
@@ -153,7 +159,11 @@ async fn head_gets_the_upstream_length_and_no_body_and_the_connection_goes_on() 
     .await;
     let env = raw_env(&upstream).await;
     let mut conn = raw_http::connect(env.addr).await;
-    let head = exchange(&mut conn, b"HEAD /r/file HTTP/1.1\r\nHost: localhost\r\n\r\n").await;
+    let head = exchange(
+        &mut conn,
+        b"HEAD /r/file HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    )
+    .await;
     assert_eq!(head.status, 200);
     assert_eq!(head.head.get("content-length"), Some("12345"));
     assert!(head.body.is_empty());
@@ -162,7 +172,11 @@ async fn head_gets_the_upstream_length_and_no_body_and_the_connection_goes_on() 
     assert_eq!(next.status, 200);
     assert_eq!(next.body_str(), "after the head");
     let seen = upstream.received();
-    assert!(seen[0].head.line.starts_with("HEAD /r/file "), "{:?}", seen[0].head);
+    assert!(
+        seen[0].head.line.starts_with("HEAD /r/file "),
+        "{:?}",
+        seen[0].head
+    );
     env.shutdown().await;
 }
 
@@ -197,7 +211,9 @@ async fn a_close_delimited_upstream_answer_arrives_whole_and_a_new_upstream_conn
     let expected = body.clone();
     let upstream = RawUpstream::start(move |_, n| {
         if n == 0 {
-            Answer::close(format!("HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\n{body}"))
+            Answer::close(format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\n{body}"
+            ))
         } else {
             Answer::keep(ok("second"))
         }
@@ -213,7 +229,10 @@ async fn a_close_delimited_upstream_answer_arrives_whole_and_a_new_upstream_conn
     assert_eq!(second.body_str(), "second");
     let seen = upstream.received();
     assert_eq!(seen.len(), 2);
-    assert_ne!(seen[0].conn, seen[1].conn, "a closed connection cannot be reused");
+    assert_ne!(
+        seen[0].conn, seen[1].conn,
+        "a closed connection cannot be reused"
+    );
     env.shutdown().await;
 }
 
@@ -230,7 +249,11 @@ async fn bodiless_204_and_304_leave_the_connection_usable() {
     let no_content = exchange(&mut conn, &raw_http::get("/r/a", "")).await;
     assert_eq!(no_content.status, 204);
     assert_eq!(no_content.head.get("x-n"), Some("0"));
-    let not_modified = exchange(&mut conn, &raw_http::get("/r/b", "If-None-Match: \"v1\"\r\n")).await;
+    let not_modified = exchange(
+        &mut conn,
+        &raw_http::get("/r/b", "If-None-Match: \"v1\"\r\n"),
+    )
+    .await;
     assert_eq!(not_modified.status, 304);
     assert_eq!(not_modified.head.get("etag"), Some("\"v1\""));
     let third = exchange(&mut conn, &raw_http::get("/r/c", "")).await;
@@ -292,7 +315,11 @@ async fn request_bodies_by_length_and_chunked_reach_the_upstream_exactly() {
     assert_eq!(up.json()["bytes"], 11);
     assert_eq!(up.json()["sha256"], sha_hex(b"hello world"));
 
-    let get = exchange(&mut conn, &raw_http::get("/orgs/yanqianyu/after-chunked", "")).await;
+    let get = exchange(
+        &mut conn,
+        &raw_http::get("/orgs/yanqianyu/after-chunked", ""),
+    )
+    .await;
     assert_eq!(echoed_path(&get), "/orgs/yanqianyu/after-chunked");
     env.shutdown().await;
 }
@@ -309,7 +336,10 @@ async fn a_malformed_head_gets_400_and_the_proxy_goes_on() {
     assert_eq!(resp.status, 400);
     assert_eq!(resp.head.get("connection"), Some("close"));
     conn.expect_eof().await;
-    assert!(env.fake.api_requests().is_empty(), "nothing reached the platform");
+    assert!(
+        env.fake.api_requests().is_empty(),
+        "nothing reached the platform"
+    );
 
     let mut conn = raw_http::connect(env.addr).await;
     let ok = exchange(&mut conn, &raw_http::get("/orgs/yanqianyu/fine", "")).await;
@@ -319,7 +349,10 @@ async fn a_malformed_head_gets_400_and_the_proxy_goes_on() {
 
 /// A GET whose head is about `size` bytes, padded with one long header.
 fn head_of(size: usize) -> Vec<u8> {
-    raw_http::get("/orgs/yanqianyu/big", &format!("X-Pad: {}\r\n", "p".repeat(size)))
+    raw_http::get(
+        "/orgs/yanqianyu/big",
+        &format!("X-Pad: {}\r\n", "p".repeat(size)),
+    )
 }
 
 #[tokio::test]
@@ -337,9 +370,17 @@ async fn heads_over_the_limit_get_431() {
     assert_eq!(resp.status, 431, "{}", resp.body_str());
     // Just under the limit passes.
     let mut conn = raw_http::connect(env.addr).await;
-    let resp = exchange(&mut conn, &raw_http::get("/r/ok", &format!("X-Pad: {}\r\n", "p".repeat(3 * 1024)))).await;
+    let resp = exchange(
+        &mut conn,
+        &raw_http::get("/r/ok", &format!("X-Pad: {}\r\n", "p".repeat(3 * 1024))),
+    )
+    .await;
     assert_eq!(resp.status, 200);
-    assert_eq!(upstream.received().len(), 1, "only the head under the limit went up");
+    assert_eq!(
+        upstream.received().len(),
+        1,
+        "only the head under the limit went up"
+    );
     env.shutdown().await;
 }
 
@@ -476,7 +517,6 @@ async fn many_and_repeated_upstream_headers_all_arrive() {
     env.shutdown().await;
 }
 
-
 #[tokio::test]
 async fn an_upstream_closing_right_after_each_answer_never_fails_a_request() {
     // No pause: the next request may find the pooled connection before
@@ -599,12 +639,16 @@ async fn an_http11_request_without_host_is_served_today() {
 async fn requests_arriving_a_few_bytes_at_a_time_are_served() {
     let env = fake_env().await;
     let mut conn = raw_http::connect(env.addr).await;
-    conn.write_slowly(&raw_http::get("/orgs/yanqianyu/slowly", "Accept: */*\r\n"), 3)
-        .await;
+    conn.write_slowly(
+        &raw_http::get("/orgs/yanqianyu/slowly", "Accept: */*\r\n"),
+        3,
+    )
+    .await;
     let resp = conn.read_response(false).await;
     assert_eq!(echoed_path(&resp), "/orgs/yanqianyu/slowly");
     // A body split across reads too, and the head's end split at "\r\n|\r\n".
-    let mut post = b"POST /upload HTTP/1.1\r\nHost: localhost\r\nContent-Length: 11\r\n\r\n".to_vec();
+    let mut post =
+        b"POST /upload HTTP/1.1\r\nHost: localhost\r\nContent-Length: 11\r\n\r\n".to_vec();
     let split = post.len() - 2;
     post.extend(b"hello world");
     conn.write(&post[..split]).await;
@@ -659,6 +703,9 @@ async fn upstream_connections_that_are_not_persistent_are_not_reused() {
     }
     let seen = upstream.received();
     assert_ne!(seen[0].conn, seen[1].conn, "HTTP/1.0 connection reused");
-    assert_ne!(seen[1].conn, seen[2].conn, "`Connection: close` connection reused");
+    assert_ne!(
+        seen[1].conn, seen[2].conn,
+        "`Connection: close` connection reused"
+    );
     env.shutdown().await;
 }

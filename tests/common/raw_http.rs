@@ -132,7 +132,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
                 let line = lines.next().unwrap_or_default().to_owned();
                 let headers = lines
                     .map(|l| {
-                        let (n, v) = l.split_once(':').unwrap_or_else(|| panic!("bad line {l:?}"));
+                        let (n, v) = l
+                            .split_once(':')
+                            .unwrap_or_else(|| panic!("bad line {l:?}"));
                         (n.to_owned(), v.trim().to_owned())
                     })
                     .collect();
@@ -152,7 +154,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
 
     async fn read_exact(&mut self, n: usize) -> Vec<u8> {
         while self.buf.len() < n {
-            assert!(self.fill().await > 0, "EOF {} bytes short", n - self.buf.len());
+            assert!(
+                self.fill().await > 0,
+                "EOF {} bytes short",
+                n - self.buf.len()
+            );
         }
         self.buf.drain(..n).collect()
     }
@@ -181,14 +187,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
                 return body;
             }
             body.extend(self.read_exact(size).await);
-            assert_eq!(self.read_exact(2).await, b"\r\n", "chunk not followed by CRLF");
+            assert_eq!(
+                self.read_exact(2).await,
+                b"\r\n",
+                "chunk not followed by CRLF"
+            );
         }
         panic!("over a million chunks")
     }
 
     async fn read_to_eof(&mut self) -> Vec<u8> {
         while self.fill().await > 0 {
-            assert!(self.buf.len() < 64 << 20, "close-delimited body over 64 MiB");
+            assert!(
+                self.buf.len() < 64 << 20,
+                "close-delimited body over 64 MiB"
+            );
         }
         std::mem::take(&mut self.buf)
     }
@@ -328,7 +341,9 @@ pub struct RawUpstream {
 }
 
 impl RawUpstream {
-    pub async fn start(handler: impl Fn(&RawRequest, usize) -> Answer + Send + Sync + 'static) -> Self {
+    pub async fn start(
+        handler: impl Fn(&RawRequest, usize) -> Answer + Send + Sync + 'static,
+    ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("bound");
         let handler: Handler = Arc::new(handler);
@@ -441,10 +456,15 @@ fn mint_answer(target: &str) -> Vec<u8> {
     let (status, body) = if target.ends_with("/access_tokens") {
         (
             "201 Created",
-            format!(r#"{{"token":"{RAW_TOKEN}","expires_at":"2099-01-01T00:00:00+08:00","permissions":{{}}}}"#),
+            format!(
+                r#"{{"token":"{RAW_TOKEN}","expires_at":"2099-01-01T00:00:00+08:00","permissions":{{}}}}"#
+            ),
         )
     } else {
-        ("200 OK", r#"[{"id":14,"account":{"path":"yanqianyu"}}]"#.to_owned())
+        (
+            "200 OK",
+            r#"[{"id":14,"account":{"path":"yanqianyu"}}]"#.to_owned(),
+        )
     };
     format!(
         "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
