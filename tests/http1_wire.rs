@@ -709,3 +709,118 @@ async fn upstream_connections_that_are_not_persistent_are_not_reused() {
     );
     env.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_target_goes_up_byte_exact_and_hop_by_hop_headers_stop_at_the_proxy() {
+    let upstream = RawUpstream::start(|_, _| {
+        Answer::keep(
+            "HTTP/1.1 200 OK\r\nConnection: x-up-hop\r\nX-Up-Hop: 1\r\nKeep-Alive: timeout=5\r\n\
+             Proxy-Connection: keep-alive\r\nX-Up-Custom: v\r\nContent-Length: 2\r\n\r\nok",
+        )
+    })
+    .await;
+    let env = raw_env(&upstream).await;
+    let mut conn = raw_http::connect(env.addr).await;
+    let req = b"GET /r/a%20b/%7Ec?x=%2F&y=1&z HTTP/1.1\r\nHost: localhost\r\n\
+                Connection: keep-alive, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\n\
+                Proxy-Authorization: Basic eA==\r\nX-Custom: v\r\nX-Custom: w\r\nCookie: a=b\r\n\
+                Authorization: Bearer caller\r\nUser-Agent: raw\r\nAccept-Encoding: gzip\r\n\r\n";
+    let resp = exchange(&mut conn, req).await;
+    assert_eq!((resp.status, resp.body_str().as_str()), (200, "ok"));
+    for gone in ["connection", "x-up-hop", "keep-alive", "proxy-connection"] {
+        assert!(
+            resp.head.get(gone).is_none(),
+            "{gone} reached the caller: {:?}",
+            resp.head
+        );
+    }
+    assert_eq!(resp.head.get("x-up-custom"), Some("v"));
+
+    let seen = &upstream.received()[0];
+    assert_eq!(seen.head.line, "GET /r/a%20b/%7Ec?x=%2F&y=1&z HTTP/1.1");
+    let upstream_authority = upstream.addr.to_string();
+    assert_eq!(seen.head.all("host"), [upstream_authority.as_str()]);
+    assert_eq!(
+        seen.head.all("authorization"),
+        [format!("Bearer {}", raw_http::RAW_TOKEN)]
+    );
+    assert_eq!(seen.head.all("x-custom"), ["v", "w"]);
+    assert_eq!(seen.head.get("user-agent"), Some("raw"));
+    assert_eq!(seen.head.get("accept-encoding"), Some("gzip"));
+    for gone in [
+        "connection",
+        "x-hop",
+        "keep-alive",
+        "te",
+        "proxy-authorization",
+        "cookie",
+    ] {
+        assert!(
+            seen.head.get(gone).is_none(),
+            "{gone} went upstream: {:?}",
+            seen.head
+        );
+    }
+    env.shutdown().await;
+}
+
+/// A chunked answer of `total` bytes in chunks of uneven sizes, and the
+/// bytes it carries.
+fn uneven_chunked(total: usize) -> (Vec<u8>, Vec<u8>) {
+    let data: Vec<u8> = (0..total).map(|i| (i * 7 % 253) as u8).collect();
+    let mut wire = b"HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+    let (mut at, mut size) = (0, 1);
+    while at < total {
+        let n = size.min(total - at);
+        wire.extend(format!("{n:x}\r\n").as_bytes());
+        wire.extend(&data[at..at + n]);
+        wire.extend(b"\r\n");
+        at += n;
+        size = size * 3 % 8191 + 1;
+    }
+    wire.extend(b"0\r\n\r\n");
+    (wire, data)
+}
+
+#[tokio::test]
+async fn large_and_trickled_upstream_answers_arrive_intact() {
+    const TOTAL: usize = 256 * 1024;
+    let (chunked, data) = uneven_chunked(TOTAL);
+    let close_delimited = [
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\n\r\n".as_slice(),
+        &data,
+    ]
+    .concat();
+    let upstream = RawUpstream::start(move |_, n| match n {
+        0 => Answer::keep(chunked.clone()),
+        // The head and a small body a few bytes per write.
+        1 => Answer {
+            piece: 5,
+            ..Answer::keep(ok("trickled body"))
+        },
+        2 => Answer {
+            piece: 7,
+            ..Answer::keep(
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n4\r\nwiki\r\n5\r\npedia\r\n0\r\n\r\n",
+            )
+        },
+        3 => Answer::close(close_delimited.clone()),
+        _ => Answer::keep(ok("last")),
+    })
+    .await;
+    let env = raw_env(&upstream).await;
+    let mut conn = raw_http::connect(env.addr).await;
+    let resp = exchange(&mut conn, &raw_http::get("/r/chunked", "")).await;
+    assert_eq!(resp.body.len(), TOTAL);
+    assert_eq!(sha_hex(&resp.body), sha_hex(&data));
+    let resp = exchange(&mut conn, &raw_http::get("/r/trickled", "")).await;
+    assert_eq!(resp.body_str(), "trickled body");
+    let resp = exchange(&mut conn, &raw_http::get("/r/trickled-chunks", "")).await;
+    assert_eq!(resp.body_str(), "wikipedia");
+    let resp = exchange(&mut conn, &raw_http::get("/r/eof", "")).await;
+    assert_eq!(resp.body.len(), TOTAL);
+    assert_eq!(sha_hex(&resp.body), sha_hex(&data));
+    let resp = exchange(&mut conn, &raw_http::get("/r/last", "")).await;
+    assert_eq!(resp.body_str(), "last");
+    env.shutdown().await;
+}

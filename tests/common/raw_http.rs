@@ -298,6 +298,8 @@ pub struct Answer {
     pub delay: Duration,
     /// Close the connection after writing.
     pub close: bool,
+    /// Write in pieces of this many bytes a millisecond apart (0: at once).
+    pub piece: usize,
 }
 
 impl Answer {
@@ -306,6 +308,7 @@ impl Answer {
             bytes: bytes.into(),
             delay: Duration::ZERO,
             close: false,
+            piece: 0,
         }
     }
 
@@ -355,6 +358,7 @@ impl RawUpstream {
             tokio::spawn(async move {
                 while let Ok((stream, _)) = listener.accept().await {
                     let conn = accepted.fetch_add(1, Ordering::SeqCst);
+                    let _ = stream.set_nodelay(true);
                     let (handler, received, closed) =
                         (handler.clone(), received.clone(), closed.clone());
                     tokio::spawn(async move {
@@ -445,7 +449,21 @@ async fn serve(
                 },
             }
         }
-        if wire.io.write_all(&answer.bytes).await.is_err() || answer.close {
+        let piece = if answer.piece == 0 {
+            answer.bytes.len().max(1)
+        } else {
+            answer.piece
+        };
+        for part in answer.bytes.chunks(piece) {
+            if wire.io.write_all(part).await.is_err() {
+                return;
+            }
+            if answer.piece != 0 {
+                let _ = wire.io.flush().await;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        if answer.close {
             return;
         }
     }
