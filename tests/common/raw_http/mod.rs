@@ -8,6 +8,8 @@
 
 mod upstream;
 
+// Not every test binary uses the upstream half.
+#[allow(unused_imports)]
 pub use upstream::*;
 
 use super::bounded;
