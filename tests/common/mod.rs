@@ -12,7 +12,9 @@
 //! - [`redis`]: a real `redis-server` on a free port, killable and
 //!   restartable; [`fleet`]: several proxies sharing it;
 //! - [`process`]: the built binary's `serve` as a child process;
-//! - [`quota`]: a per-second limit on the fake and counting against it.
+//! - [`quota`]: a per-second limit on the fake and counting against it;
+//! - [`raw_http`]: HTTP/1.1 written and read by hand, a caller's connection
+//!   and a platform answering exact bytes (tests/http1_wire.rs).
 //!
 //! Each test binary compiles this module on its own (`mod common;`) and uses
 //! only part of it, hence the `dead_code` allowance.
@@ -24,6 +26,7 @@ pub mod fleet;
 mod http_client;
 pub mod process;
 pub mod quota;
+pub mod raw_http;
 pub mod redis;
 pub mod users;
 
