@@ -10,12 +10,12 @@ mod status;
 pub use readyz::{CHECK_WAIT, CredentialReadiness, check_credentials};
 
 use crate::body::Body;
+use crate::body::Inbound;
 use crate::error::{ProxyError, json_error};
 use crate::state::{Shared, Snapshot};
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{Either, Full};
-use crate::body::Inbound;
 use std::sync::Arc;
 
 /// Answers a `/_proxy/` request. `caller` is whether the request presented a

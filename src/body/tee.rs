@@ -7,9 +7,9 @@
 //! read error, trailers, the caller hanging up) the callback gets `None`,
 //! from `Drop` at the latest, so whoever waits for it is never left hanging.
 
+use super::{BoxError, UpstreamBody};
 use bytes::{Bytes, BytesMut};
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use super::{BoxError, UpstreamBody};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 

@@ -17,6 +17,7 @@
 pub mod entry;
 pub mod inflight;
 
+use crate::body::UpstreamBody;
 use crate::body::{Body, tee};
 use crate::config::CacheConfig;
 use bytes::Bytes;
@@ -25,7 +26,6 @@ use http::header::CONTENT_LENGTH;
 use http::response::Parts;
 use http::{HeaderName, HeaderValue, Response, StatusCode};
 use http_body_util::{Either, Full};
-use crate::body::UpstreamBody;
 use inflight::{Inflight, Lead};
 use std::sync::Arc;
 

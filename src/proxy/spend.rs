@@ -13,6 +13,7 @@
 use super::forward::{self, CallerOrigin};
 use super::retry::Heal;
 use crate::body::Body;
+use crate::body::Inbound;
 use crate::cache::entry::EntryKey;
 use crate::cache::inflight::Joined;
 use crate::cache::respond_from;
@@ -22,7 +23,6 @@ use crate::quota::Rate;
 use crate::state::{Shared, Snapshot};
 use http::{Request, Response};
 use http_body_util::Either;
-use crate::body::Inbound;
 use std::future::Future;
 use std::sync::Arc;
 

@@ -9,13 +9,13 @@
 //! late head is dropped at once: a graceful close would go on reading it.
 
 use super::Stream;
-use super::lane::{self, Rewind};
-use bytes::Bytes;
 use super::activity::{self, Activity, Expiry, Timeouts, Watched};
+use super::lane::{self, Rewind};
 use super::workers::Load;
 use crate::body::Inbound;
 use crate::error::ProxyError;
 use crate::proxy::{ConnInfo, Proxy};
+use bytes::Bytes;
 use http::{Request, Version};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -104,7 +104,15 @@ pub(super) fn spawn(
         } else {
             Bytes::new()
         };
-        serve_hyper(Rewind::new(prefix, io), &builder, &proxy, info, settings, stop).await;
+        serve_hyper(
+            Rewind::new(prefix, io),
+            &builder,
+            &proxy,
+            info,
+            settings,
+            stop,
+        )
+        .await;
         drop(slot);
     });
 }

@@ -221,10 +221,9 @@ where
             return std::future::pending().await;
         }
         buf.reserve(READ_STEP);
-        let read = std::future::poll_fn(|cx| {
-            tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, buf)
-        })
-        .await;
+        let read =
+            std::future::poll_fn(|cx| tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, buf))
+                .await;
         if matches!(read, Ok(0) | Err(_)) {
             return;
         }
@@ -261,9 +260,8 @@ where
         close = true;
         Delimit::Close
     };
-    let keep_alive_10 = version == Version::HTTP_10 && !close;
     out.clear();
-    head::put_response(out, &parts, delimit, close, keep_alive_10, &crate::wire::date());
+    head::put_response(out, &parts, delimit, version, close, &crate::wire::date());
     let complete = match delimit {
         Delimit::None => true,
         _ => write_body(io, out, body, delimit).await,
@@ -352,7 +350,9 @@ where
 {
     let mut b = b;
     while !a.is_empty() {
-        let n = io.write_vectored(&[IoSlice::new(a), IoSlice::new(b)]).await?;
+        let n = io
+            .write_vectored(&[IoSlice::new(a), IoSlice::new(b)])
+            .await?;
         if n == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }

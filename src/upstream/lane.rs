@@ -106,7 +106,10 @@ async fn exchange(
             Ok(Some(parts)) if parts.status.is_informational() => continue,
             Ok(Some(parts)) => return Ok(parts),
             Ok(None) if conn.buf.len() > MAX_HEAD => {
-                return Err(failed(true, "the upstream's response head is too large".into()));
+                return Err(failed(
+                    true,
+                    "the upstream's response head is too large".into(),
+                ));
             }
             Ok(None) => {}
             Err(e) => return Err(failed(true, e.into())),

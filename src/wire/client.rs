@@ -193,7 +193,10 @@ impl Body for ResponseBody {
                 }
                 Ok(Decoded::More) => {}
             }
-            let large = this.decoder.remaining().is_none_or(|n| n > READ_SMALL as u64);
+            let large = this
+                .decoder
+                .remaining()
+                .is_none_or(|n| n > READ_SMALL as u64);
             match ready!(conn.poll_fill(cx, large)) {
                 Ok(0) if this.decoder.ends_at_close() => {
                     this.conn = None;

@@ -106,7 +106,8 @@ pub fn take_response(buf: &mut BytesMut) -> Result<Option<http::response::Parts>
         httparse::Status::Partial => return Ok(None),
     };
     let version = version(resp.version)?;
-    let status = StatusCode::from_u16(resp.code.unwrap_or_default()).map_err(|_| HeadError::Invalid)?;
+    let status =
+        StatusCode::from_u16(resp.code.unwrap_or_default()).map_err(|_| HeadError::Invalid)?;
     let mut spans: Spans = [(0, 0, 0, 0); MAX_HEADERS];
     let count = resp.headers.len();
     for (slot, h) in spans.iter_mut().zip(resp.headers.iter()) {
@@ -187,7 +188,11 @@ pub fn response_framing(
             .ok()
             .and_then(|v| v.rsplit(',').next())
             .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
-        return Ok(if chunked { Framing::Chunked } else { Framing::Close });
+        return Ok(if chunked {
+            Framing::Chunked
+        } else {
+            Framing::Close
+        });
     }
     Ok(match content_length(headers)? {
         Some(n) => Framing::Length(n),
@@ -241,17 +246,19 @@ pub enum Delimit {
     Close,
 }
 
-/// A response head. `close` adds `connection: close`; `keep_alive_10`
-/// adds `connection: keep-alive` for an HTTP/1.0 caller that asked for it.
+/// A response head, in the caller's HTTP version (as hyper answers an
+/// HTTP/1.0 caller). `close` adds `connection: close`; for an HTTP/1.0
+/// caller that keeps the connection, `connection: keep-alive` is added.
 pub fn put_response(
     out: &mut BytesMut,
     parts: &http::response::Parts,
     delimit: Delimit,
+    version: Version,
     close: bool,
-    keep_alive_10: bool,
     date: &[u8],
 ) {
-    out.put_slice(b"HTTP/1.1 ");
+    let http10 = version == Version::HTTP_10;
+    out.put_slice(if http10 { b"HTTP/1.0 " } else { b"HTTP/1.1 " });
     out.put_slice(parts.status.as_str().as_bytes());
     out.put_u8(b' ');
     out.put_slice(
@@ -278,7 +285,7 @@ pub fn put_response(
     }
     if close {
         out.put_slice(b"connection: close\r\n");
-    } else if keep_alive_10 {
+    } else if http10 {
         out.put_slice(b"connection: keep-alive\r\n");
     }
     if !parts.headers.contains_key(http::header::DATE) {
@@ -295,8 +302,9 @@ mod tests {
 
     #[test]
     fn request_heads_parse_whole_and_leave_the_rest() {
-        let mut buf =
-            BytesMut::from(&b"GET /orgs/x?q=1 HTTP/1.1\r\nHost: a:1\r\nX-A: 1\r\nx-a: 2\r\n\r\nGET /"[..]);
+        let mut buf = BytesMut::from(
+            &b"GET /orgs/x?q=1 HTTP/1.1\r\nHost: a:1\r\nX-A: 1\r\nx-a: 2\r\n\r\nGET /"[..],
+        );
         let (parts, head) = take_request(&mut buf).unwrap().unwrap();
         assert!(head.ends_with(b"\r\n\r\n"));
         assert_eq!(parts.method, Method::GET);
@@ -350,14 +358,19 @@ mod tests {
     #[test]
     fn response_heads_write_their_framing() {
         let mut parts = http::Response::new(()).into_parts().0;
-        parts
-            .headers
-            .insert("x-a", HeaderValue::from_static("b"));
+        parts.headers.insert("x-a", HeaderValue::from_static("b"));
         parts
             .headers
             .insert(CONTENT_LENGTH, HeaderValue::from_static("999"));
         let mut out = BytesMut::new();
-        put_response(&mut out, &parts, Delimit::Length(3), true, false, b"D");
+        put_response(
+            &mut out,
+            &parts,
+            Delimit::Length(3),
+            Version::HTTP_11,
+            true,
+            b"D",
+        );
         assert_eq!(
             &out[..],
             b"HTTP/1.1 200 OK\r\nx-a: b\r\ncontent-length: 3\r\nconnection: close\r\ndate: D\r\n\r\n"
