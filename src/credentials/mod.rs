@@ -167,6 +167,30 @@ impl Credentials {
         })
     }
 
+    /// [`Credentials::key`] when it needs no lookup (an installation given by
+    /// id, a user): the common case, without a future.
+    pub fn key_at_once(ctx: &Context<'_>, credential: &RouteCredential) -> Option<CacheKey> {
+        match credential {
+            RouteCredential::Installation(InstallationSelector::Id(id)) => {
+                Some(installation_key(ctx, *id))
+            }
+            RouteCredential::Installation(_) => None,
+            RouteCredential::User(user) => Some(CacheKey::User {
+                user: user.clone(),
+                platform: ctx.grant_binding.clone(),
+            }),
+        }
+    }
+
+    /// The cached token for `key` when it needs no mint or refresh yet: the
+    /// common case, answered without a future.
+    pub fn cached_token(&self, ctx: &Context<'_>, key: &CacheKey) -> Option<Token> {
+        match key {
+            CacheKey::Installation { id, .. } => self.tokens.fresh(&installation_key(ctx, *id)),
+            CacheKey::User { user, .. } => self.tokens.fresh(&self.user_key(ctx, user)),
+        }
+    }
+
     /// A token for the credential `key` names (see [`Credentials::key`]);
     /// `ctx` must be the one the key was made with.
     pub async fn token_for_key(

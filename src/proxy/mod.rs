@@ -11,6 +11,7 @@ mod retry;
 mod spend;
 
 use crate::body::{Body, Inbound};
+use crate::credentials::Credentials;
 use crate::error::ProxyError;
 use crate::routes::Miss;
 use crate::state::{Shared, Snapshot};
@@ -64,9 +65,7 @@ impl Proxy {
         self.shared.activity.observe(observed.route.as_ref(), &resp);
         if let Some(audit) = audit {
             let route = observed.route.as_ref();
-            audit
-                .finish(&snapshot, &self.shared.credentials, route, &resp)
-                .await;
+            Box::pin(audit.finish(&snapshot, &self.shared.credentials, route, &resp)).await;
         }
         resp
     }
@@ -90,7 +89,9 @@ impl Proxy {
             // The admin endpoints read no keys themselves: who asks is
             // decided here, and each decides what it shows to whom.
             let caller = client.map(|_| ());
-            return crate::admin::handle(req, &self.shared, snap, caller).await;
+            // Boxed: the admin pages' futures are large, and forwarded
+            // requests should not carry their size.
+            return Box::pin(crate::admin::handle(req, &self.shared, snap, caller)).await;
         }
         let client = client?;
         let overrides = guard::method_overrides(req.headers())?;
@@ -117,12 +118,18 @@ impl Proxy {
         // quota and the cache entries) belongs to both.
         let ctx = snap.context_for(route);
         let credentials = &self.shared.credentials;
-        let credential = credentials
-            .key(&ctx, &route.credential, forward_path)
-            .await?;
+        // A lookup (an installation by account) only when needed, boxed:
+        // the common path carries no future of that size.
+        let credential = match Credentials::key_at_once(&ctx, &route.credential) {
+            Some(key) => key,
+            None => Box::pin(credentials.key(&ctx, &route.credential, forward_path)).await?,
+        };
         // Not started until the quota lets the request go: a refused
-        // request mints nothing.
-        let token = credentials.token_for_key(&ctx, &credential);
+        // request mints nothing. A cached token is taken at once.
+        let token = spend::TokenSource {
+            cached: credentials.cached_token(&ctx, &credential),
+            mint: || Box::pin(credentials.token_for_key(&ctx, &credential)),
+        };
         let uri = snap
             .upstream
             .forward_uri(req.uri(), forward_path)

@@ -73,14 +73,19 @@ where
     F: Fn(Parts, CallerBody, CallerFault) -> Fut,
     Fut: Future<Output = Result<Response<UpstreamBody>, ProxyError>>,
 {
-    let outgoing = read_ahead(body, &parts.headers).await?;
+    let outgoing = match body {
+        // Nothing to read: no future (see `wire` on future sizes).
+        Inbound::Empty => Outgoing::Whole(Bytes::new()),
+        Inbound::Hyper(body) => Box::pin(read_ahead(body, &parts.headers)).await?,
+    };
     let bytes = match outgoing {
         Outgoing::Stream(prefix, rest) => {
             let (body, fault) = CallerBody::prefixed(prefix, rest);
             let resp = send(with_token(parts, &token), body, fault).await?;
             if resp.status() == StatusCode::UNAUTHORIZED {
                 // Not replayed, but the next request gets a fresh token.
-                heal.drop_refused(&token).await;
+                // Boxed, as every mint here: rare, and large.
+                Box::pin(heal.drop_refused(&token)).await;
             }
             return Ok(resp);
         }
@@ -92,7 +97,7 @@ where
     if first.status() != StatusCode::UNAUTHORIZED {
         return Ok(first);
     }
-    let fresh = match heal.renew(&token).await {
+    let fresh = match Box::pin(heal.renew(&token)).await {
         Ok(fresh) => fresh,
         Err(e) => {
             // The platform's own answer says more than our failure to mint.
@@ -143,11 +148,8 @@ fn copy_head(parts: &Parts) -> Parts {
 }
 
 /// Reads the body ahead of sending while it may still be replayed.
-async fn read_ahead(body: Inbound, headers: &HeaderMap) -> Result<Outgoing, ProxyError> {
+async fn read_ahead(mut body: Incoming, headers: &HeaderMap) -> Result<Outgoing, ProxyError> {
     use http_body::Body as _;
-    let Inbound::Hyper(mut body) = body else {
-        return Ok(Outgoing::Whole(Bytes::new()));
-    };
     if body.is_end_stream() {
         return Ok(Outgoing::Whole(Bytes::new()));
     }

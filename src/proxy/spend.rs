@@ -24,17 +24,30 @@ use crate::state::{Shared, Snapshot};
 use http::{Request, Response};
 use http_body_util::Either;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
-pub(super) async fn spend(
+/// The request's token: the cached one, or how to mint it (only once the
+/// budget allows). The mint's future is boxed: it is large and rare, and
+/// every request would otherwise carry its size.
+pub(super) struct TokenSource<M> {
+    pub cached: Option<Token>,
+    pub mint: M,
+}
+
+pub(super) async fn spend<M, F>(
     shared: &Shared,
     snap: &Arc<Snapshot>,
     mut req: Request<Inbound>,
     uri: http::Uri,
-    token: impl Future<Output = Result<Token, CredentialError>>,
+    token: TokenSource<M>,
     origin: CallerOrigin<'_>,
     heal: Heal<'_>,
-) -> Result<Response<Body>, ProxyError> {
+) -> Result<Response<Body>, ProxyError>
+where
+    M: FnOnce() -> Pin<Box<F>>,
+    F: Future<Output = Result<Token, CredentialError>>,
+{
     let credential = heal.credential;
     let metrics = &shared.metrics.quota;
     shared.quota.check_budget(credential, metrics).await?;
@@ -52,7 +65,8 @@ pub(super) async fn spend(
                 // Bounded: a leader whose caller reads its body slowly must
                 // not hold every follower as long.
                 let wait = snap.config.upstream.response_timeout;
-                if let Ok(Some(entry)) = tokio::time::timeout(wait, follow.outcome()).await {
+                let outcome = Box::pin(tokio::time::timeout(wait, follow.outcome()));
+                if let Ok(Some(entry)) = outcome.await {
                     metrics.cache_result("shared");
                     let mut resp = respond_from(&entry, "shared");
                     forward::rewrite_for_caller(&mut resp, snap, &origin);
@@ -66,7 +80,10 @@ pub(super) async fn spend(
     // The token first: a slot taken while a slow mint runs would be spent
     // waiting, and every request queued behind that mint would then leave
     // at once when it lands, over the rate the bucket promised.
-    let token = token.await?;
+    let token = match token.cached {
+        Some(token) => token,
+        None => (token.mint)().await?,
+    };
     let rate = Rate::of(&snap.config.quota);
     shared.quota.wait_turn(credential, rate, metrics).await?;
     let stored = match (cache, &key) {

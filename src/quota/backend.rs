@@ -37,6 +37,16 @@ pub trait QuotaBackend: Send + Sync + 'static {
         rate: Option<Rate>,
     ) -> BoxFuture<'a, Result<Option<Slot>, Refusal>>;
 
+    /// [`QuotaBackend::reserve`] answered without I/O, when this backend
+    /// can (a per-process one): no future, no allocation per request.
+    fn reserve_at_once(
+        &self,
+        _credential: &CacheKey,
+        _rate: Option<Rate>,
+    ) -> Option<Result<Option<Slot>, Refusal>> {
+        None
+    }
+
     /// Gives back a slot its caller left before reaching. Called from
     /// `Drop`, so it cannot wait: a remote backend sends it in the background.
     fn give_back(&self, credential: &CacheKey, rate: Rate, slot: Slot);
@@ -109,6 +119,14 @@ impl QuotaBackend for LocalBackend {
         rate: Option<Rate>,
     ) -> BoxFuture<'a, Result<Option<Slot>, Refusal>> {
         Box::pin(std::future::ready(self.reserve_now(credential, rate)))
+    }
+
+    fn reserve_at_once(
+        &self,
+        credential: &CacheKey,
+        rate: Option<Rate>,
+    ) -> Option<Result<Option<Slot>, Refusal>> {
+        Some(self.reserve_now(credential, rate))
     }
 
     fn give_back(&self, credential: &CacheKey, rate: Rate, slot: Slot) {

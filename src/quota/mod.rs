@@ -179,7 +179,11 @@ impl Quota {
     ) -> Result<(), Rejected> {
         let started = tokio::time::Instant::now();
         let backend = self.backend();
-        let slot = match backend.reserve(key, rate).await {
+        let reserved = match backend.reserve_at_once(key, rate) {
+            Some(reserved) => reserved,
+            None => backend.reserve(key, rate).await,
+        };
+        let slot = match reserved {
             Ok(Some(slot)) => slot,
             Ok(None) => return Ok(()),
             Err(Refusal::Blocked(blocked)) => {

@@ -113,9 +113,12 @@ where
         } else {
             // hyper drops the service's future when the caller goes away;
             // so does this (bytes that arrive meanwhile are kept).
+            let fut = proxy.handle(req, info);
+            static ONCE: std::sync::Once = std::sync::Once::new();
+            ONCE.call_once(|| eprintln!("SIZE handle future {}", std::mem::size_of_val(&fut)));
             tokio::select! {
                 biased;
-                resp = proxy.handle(req, info) => resp,
+                resp = fut => resp,
                 () = peer_gone(io, &mut buf, limit) => return Outcome::Closed,
             }
         };
@@ -220,7 +223,11 @@ where
             // Enough read ahead: the rest waits in the socket.
             return std::future::pending().await;
         }
-        buf.reserve(READ_STEP);
+        // Not a new buffer per request: the head just taken still shares
+        // this one, so growing it now would allocate.
+        if buf.capacity() - buf.len() < 1024 {
+            buf.reserve(READ_STEP);
+        }
         let read =
             std::future::poll_fn(|cx| tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, buf))
                 .await;

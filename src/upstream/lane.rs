@@ -40,7 +40,9 @@ pub async fn send(
     req: Request<CallerBody>,
 ) -> Result<Response<UpstreamBody>, BoxError> {
     let Some(body) = req.body().in_hand() else {
-        let resp = worker_pool::send(up, req).await?;
+        // Boxed: hyper's connection setup is a large future, and the
+        // common path should not carry its size.
+        let resp = Box::pin(worker_pool::send(up, req)).await?;
         return Ok(resp.map(UpstreamBody::Hyper));
     };
     let (parts, _) = req.into_parts();
@@ -60,7 +62,7 @@ pub async fn send(
         let reused = kept.is_some();
         let mut conn = match kept.take() {
             Some(conn) => conn,
-            None => Conn::new(worker_pool::tcp_connect(up).await?, &up.alive),
+            None => Conn::new(Box::pin(worker_pool::tcp_connect(up)).await?, &up.alive),
         };
         match exchange(&mut conn, &out, idempotent).await {
             Ok(resp) => {
