@@ -79,12 +79,3 @@ pub mod wire;
 
 /// Sent on the proxy's own calls to the platform.
 pub const USER_AGENT: &str = concat!("atomgit-proxy/", env!("CARGO_PKG_VERSION"));
-
-#[doc(hidden)]
-#[macro_export]
-macro_rules! size_once {
-    ($label:expr, $v:expr) => {{
-        static ONCE: std::sync::Once = std::sync::Once::new();
-        ONCE.call_once(|| eprintln!("SIZE {} {}", $label, std::mem::size_of_val(&$v)));
-    }};
-}

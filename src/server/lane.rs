@@ -113,12 +113,9 @@ where
         } else {
             // hyper drops the service's future when the caller goes away;
             // so does this (bytes that arrive meanwhile are kept).
-            let fut = proxy.handle(req, info);
-            static ONCE: std::sync::Once = std::sync::Once::new();
-            ONCE.call_once(|| eprintln!("SIZE handle future {}", std::mem::size_of_val(&fut)));
             tokio::select! {
                 biased;
-                resp = fut => resp,
+                resp = proxy.handle(req, info) => resp,
                 () = peer_gone(io, &mut buf, limit) => return Outcome::Closed,
             }
         };
