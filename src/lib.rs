@@ -6,7 +6,9 @@
 //! - [`app`]: a running proxy: start, signals, shutdown.
 //! - [`server`]: listeners, the accept loop, the worker threads (one
 //!   single-threaded runtime per core, each serving the connections handed
-//!   to it), connection caps and timeouts, graceful shutdown.
+//!   to it), the HTTP/1.1 fast path each connection starts on (hyper takes
+//!   over for anything else), connection caps and timeouts, graceful
+//!   shutdown.
 //! - [`proxy`]: the service: browser guards ([`proxy::guard`]), caller keys
 //!   ([`proxy::clients`]), route selection, header surgery
 //!   ([`proxy::headers`]), the quota and cache around each exchange
@@ -34,9 +36,14 @@
 //!   locks, logins, shared installation tokens per app and scope,
 //!   encryption at rest).
 //! - [`upstream`]: pooled HTTP clients to the platform, and each worker
-//!   thread's own upstream connections.
-//! - [`body`]: the response body type, and the caller's body on its way
-//!   upstream, watched for the caller's own faults; [`body::tee`] streams an
+//!   thread's own upstream connections (the fast path's, on [`wire`]).
+//! - [`wire`]: HTTP/1.1 on the wire for the fast path: heads parsed with
+//!   `httparse` and written back, body framing, a worker's upstream
+//!   connections and the response body read straight off one.
+//! - [`body`]: the response body type (hyper's upstream stream or the fast
+//!   path's), the caller's body (hyper's, or none on the fast path), and
+//!   the caller's body on its way upstream, watched for the caller's own
+//!   faults; [`body::tee`] streams an
 //!   answer while copying it for the cache.
 //! - [`error`]: every error the proxy answers itself, mapped in one place.
 //! - [`metrics`]: the Prometheus registry and the per-request bookkeeping.
@@ -51,7 +58,7 @@
 //!
 //! Imports run one way: a module uses only modules below it in the call
 //! chain (`proxy` dispatches to `admin`, which never uses `proxy`; `error`,
-//! `routes`, `config` and `body` use nothing that uses them).
+//! `routes`, `config`, `body` and `wire` use nothing that uses them).
 
 #![forbid(unsafe_code)]
 

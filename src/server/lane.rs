@@ -246,8 +246,17 @@ async fn write_response<I>(
 where
     I: AsyncWrite + Unpin,
 {
-    let (parts, body) = resp.into_parts();
+    let (mut parts, body) = resp.into_parts();
     let status = parts.status;
+    // A `HEAD` answer tells the length a `GET` would get, as hyper's does.
+    if method == Method::HEAD
+        && !parts.headers.contains_key(http::header::CONTENT_LENGTH)
+        && let Some(n) = http_body::Body::size_hint(&body).exact()
+    {
+        parts
+            .headers
+            .insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(n));
+    }
     let delimit = if method == Method::HEAD
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
