@@ -60,7 +60,7 @@ pub type Minted = Result<Token, MintError>;
 
 /// Tokens keyed by what identifies a credential.
 pub struct TokenCache<K> {
-    slots: DashMap<K, Arc<Slot>>,
+    slots: DashMap<K, Arc<Slot>, foldhash::fast::RandomState>,
 }
 
 #[derive(Default)]
@@ -172,7 +172,7 @@ impl Slot {
 impl<K: Eq + Hash + Clone> Default for TokenCache<K> {
     fn default() -> Self {
         TokenCache {
-            slots: DashMap::new(),
+            slots: DashMap::default(),
         }
     }
 }

@@ -81,7 +81,7 @@ struct State {
 /// shard lock for a few arithmetic steps, never across an `.await`.
 #[derive(Default)]
 pub struct LocalBackend {
-    states: DashMap<CacheKey, State>,
+    states: DashMap<CacheKey, State, foldhash::fast::RandomState>,
 }
 
 impl LocalBackend {

@@ -22,8 +22,35 @@ pub enum HeadError {
     Version,
 }
 
-/// Header name and value as offsets into the head.
-type Spans = [(usize, usize, usize, usize); MAX_HEADERS];
+/// A header's name and value as offsets (and lengths) into the head.
+type Span = (usize, usize, usize, usize);
+
+/// As many spans as a typical head has, kept on the stack; more spill
+/// into a vector (a fixed array for all 100 would be zeroed per message).
+const INLINE_SPANS: usize = 24;
+
+/// The spans of `headers` within `base`.
+fn spans_of<'a>(
+    base: &[u8],
+    headers: &[httparse::Header<'_>],
+    inline: &'a mut [Span; INLINE_SPANS],
+    spill: &'a mut Vec<Span>,
+) -> &'a [Span] {
+    let span_of = |h: &httparse::Header<'_>| {
+        let (n, nl) = span(base, h.name.as_bytes());
+        let (v, vl) = span(base, h.value);
+        (n, nl, v, vl)
+    };
+    if headers.len() <= INLINE_SPANS {
+        for (slot, h) in inline.iter_mut().zip(headers) {
+            *slot = span_of(h);
+        }
+        &inline[..headers.len()]
+    } else {
+        spill.extend(headers.iter().map(span_of));
+        spill
+    }
+}
 
 fn span(base: &[u8], part: &[u8]) -> (usize, usize) {
     (part.as_ptr() as usize - base.as_ptr() as usize, part.len())
@@ -37,7 +64,7 @@ fn version(v: Option<u8>) -> Result<Version, HeadError> {
     }
 }
 
-fn headers(head: &Bytes, spans: &[(usize, usize, usize, usize)]) -> Result<HeaderMap, HeadError> {
+fn headers(head: &Bytes, spans: &[Span]) -> Result<HeaderMap, HeadError> {
     let mut map = HeaderMap::with_capacity(spans.len());
     for &(n, nl, v, vl) in spans {
         let name = HeaderName::from_bytes(&head[n..n + nl]).map_err(|_| HeadError::Invalid)?;
@@ -64,17 +91,12 @@ pub fn take_request(
     let method = Method::from_bytes(method.unwrap_or_default().as_bytes())
         .map_err(|_| HeadError::Invalid)?;
     let target = span(buf, path.unwrap_or_default().as_bytes());
-    let mut spans: Spans = [(0, 0, 0, 0); MAX_HEADERS];
-    let count = req.headers.len();
-    for (slot, h) in spans.iter_mut().zip(req.headers.iter()) {
-        let (n, nl) = span(buf, h.name.as_bytes());
-        let (v, vl) = span(buf, h.value);
-        *slot = (n, nl, v, vl);
-    }
+    let (mut inline, mut spill) = ([(0, 0, 0, 0); INLINE_SPANS], Vec::new());
+    let spans = spans_of(buf, req.headers, &mut inline, &mut spill);
     let head = buf.split_to(len).freeze();
     let built = Uri::from_maybe_shared(head.slice(target.0..target.0 + target.1))
         .map_err(|_| HeadError::Invalid)
-        .and_then(|uri| Ok((uri, headers(&head, &spans[..count])?)));
+        .and_then(|uri| Ok((uri, headers(&head, spans)?)));
     let (uri, headers) = match built {
         Ok(built) => built,
         Err(e) => {
@@ -108,18 +130,13 @@ pub fn take_response(buf: &mut BytesMut) -> Result<Option<http::response::Parts>
     let version = version(resp.version)?;
     let status =
         StatusCode::from_u16(resp.code.unwrap_or_default()).map_err(|_| HeadError::Invalid)?;
-    let mut spans: Spans = [(0, 0, 0, 0); MAX_HEADERS];
-    let count = resp.headers.len();
-    for (slot, h) in spans.iter_mut().zip(resp.headers.iter()) {
-        let (n, nl) = span(buf, h.name.as_bytes());
-        let (v, vl) = span(buf, h.value);
-        *slot = (n, nl, v, vl);
-    }
+    let (mut inline, mut spill) = ([(0, 0, 0, 0); INLINE_SPANS], Vec::new());
+    let spans = spans_of(buf, resp.headers, &mut inline, &mut spill);
     let head = buf.split_to(len).freeze();
     let mut parts = http::Response::new(()).into_parts().0;
     parts.status = status;
     parts.version = version;
-    parts.headers = headers(&head, &spans[..count])?;
+    parts.headers = headers(&head, spans)?;
     Ok(Some(parts))
 }
 
@@ -314,6 +331,20 @@ mod tests {
         assert_eq!(parts.headers.get_all("x-a").iter().count(), 2);
         assert_eq!(&buf[..], b"GET /");
         assert!(take_request(&mut buf).unwrap().is_none());
+    }
+
+    #[test]
+    fn heads_with_many_headers_keep_them_all() {
+        let mut wire = b"GET / HTTP/1.1\r\n".to_vec();
+        for i in 0..40 {
+            wire.extend_from_slice(format!("x-h{i}: v{i}\r\n").as_bytes());
+        }
+        wire.extend_from_slice(b"\r\n");
+        let mut buf = BytesMut::from(&wire[..]);
+        let (parts, _) = take_request(&mut buf).unwrap().unwrap();
+        assert_eq!(parts.headers.len(), 40);
+        assert_eq!(parts.headers["x-h39"], "v39");
+        assert!(buf.is_empty());
     }
 
     #[test]
