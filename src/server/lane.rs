@@ -56,6 +56,10 @@ pub(super) enum Outcome {
 }
 
 /// What the next request head turned out to be.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "returned once per request and unpacked at once; boxing would allocate per request"
+)]
 enum Next {
     Request(http::request::Parts, Bytes),
     Handoff,

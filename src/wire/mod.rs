@@ -21,7 +21,8 @@ pub fn date() -> bytes::Bytes {
     use std::cell::RefCell;
     use std::time::{SystemTime, UNIX_EPOCH};
     thread_local! {
-        static CACHED: RefCell<(u64, bytes::Bytes)> = RefCell::new((u64::MAX, bytes::Bytes::new()));
+        static CACHED: RefCell<(u64, bytes::Bytes)> =
+            const { RefCell::new((u64::MAX, bytes::Bytes::new())) };
     }
     let now = SystemTime::now();
     let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
