@@ -383,7 +383,11 @@ async fn serve(path: PathBuf) -> anyhow::Result<ExitCode> {
     let listeners = server::bind(&snapshot.config.listen, snapshot.config.unix_socket_mode)?;
     let running = app::start_snapshot(snapshot, listeners);
     for addr in &running.addrs {
-        tracing::info!(listen = %addr, "serving");
+        tracing::info!(
+            listen = %addr,
+            http1_fast_path = server::http1_fast_path(),
+            "serving"
+        );
     }
     // Without a watcher SIGHUP still reloads; say so rather than refuse to run.
     let _watcher = match reload::watch(running.shared().clone()) {

@@ -1,7 +1,8 @@
 //! Thread per core: the binary serves on `ATOMGIT_PROXY_WORKERS` worker
 //! threads, spreads connections over all of them, and drains every one on
 //! SIGTERM; `0` serves on the main runtime; a worker's own upstream
-//! connections follow a reload to a new upstream.
+//! connections follow a reload to a new upstream. The HTTP/1.1 fast path
+//! can be turned off, and the proxy says which it runs.
 
 mod common;
 
@@ -162,3 +163,46 @@ async fn a_reload_to_another_upstream_leaves_the_workers_old_connections() {
     old.shutdown();
     new.shutdown();
 }
+
+/// `ATOMGIT_PROXY_HTTP1_LANE=off` serves every connection through hyper; the
+/// startup log says which path runs, and both answer the same way (a
+/// pipelined pair, HTTP/1.0, and a request with a body on one connection).
+#[tokio::test]
+async fn the_fast_path_can_be_turned_off_and_the_log_says_so() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fake = start_fake(&[(14, "yanqianyu")], Duration::from_secs(3600)).await;
+    for (setting, expected) in [("off", false), ("on", true)] {
+        let dir = tempfile::tempdir().unwrap();
+        let addr = format!("127.0.0.1:{}", dead_port());
+        let config = write_config(dir.path(), &fake.url(), &addr);
+        let child = process::serve_logged_with_env(&config, &[(LANE, setting)]);
+        wait_healthy(&addr).await;
+        let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let wire = "GET /slow/1 HTTP/1.1\r\nHost: localhost\r\n\r\n\
+                    POST /slow/2 HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\n\r\nhi\
+                    GET /slow/3 HTTP/1.0\r\nHost: localhost\r\n\r\n";
+        conn.write_all(wire.as_bytes()).await.unwrap();
+        let mut answers = String::new();
+        // HTTP/1.0 without keep-alive: the proxy closes after the third answer.
+        tokio::time::timeout(Duration::from_secs(10), conn.read_to_string(&mut answers))
+            .await
+            .expect("all three answers, then the close")
+            .unwrap();
+        assert_eq!(answers.matches("HTTP/1.1 200 OK").count(), 2, "{answers}");
+        assert_eq!(answers.matches("HTTP/1.0 200 OK").count(), 1, "{answers}");
+        signal(&child, "TERM");
+        let (status, log) = process::exit_and_stderr(child).await;
+        assert!(status.success(), "{log}");
+        let serving = log
+            .lines()
+            .find(|l| l.contains("\"serving\""))
+            .expect("a serving line");
+        assert!(
+            serving.contains(&format!("\"http1_fast_path\":{expected}")),
+            "{setting}: {serving}"
+        );
+    }
+    fake.shutdown();
+}
+
+const LANE: &str = atomgit_proxy::server::LANE_ENV;

@@ -36,8 +36,9 @@ use tokio::time::Instant;
 /// every connection then goes to hyper from its first byte.
 pub const LANE_ENV: &str = "ATOMGIT_PROXY_HTTP1_LANE";
 
-/// Whether connections start on the fast path (read once at start).
-pub(super) fn enabled() -> bool {
+/// Whether connections start on the fast path (read once when a server
+/// starts): on unless `ATOMGIT_PROXY_HTTP1_LANE` is `off`, `0` or `false`.
+pub fn enabled() -> bool {
     std::env::var(LANE_ENV).map_or(true, |v| !matches!(v.trim(), "off" | "0" | "false"))
 }
 

@@ -17,7 +17,7 @@ mod connection;
 mod lane;
 mod workers;
 
-pub use lane::LANE_ENV;
+pub use lane::{LANE_ENV, enabled as http1_fast_path};
 pub use workers::{WORKERS_ENV, count as worker_count};
 
 use crate::config::ListenAddr;
