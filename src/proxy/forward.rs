@@ -146,9 +146,12 @@ async fn exchange_once(
     let elapsed = started.elapsed();
     metrics.upstream_seconds.observe(elapsed.as_secs_f64());
     let (mut parts, body) = resp.into_parts();
-    parts
-        .extensions
-        .insert(crate::activity::UpstreamElapsed(elapsed));
+    // Only the audit trail reads it; an extension costs a map per response.
+    if snap.config.audit {
+        parts
+            .extensions
+            .insert(crate::activity::UpstreamElapsed(elapsed));
+    }
     strip_hop_by_hop(&mut parts.headers);
     Ok(Response::from_parts(parts, body))
 }

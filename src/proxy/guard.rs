@@ -36,6 +36,18 @@ static OVERRIDE_HEADERS: [HeaderName; 3] = [
     HeaderName::from_static(METHOD_OVERRIDES[2]),
 ];
 
+static SEC_FETCH_SITE: HeaderName = HeaderName::from_static("sec-fetch-site");
+
+/// Up to this many headers, looking at each name once is cheaper than a
+/// hashed lookup of every name that is usually absent.
+const SCAN_AT_MOST: usize = 16;
+
+/// Whether `headers` surely holds none of `names` (`false`: maybe some,
+/// look them up).
+fn surely_none_of(headers: &HeaderMap, names: &[&HeaderName]) -> bool {
+    headers.len() <= SCAN_AT_MOST && !headers.keys().any(|k| names.contains(&k))
+}
+
 /// The endpoints that browsers reach by the platform's redirect.
 fn is_oauth_pair(path: &str) -> bool {
     matches!(path, "/_proxy/oauth/login" | "/_proxy/oauth/callback")
@@ -79,6 +91,10 @@ pub fn refuse_method(method: &Method) -> Result<(), ProxyError> {
 /// without allocating, when none is sent: the common case.
 pub fn method_overrides(headers: &HeaderMap) -> Result<Vec<Method>, ProxyError> {
     let mut found = Vec::new();
+    let [a, b, c] = &OVERRIDE_HEADERS;
+    if surely_none_of(headers, &[a, b, c]) {
+        return Ok(found);
+    }
     for (name, header) in METHOD_OVERRIDES.iter().zip(&OVERRIDE_HEADERS) {
         for value in headers.get_all(header) {
             let text = value.to_str().map_err(|_| bad_override(name))?;
@@ -103,6 +119,10 @@ fn bad_override(name: &str) -> ProxyError {
 /// by the user) pass. A listed origin passes whatever `Sec-Fetch-Site` says,
 /// since a page elsewhere is always `cross-site` to the loopback.
 fn check_origin(headers: &HeaderMap, policy: &BrowserPolicy) -> Result<(), ProxyError> {
+    if surely_none_of(headers, &[&ORIGIN, &SEC_FETCH_SITE]) {
+        // No browser marks at all: a tool's request.
+        return Ok(());
+    }
     let mut origins = headers.get_all(ORIGIN).iter().peekable();
     if origins.peek().is_some() {
         // Every `Origin` must be listed (`null` never is): a second header
@@ -121,7 +141,7 @@ fn check_origin(headers: &HeaderMap, policy: &BrowserPolicy) -> Result<(), Proxy
             Err(ProxyError::ForbiddenOrigin)
         };
     }
-    let cross = headers.get_all("sec-fetch-site").iter().any(|v| {
+    let cross = headers.get_all(&SEC_FETCH_SITE).iter().any(|v| {
         let v = v.as_bytes().trim_ascii();
         v.eq_ignore_ascii_case(b"cross-site") || v.eq_ignore_ascii_case(b"same-site")
     });
@@ -193,6 +213,38 @@ mod tests {
             h.append(*k, HeaderValue::from_static(v));
         }
         h
+    }
+
+    #[test]
+    fn browser_marks_and_overrides_are_found_among_many_headers() {
+        // Past the scan's limit the names are looked up: same answers.
+        for fillers in [0, SCAN_AT_MOST + 4] {
+            let mut h = HeaderMap::new();
+            for i in 0..fillers {
+                h.insert(
+                    HeaderName::from_bytes(format!("x-filler-{i}").as_bytes()).unwrap(),
+                    HeaderValue::from_static("1"),
+                );
+            }
+            assert!(
+                check_origin(&h, &policy()).is_ok(),
+                "{fillers}: a tool's request"
+            );
+            assert!(method_overrides(&h).unwrap().is_empty());
+            h.insert("sec-fetch-site", HeaderValue::from_static("cross-site"));
+            assert!(
+                check_origin(&h, &policy()).is_err(),
+                "{fillers}: cross-site"
+            );
+            h.remove("sec-fetch-site");
+            h.insert("origin", HeaderValue::from_static("https://evil.example"));
+            assert!(
+                check_origin(&h, &policy()).is_err(),
+                "{fillers}: unlisted origin"
+            );
+            h.insert("x-http-method-override", HeaderValue::from_static("delete"));
+            assert_eq!(method_overrides(&h).unwrap(), vec![Method::DELETE]);
+        }
     }
 
     #[test]

@@ -103,13 +103,14 @@ where
             Next::Close => return Outcome::Closed,
         };
         first = false;
-        if !takes(&parts) {
+        let shape = head::request_shape(parts.version, &parts.headers);
+        if !takes(&parts, &shape) {
             let mut replay = BytesMut::with_capacity(raw.len() + buf.len());
             replay.extend_from_slice(&raw);
             replay.extend_from_slice(&buf);
             return Outcome::Handoff(replay.freeze());
         }
-        let keep_alive = head::keeps_alive(parts.version, &parts.headers);
+        let keep_alive = shape.is_ok_and(|s| s.keep_alive);
         let (method, version) = (parts.method.clone(), parts.version);
         let req = Request::from_parts(parts, Inbound::Empty);
         let limit = settings.max_header_bytes;
@@ -136,14 +137,10 @@ where
 
 /// Whether this path serves the request: no body, nothing hyper treats
 /// specially.
-fn takes(parts: &http::request::Parts) -> bool {
+fn takes(parts: &http::request::Parts, shape: &Result<head::Shape, head::HeadError>) -> bool {
     parts.method != Method::CONNECT
         && parts.uri.path().starts_with('/')
-        && !parts.headers.contains_key(http::header::EXPECT)
-        && matches!(
-            head::request_framing(&parts.headers),
-            Ok(crate::wire::body::Framing::Empty)
-        )
+        && matches!(shape, Ok(s) if !s.expect && s.framing == crate::wire::body::Framing::Empty)
 }
 
 /// What waiting for a head can end on besides bytes.

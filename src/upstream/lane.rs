@@ -66,10 +66,11 @@ pub async fn send(
         };
         match exchange(&mut conn, &out, idempotent).await {
             Ok(resp) => {
-                let framing = head::response_framing(&parts.method, resp.status, &resp.headers)?;
-                let reusable = head::keeps_alive(resp.version, &resp.headers)
-                    && framing != crate::wire::body::Framing::Close;
-                let body = ResponseBody::new(conn, Decoder::new(framing), reusable);
+                let shape =
+                    head::response_shape(&parts.method, resp.status, resp.version, &resp.headers)?;
+                let reusable =
+                    shape.keep_alive && shape.framing != crate::wire::body::Framing::Close;
+                let body = ResponseBody::new(conn, Decoder::new(shape.framing), reusable);
                 return Ok(Response::from_parts(resp, UpstreamBody::Lane(body)));
             }
             Err(failed) if reused && !failed.final_ => {

@@ -4,7 +4,9 @@
 
 use super::body::Framing;
 use bytes::{BufMut, Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, HeaderName, HeaderValue, TRANSFER_ENCODING};
+use http::header::{
+    CONNECTION, CONTENT_LENGTH, EXPECT, HeaderName, HeaderValue, TRANSFER_ENCODING,
+};
 use http::{HeaderMap, Method, StatusCode, Uri, Version};
 use std::mem::MaybeUninit;
 
@@ -140,80 +142,122 @@ pub fn take_response(buf: &mut BytesMut) -> Result<Option<http::response::Parts>
     Ok(Some(parts))
 }
 
-/// Whether a `Connection` header lists `token`.
-fn connection_has(headers: &HeaderMap, token: &str) -> bool {
-    headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
+/// What a head's headers say of its body and connection, read in one pass:
+/// on the small heads of API calls, hashed lookups of names that are not
+/// there cost more than looking at each name once.
+#[derive(Debug, Default)]
+struct Scan {
+    /// Whether the last `Transfer-Encoding` coding is `chunked`, if any.
+    chunked: Option<bool>,
+    /// The one `Content-Length` (repeated values that agree are one).
+    length: Option<u64>,
+    /// A `Content-Length` that is malformed or conflicts with another.
+    bad_length: bool,
+    /// `Connection` lists `close` / `keep-alive`.
+    close: bool,
+    keep_alive: bool,
+    expect: bool,
 }
 
-/// Whether the peer keeps the connection open after this message.
-pub fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
-    if version == Version::HTTP_11 {
-        !connection_has(headers, "close")
-    } else {
-        connection_has(headers, "keep-alive")
-    }
-}
-
-/// The one `Content-Length` of a message: `Err` for a malformed or
-/// conflicting one (repeated values that agree are one value).
-fn content_length(headers: &HeaderMap) -> Result<Option<u64>, HeadError> {
-    let mut found = None;
-    for v in headers.get_all(CONTENT_LENGTH) {
-        for part in v.to_str().map_err(|_| HeadError::Invalid)?.split(',') {
-            let n: u64 = part.trim().parse().map_err(|_| HeadError::Invalid)?;
-            if found.is_some_and(|f| f != n) {
-                return Err(HeadError::Invalid);
+impl Scan {
+    fn of(headers: &HeaderMap) -> Scan {
+        let mut scan = Scan::default();
+        for (name, value) in headers {
+            if name == CONTENT_LENGTH {
+                scan.add_length(value);
+            } else if name == TRANSFER_ENCODING {
+                scan.chunked = Some(
+                    value
+                        .to_str()
+                        .ok()
+                        .and_then(|v| v.rsplit(',').next())
+                        .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked")),
+                );
+            } else if name == CONNECTION {
+                for token in value.to_str().unwrap_or_default().split(',') {
+                    let token = token.trim();
+                    scan.close |= token.eq_ignore_ascii_case("close");
+                    scan.keep_alive |= token.eq_ignore_ascii_case("keep-alive");
+                }
+            } else if name == EXPECT {
+                scan.expect = true;
             }
-            found = Some(n);
+        }
+        scan
+    }
+
+    fn add_length(&mut self, value: &HeaderValue) {
+        let Ok(text) = value.to_str() else {
+            self.bad_length = true;
+            return;
+        };
+        for part in text.split(',') {
+            match part.trim().parse::<u64>() {
+                Ok(n) if self.length.is_none_or(|f| f == n) => self.length = Some(n),
+                _ => self.bad_length = true,
+            }
         }
     }
-    Ok(found)
+
+    /// Whether the peer keeps the connection open after this message.
+    fn keeps_alive(&self, version: Version) -> bool {
+        if version == Version::HTTP_11 {
+            !self.close
+        } else {
+            self.keep_alive
+        }
+    }
 }
 
-/// A request's body framing (RFC 9112 §6.3): none unless it says so.
-pub fn request_framing(headers: &HeaderMap) -> Result<Framing, HeadError> {
-    if headers.contains_key(TRANSFER_ENCODING) {
-        return Ok(Framing::Chunked);
-    }
-    Ok(match content_length(headers)? {
-        None | Some(0) => Framing::Empty,
-        Some(n) => Framing::Length(n),
+/// A message's body framing and whether its connection stays open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    pub framing: Framing,
+    pub keep_alive: bool,
+    /// A request sent `Expect` (hyper answers those).
+    pub expect: bool,
+}
+
+/// A request's shape (RFC 9112 §6.3): no body unless it says so.
+pub fn request_shape(version: Version, headers: &HeaderMap) -> Result<Shape, HeadError> {
+    let scan = Scan::of(headers);
+    let framing = match (scan.chunked, scan.bad_length, scan.length) {
+        (Some(_), ..) => Framing::Chunked,
+        (None, true, _) => return Err(HeadError::Invalid),
+        (None, false, None | Some(0)) => Framing::Empty,
+        (None, false, Some(n)) => Framing::Length(n),
+    };
+    Ok(Shape {
+        framing,
+        keep_alive: scan.keeps_alive(version),
+        expect: scan.expect,
     })
 }
 
-/// A response's body framing (RFC 9112 §6.3), given the request's method.
-pub fn response_framing(
+/// A response's shape (RFC 9112 §6.3), given the request's method.
+pub fn response_shape(
     method: &Method,
     status: StatusCode,
+    version: Version,
     headers: &HeaderMap,
-) -> Result<Framing, HeadError> {
-    if method == Method::HEAD
+) -> Result<Shape, HeadError> {
+    let scan = Scan::of(headers);
+    let bodiless = method == Method::HEAD
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-    {
-        return Ok(Framing::Empty);
-    }
-    if let Some(te) = headers.get_all(TRANSFER_ENCODING).iter().next_back() {
-        let chunked = te
-            .to_str()
-            .ok()
-            .and_then(|v| v.rsplit(',').next())
-            .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
-        return Ok(if chunked {
-            Framing::Chunked
-        } else {
-            Framing::Close
-        });
-    }
-    Ok(match content_length(headers)? {
-        Some(n) => Framing::Length(n),
-        None => Framing::Close,
+        || status == StatusCode::NOT_MODIFIED;
+    let framing = match (bodiless, scan.chunked, scan.bad_length, scan.length) {
+        (true, ..) => Framing::Empty,
+        (false, Some(true), ..) => Framing::Chunked,
+        (false, Some(false), ..) => Framing::Close,
+        (false, None, true, _) => return Err(HeadError::Invalid),
+        (false, None, false, Some(n)) => Framing::Length(n),
+        (false, None, false, None) => Framing::Close,
+    };
+    Ok(Shape {
+        framing,
+        keep_alive: scan.keeps_alive(version),
+        expect: false,
     })
 }
 
@@ -349,41 +393,42 @@ mod tests {
 
     #[test]
     fn framing_follows_rfc_9112() {
+        let v11 = Version::HTTP_11;
+        let framing = |h: &HeaderMap| request_shape(v11, h).map(|s| s.framing);
         let mut h = HeaderMap::new();
-        assert_eq!(request_framing(&h).unwrap(), Framing::Empty);
+        assert_eq!(framing(&h).unwrap(), Framing::Empty);
         h.insert(CONTENT_LENGTH, HeaderValue::from_static("12"));
-        assert_eq!(request_framing(&h).unwrap(), Framing::Length(12));
-        assert_eq!(
-            response_framing(&Method::HEAD, StatusCode::OK, &h).unwrap(),
-            Framing::Empty
-        );
+        assert_eq!(framing(&h).unwrap(), Framing::Length(12));
+        let head = response_shape(&Method::HEAD, StatusCode::OK, v11, &h).unwrap();
+        assert_eq!(head.framing, Framing::Empty);
         h.append(CONTENT_LENGTH, HeaderValue::from_static("13"));
-        assert!(request_framing(&h).is_err(), "conflicting lengths");
+        assert!(framing(&h).is_err(), "conflicting lengths");
         let mut h = HeaderMap::new();
         h.insert(TRANSFER_ENCODING, HeaderValue::from_static("gzip, chunked"));
+        let resp = |m: &Method, st: StatusCode, h: &HeaderMap| {
+            response_shape(m, st, v11, h).unwrap().framing
+        };
+        assert_eq!(resp(&Method::GET, StatusCode::OK, &h), Framing::Chunked);
+        let none = HeaderMap::new();
+        assert_eq!(resp(&Method::GET, StatusCode::OK, &none), Framing::Close);
         assert_eq!(
-            response_framing(&Method::GET, StatusCode::OK, &h).unwrap(),
-            Framing::Chunked
-        );
-        assert_eq!(
-            response_framing(&Method::GET, StatusCode::OK, &HeaderMap::new()).unwrap(),
-            Framing::Close
-        );
-        assert_eq!(
-            response_framing(&Method::GET, StatusCode::NOT_MODIFIED, &HeaderMap::new()).unwrap(),
+            resp(&Method::GET, StatusCode::NOT_MODIFIED, &none),
             Framing::Empty
         );
+        h.insert(EXPECT, HeaderValue::from_static("100-continue"));
+        assert!(request_shape(v11, &h).unwrap().expect);
     }
 
     #[test]
     fn keep_alive_by_version() {
+        let alive = |v: Version, h: &HeaderMap| request_shape(v, h).unwrap().keep_alive;
         let mut h = HeaderMap::new();
-        assert!(keeps_alive(Version::HTTP_11, &h));
-        assert!(!keeps_alive(Version::HTTP_10, &h));
+        assert!(alive(Version::HTTP_11, &h));
+        assert!(!alive(Version::HTTP_10, &h));
         h.insert(CONNECTION, HeaderValue::from_static("Keep-Alive"));
-        assert!(keeps_alive(Version::HTTP_10, &h));
+        assert!(alive(Version::HTTP_10, &h));
         h.insert(CONNECTION, HeaderValue::from_static("foo, close"));
-        assert!(!keeps_alive(Version::HTTP_11, &h));
+        assert!(!alive(Version::HTTP_11, &h));
     }
 
     #[test]
