@@ -27,9 +27,11 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// At most this many idle connections kept per thread.
 const MAX_IDLE: usize = 512;
 /// Read buffer growth: enough for an API answer's head and a small body in
-/// one read, and large chunks of a download.
+/// one read; once a read fills what it was given (a download), large
+/// chunks, so a stream costs few reads and writes (hyper's client grows
+/// its buffer the same way, to about 400 KiB).
 const READ_SMALL: usize = 16 * 1024;
-const READ_LARGE: usize = 64 * 1024;
+const READ_LARGE: usize = 256 * 1024;
 
 /// One connection and what has been read from it but not used yet.
 #[derive(Debug)]
@@ -38,6 +40,8 @@ pub struct Conn {
     pub buf: BytesMut,
     /// The upstream it belongs to (gone: a reload replaced it).
     owner: Weak<()>,
+    /// The answer being read is large: read in large chunks.
+    streaming: bool,
 }
 
 impl Conn {
@@ -46,20 +50,34 @@ impl Conn {
             io,
             buf: BytesMut::with_capacity(READ_SMALL),
             owner: Arc::downgrade(owner),
+            streaming: false,
         }
     }
 
     /// Reads more into the buffer; `Ok(0)` at the end of input.
-    pub fn poll_fill(&mut self, cx: &mut Context<'_>, large: bool) -> Poll<io::Result<usize>> {
-        let want = if large { READ_LARGE } else { READ_SMALL };
+    pub fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let want = if self.streaming {
+            READ_LARGE
+        } else {
+            READ_SMALL
+        };
         if self.buf.capacity() - self.buf.len() < want / 4 {
             self.buf.reserve(want);
         }
-        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
+        let room = self.buf.capacity() - self.buf.len();
+        let read = ready!(tokio_util::io::poll_read_buf(
+            Pin::new(&mut self.io),
+            cx,
+            &mut self.buf
+        ));
+        if matches!(read, Ok(n) if n == room) {
+            self.streaming = true;
+        }
+        Poll::Ready(read)
     }
 
     pub async fn fill(&mut self) -> io::Result<usize> {
-        std::future::poll_fn(|cx| self.poll_fill(cx, false)).await
+        std::future::poll_fn(|cx| self.poll_fill(cx)).await
     }
 }
 
@@ -103,7 +121,8 @@ pub fn checkout(owner: &Arc<()>) -> Option<Conn> {
 }
 
 /// Keeps `conn` for the next request on this thread.
-pub fn checkin(conn: Conn) {
+pub fn checkin(mut conn: Conn) {
+    conn.streaming = false;
     if !conn.buf.is_empty() || conn.owner.strong_count() == 0 {
         return;
     }
@@ -193,11 +212,7 @@ impl Body for ResponseBody {
                 }
                 Ok(Decoded::More) => {}
             }
-            let large = this
-                .decoder
-                .remaining()
-                .is_none_or(|n| n > READ_SMALL as u64);
-            match ready!(conn.poll_fill(cx, large)) {
+            match ready!(conn.poll_fill(cx)) {
                 Ok(0) if this.decoder.ends_at_close() => {
                     this.conn = None;
                     return Poll::Ready(None);
