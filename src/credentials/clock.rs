@@ -5,7 +5,7 @@
 //! every mint. When an app call is refused (401) and the answer's `Date`
 //! differs from the local clock by more than [`TOLERANCE_SECS`], the JWT is
 //! signed on the platform's clock from then on (the offset is kept per app,
-//! in its [`AppJwt`](super::app_jwt::AppJwt)) and the call is retried once.
+//! in its `AppJwt`) and the call is retried once.
 
 use http::HeaderMap;
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -13,7 +13,7 @@
 //! File I/O runs on tokio's blocking pool (the async methods), never on a
 //! runtime worker: an fsync can take as long as the disk likes. The file is
 //! read again only when it changed since this process last read or wrote it
-//! ([`FileStamp`]), so the checks before each refresh are one `stat`.
+//! (`FileStamp`), so the checks before each refresh are one `stat`.
 
 use super::grants_file::{self, StoreError};
 use crate::config::{AppConfig, Secret, UpstreamConfig};
