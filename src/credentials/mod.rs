@@ -98,6 +98,14 @@ fn installation_key(ctx: &Context<'_>, id: u64) -> CacheKey {
     }
 }
 
+/// The cache key of `user`'s token under the route's grant binding.
+fn user_key(ctx: &Context<'_>, user: &Arc<str>) -> CacheKey {
+    CacheKey::User {
+        user: user.clone(),
+        platform: ctx.grant_binding.clone(),
+    }
+}
+
 /// Every credential's cached state.
 #[derive(Default)]
 pub struct Credentials {
@@ -160,10 +168,7 @@ impl Credentials {
                 ctx,
                 self.installation_id(ctx, selector, forward_path).await?,
             ),
-            RouteCredential::User(user) => CacheKey::User {
-                user: user.clone(),
-                platform: ctx.grant_binding.clone(),
-            },
+            RouteCredential::User(user) => user_key(ctx, user),
         })
     }
 
@@ -175,10 +180,7 @@ impl Credentials {
                 Some(installation_key(ctx, *id))
             }
             RouteCredential::Installation(_) => None,
-            RouteCredential::User(user) => Some(CacheKey::User {
-                user: user.clone(),
-                platform: ctx.grant_binding.clone(),
-            }),
+            RouteCredential::User(user) => Some(user_key(ctx, user)),
         }
     }
 
@@ -187,7 +189,7 @@ impl Credentials {
     pub fn cached_token(&self, ctx: &Context<'_>, key: &CacheKey) -> Option<Token> {
         match key {
             CacheKey::Installation { id, .. } => self.tokens.fresh(&installation_key(ctx, *id)),
-            CacheKey::User { user, .. } => self.tokens.fresh(&self.user_key(ctx, user)),
+            CacheKey::User { user, .. } => self.tokens.fresh(&user_key(ctx, user)),
         }
     }
 
@@ -240,13 +242,6 @@ impl Credentials {
         }
     }
 
-    fn user_key(&self, ctx: &Context<'_>, user: &Arc<str>) -> CacheKey {
-        CacheKey::User {
-            user: user.clone(),
-            platform: ctx.grant_binding.clone(),
-        }
-    }
-
     /// A token for `user`, from the grant store, refreshed when due.
     pub async fn user_token(
         &self,
@@ -263,7 +258,7 @@ impl Credentials {
         user: &Arc<str>,
         refused: Option<&Token>,
     ) -> Result<Token, CredentialError> {
-        let key = self.user_key(ctx, user);
+        let key = user_key(ctx, user);
         if let Some(token) = self.tokens.fresh(&key) {
             return Ok(token);
         }

@@ -23,7 +23,7 @@ use crate::proxy::{ConnInfo, Proxy};
 use crate::wire::head::{self, Delimit};
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::FutureExt;
-use http::{Method, Request, Response, StatusCode, Version};
+use http::{Method, Request, Response, Version};
 use http_body_util::BodyExt;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
@@ -105,10 +105,7 @@ where
         first = false;
         let shape = head::request_shape(parts.version, &parts.headers);
         if !takes(&parts, &shape) {
-            let mut replay = BytesMut::with_capacity(raw.len() + buf.len());
-            replay.extend_from_slice(&raw);
-            replay.extend_from_slice(&buf);
-            return Outcome::Handoff(replay.freeze());
+            return Outcome::Handoff(head::rejoined(&raw, &buf).freeze());
         }
         let keep_alive = shape.is_ok_and(|s| s.keep_alive);
         let (method, version) = (parts.method.clone(), parts.version);
@@ -185,12 +182,9 @@ where
         if waits.timer.deadline() > deadline {
             waits.timer.as_mut().reset(deadline);
         }
-        if buf.capacity() - buf.len() < READ_STEP / 2 {
-            buf.reserve(READ_STEP);
-        }
         tokio::select! {
             biased;
-            read = std::future::poll_fn(|cx| tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, buf)) => {
+            read = read_more(io, buf, READ_STEP / 2) => {
                 match read {
                     Ok(0) | Err(_) => return Next::Close,
                     Ok(_) => {}
@@ -224,16 +218,22 @@ where
         }
         // Not a new buffer per request: the head just taken still shares
         // this one, so growing it now would allocate.
-        if buf.capacity() - buf.len() < 1024 {
-            buf.reserve(READ_STEP);
-        }
-        let read =
-            std::future::poll_fn(|cx| tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, buf))
-                .await;
-        if matches!(read, Ok(0) | Err(_)) {
+        if matches!(read_more(io, buf, 1024).await, Ok(0) | Err(_)) {
             return;
         }
     }
+}
+
+/// Reads what the caller sent into `buf`, first growing it by a step if
+/// less than `min_room` is free; `Ok(0)` at the end of input.
+async fn read_more<I>(io: &mut I, buf: &mut BytesMut, min_room: usize) -> io::Result<usize>
+where
+    I: AsyncRead + Unpin,
+{
+    if buf.capacity() - buf.len() < min_room {
+        buf.reserve(READ_STEP);
+    }
+    std::future::poll_fn(|cx| tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, buf)).await
 }
 
 /// Writes `resp`; whether the connection can take another request.
@@ -259,11 +259,7 @@ where
             .headers
             .insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(n));
     }
-    let delimit = if method == Method::HEAD
-        || status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-    {
+    let delimit = if head::bodiless(method, status) {
         Delimit::None
     } else if let Some(n) = declared_length(&parts.headers) {
         Delimit::Length(n)

@@ -104,10 +104,7 @@ pub fn take_request(
         Err(e) => {
             // Left as it was, for whoever parses it next (hyper, which
             // answers the error).
-            let mut whole = BytesMut::with_capacity(head.len() + buf.len());
-            whole.extend_from_slice(&head);
-            whole.extend_from_slice(buf);
-            *buf = whole;
+            *buf = rejoined(&head, buf);
             return Err(e);
         }
     };
@@ -117,6 +114,23 @@ pub fn take_request(
     parts.version = version;
     parts.headers = headers;
     Ok(Some((parts, head)))
+}
+
+/// A head taken out of a buffer put back in front of what followed it.
+pub fn rejoined(head: &[u8], rest: &[u8]) -> BytesMut {
+    let mut whole = BytesMut::with_capacity(head.len() + rest.len());
+    whole.extend_from_slice(head);
+    whole.extend_from_slice(rest);
+    whole
+}
+
+/// Whether an answer has no body whatever its headers say (RFC 9112 §6.3):
+/// one to `HEAD`, a 1xx, 204 or 304.
+pub fn bodiless(method: &Method, status: StatusCode) -> bool {
+    method == Method::HEAD
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
 }
 
 /// A response head at the start of `buf`, taken out of it when complete.
@@ -242,11 +256,12 @@ pub fn response_shape(
     headers: &HeaderMap,
 ) -> Result<Shape, HeadError> {
     let scan = Scan::of(headers);
-    let bodiless = method == Method::HEAD
-        || status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED;
-    let framing = match (bodiless, scan.chunked, scan.bad_length, scan.length) {
+    let framing = match (
+        bodiless(method, status),
+        scan.chunked,
+        scan.bad_length,
+        scan.length,
+    ) {
         (true, ..) => Framing::Empty,
         (false, Some(true), ..) => Framing::Chunked,
         (false, Some(false), ..) => Framing::Close,
