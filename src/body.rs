@@ -85,28 +85,29 @@ pub struct CallerBody {
     prefix: Option<Bytes>,
     /// The rest of the caller's stream; `None` for a body read whole.
     inner: Option<Incoming>,
-    /// Set once reading the caller's body failed; shared with the sender.
-    failed: Arc<AtomicBool>,
+    /// Set once reading the caller's stream failed; shared with the sender.
+    /// `None` for a body read whole, which cannot fail.
+    failed: Option<Arc<AtomicBool>>,
 }
 
 /// Tells, after the upstream call, whether the caller's body was at fault.
 #[derive(Debug, Clone)]
-pub struct CallerFault(Arc<AtomicBool>);
+pub struct CallerFault(Option<Arc<AtomicBool>>);
 
 impl CallerFault {
     pub fn happened(&self) -> bool {
-        self.0.load(Ordering::Acquire)
+        self.0.as_ref().is_some_and(|f| f.load(Ordering::Acquire))
     }
 }
 
 impl CallerBody {
     pub fn new(inner: Incoming) -> (CallerBody, CallerFault) {
         let failed = Arc::new(AtomicBool::new(false));
-        let fault = CallerFault(failed.clone());
+        let fault = CallerFault(Some(failed.clone()));
         let body = CallerBody {
             prefix: None,
             inner: Some(inner),
-            failed,
+            failed: Some(failed),
         };
         (body, fault)
     }
@@ -128,14 +129,12 @@ impl CallerBody {
 
     /// A body read whole, which can be sent again.
     pub fn buffered(bytes: Bytes) -> (CallerBody, CallerFault) {
-        let failed = Arc::new(AtomicBool::new(false));
-        let fault = CallerFault(failed.clone());
         let body = CallerBody {
             prefix: Some(bytes).filter(|b| !b.is_empty()),
             inner: None,
-            failed,
+            failed: None,
         };
-        (body, fault)
+        (body, CallerFault(None))
     }
 }
 
@@ -154,8 +153,8 @@ impl HttpBody for CallerBody {
             return Poll::Ready(None);
         };
         let polled = Pin::new(inner).poll_frame(cx);
-        if let Poll::Ready(Some(Err(_))) = &polled {
-            self.failed.store(true, Ordering::Release);
+        if let (Poll::Ready(Some(Err(_))), Some(failed)) = (&polled, &self.failed) {
+            failed.store(true, Ordering::Release);
         }
         polled
     }

@@ -6,6 +6,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use std::sync::Arc;
 
 /// Labels of one request. Built on every request, so nothing here
 /// allocates: the route name is the route's own `Arc<str>` and the error
@@ -38,6 +39,26 @@ pub fn no_route_label() -> RouteLabel {
     RouteLabel(NONE.get_or_init(|| "-".into()).clone())
 }
 
+/// A request counter this thread used lately, with what it counts. The
+/// route's `Arc` is held, so its address cannot be reused for another name
+/// while the entry lives.
+struct RecentCounter {
+    metrics: u64,
+    route: Option<Arc<str>>,
+    status: u16,
+    error: &'static str,
+    counter: Counter,
+}
+
+/// Enough for a worker's usual mix of routes and statuses; older entries
+/// make room (a miss only costs the family lookup).
+const RECENT_COUNTERS_KEPT: usize = 8;
+
+thread_local! {
+    static RECENT_COUNTERS: std::cell::RefCell<Vec<RecentCounter>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Labels of a per-app metric.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AppLabels {
@@ -52,6 +73,9 @@ pub struct OutcomeLabels {
 
 /// Every metric the proxy keeps.
 pub struct Metrics {
+    /// Tells this instance's counters apart in [`RECENT_COUNTERS`] (tests
+    /// run several proxies, each with its own registry, on one thread).
+    id: u64,
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
     /// Time to upstream response headers.
@@ -127,7 +151,9 @@ impl Default for Metrics {
             open_connections.clone(),
         );
         let quota = crate::quota::metrics::QuotaMetrics::register(&mut registry);
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         Metrics {
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             quota,
             registry,
             requests,
@@ -143,6 +169,50 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// The request counter for these labels. `Family::get_or_create` hashes
+    /// the labels with SipHash under a lock, a visible share of a small
+    /// request's CPU; a counter is a shared handle, so the few this thread
+    /// used last are kept and found by pointer comparison.
+    fn request_counter(
+        &self,
+        route: Option<&Arc<str>>,
+        status: u16,
+        error: &'static str,
+    ) -> Counter {
+        RECENT_COUNTERS.with_borrow_mut(|recent| {
+            let hit = recent.iter().position(|r| {
+                r.metrics == self.id
+                    && r.status == status
+                    && std::ptr::eq(r.error, error)
+                    && match (&r.route, route) {
+                        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                        (None, None) => true,
+                        _ => false,
+                    }
+            });
+            if let Some(i) = hit {
+                return recent[i].counter.clone();
+            }
+            let labels = RequestLabels {
+                route: route.cloned().map_or_else(no_route_label, RouteLabel),
+                status,
+                error,
+            };
+            let counter = self.requests.get_or_create(&labels).clone();
+            if recent.len() == RECENT_COUNTERS_KEPT {
+                recent.remove(0);
+            }
+            recent.push(RecentCounter {
+                metrics: self.id,
+                route: route.cloned(),
+                status,
+                error,
+                counter: counter.clone(),
+            });
+            counter
+        })
+    }
+
     pub fn encode(&self) -> String {
         let mut out = String::new();
         // Writing to a String cannot fail.
@@ -158,10 +228,9 @@ impl Metrics {
 /// "client closed request").
 pub struct Observed<'a> {
     metrics: &'a Metrics,
-    started: tokio::time::Instant,
-    /// Method and path for the access log, kept only when it will be
+    /// Method, path and start for the access log, kept only when it will be
     /// written: the path only, as a query may carry secrets.
-    access: Option<(http::Method, String)>,
+    access: Option<(http::Method, String, tokio::time::Instant)>,
     /// The route taken, once one is.
     pub route: Option<std::sync::Arc<str>>,
     /// Status and proxy error code, once the response is made.
@@ -173,9 +242,8 @@ impl<'a> Observed<'a> {
         metrics.in_flight.inc();
         Observed {
             metrics,
-            started: tokio::time::Instant::now(),
             access: tracing::enabled!(tracing::Level::DEBUG)
-                .then(|| (method.clone(), path.to_owned())),
+                .then(|| (method.clone(), path.to_owned(), tokio::time::Instant::now())),
             route: None,
             outcome: None,
         }
@@ -195,22 +263,16 @@ impl Drop for Observed<'_> {
     fn drop(&mut self) {
         self.metrics.in_flight.dec();
         let (status, error) = self.outcome.unwrap_or((499, ""));
-        let route = self.route.clone().map_or_else(no_route_label, RouteLabel);
         self.metrics
-            .requests
-            .get_or_create(&RequestLabels {
-                route,
-                status,
-                error,
-            })
+            .request_counter(self.route.as_ref(), status, error)
             .inc();
-        if let Some((method, path)) = &self.access {
+        if let Some((method, path, started)) = &self.access {
             tracing::debug!(
                 %method,
                 path = ?path,
                 route = self.route.as_deref().unwrap_or("-"),
                 status,
-                elapsed_ms = self.started.elapsed().as_millis() as u64,
+                elapsed_ms = started.elapsed().as_millis() as u64,
                 "request"
             );
         }

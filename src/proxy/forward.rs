@@ -6,13 +6,13 @@
 use super::ConnInfo;
 use super::headers::{rewrite_links, strip_caller_credentials, strip_hop_by_hop};
 use super::retry::Heal;
-use crate::body::{Body, CallerBody, CallerFault, Inbound, UpstreamBody};
+use crate::body::{Body, CallerFault, Inbound, UpstreamBody};
 use crate::cache::entry::API_VERSION;
 use crate::credentials::Token;
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
 use crate::state::Snapshot;
-use crate::upstream::error_chain;
+use crate::upstream::{Outbound, error_chain};
 use http::header::HOST;
 use http::uri::Authority;
 use http::{HeaderMap, HeaderValue, Request, Response, Version};
@@ -108,14 +108,14 @@ pub async fn send(
     parts.version = Version::HTTP_11;
     let metrics = heal.metrics;
     super::retry::exchange(parts, body, token, heal, |parts, body, fault| {
-        exchange_once(Request::from_parts(parts, body), fault, snap, metrics)
+        exchange_once(snap.upstream.prepare(parts, body), fault, snap, metrics)
     })
     .await
 }
 
 /// One request to the platform, up to its response headers.
 async fn exchange_once(
-    req: Request<CallerBody>,
+    req: Outbound,
     caller_fault: CallerFault,
     snap: &Snapshot,
     metrics: &Metrics,

@@ -1,6 +1,7 @@
 //! Header surgery on the forwarding path: hop-by-hop removal, the caller's
 //! own credentials removed, and pointing `Link`/`Location` back at the proxy.
 
+use crate::wire::head::surely_none;
 use http::header::{
     AUTHORIZATION, CONNECTION, COOKIE, HeaderMap, HeaderName, HeaderValue, LINK, LOCATION,
 };
@@ -23,9 +24,7 @@ static HOP_BY_HOP: [HeaderName; 9] = [
 /// lists. Callers set `Authorization` only after this, so a caller sending
 /// `Connection: authorization` cannot strip the injected token.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none of them: one pass over the names (cheap
-    // comparisons of standard names) instead of hashing eleven lookups.
-    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+    if surely_none(headers, |name| HOP_BY_HOP.contains(name)) {
         return;
     }
     let listed: Vec<HeaderName> = headers
@@ -49,6 +48,9 @@ static CALLER_CREDENTIALS: [HeaderName; 3] =
 
 /// Removes the caller's credentials; the injected token is set after this.
 pub fn strip_caller_credentials(headers: &mut HeaderMap) {
+    if surely_none(headers, |name| CALLER_CREDENTIALS.contains(name)) {
+        return;
+    }
     for name in &CALLER_CREDENTIALS {
         headers.remove(name);
     }

@@ -28,7 +28,7 @@ use crate::metrics::Metrics;
 use bytes::{Bytes, BytesMut};
 use http::header::{AUTHORIZATION, CONTENT_LENGTH};
 use http::request::Parts;
-use http::{HeaderMap, Request, Response, StatusCode};
+use http::{HeaderMap, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use std::future::Future;
@@ -61,16 +61,18 @@ enum Outgoing {
 
 /// Sends the request with `token` through `send`, and once more with a fresh
 /// token if the platform refused it and the body allows. `parts` carries
-/// every header but `Authorization`, which is set here per attempt.
+/// every header but `Authorization`, which is set here per attempt. `send`
+/// only borrows the head (it writes it out before its future starts), so
+/// the head is not copied for a resend that rarely happens.
 pub async fn exchange<F, Fut>(
-    parts: Parts,
+    mut parts: Parts,
     body: Inbound,
     token: Token,
     heal: Heal<'_>,
     send: F,
 ) -> Result<Response<UpstreamBody>, ProxyError>
 where
-    F: Fn(Parts, CallerBody, CallerFault) -> Fut,
+    F: Fn(&Parts, CallerBody, CallerFault) -> Fut,
     Fut: Future<Output = Result<Response<UpstreamBody>, ProxyError>>,
 {
     let outgoing = match body {
@@ -81,7 +83,8 @@ where
     let bytes = match outgoing {
         Outgoing::Stream(prefix, rest) => {
             let (body, fault) = CallerBody::prefixed(prefix, rest);
-            let resp = send(with_token(parts, &token), body, fault).await?;
+            set_token(&mut parts, &token);
+            let resp = send(&parts, body, fault).await?;
             if resp.status() == StatusCode::UNAUTHORIZED {
                 // Not replayed, but the next request gets a fresh token.
                 // Boxed, as every mint here: rare, and large.
@@ -91,9 +94,9 @@ where
         }
         Outgoing::Whole(bytes) => bytes,
     };
-    let again = copy_head(&parts);
     let (body, fault) = CallerBody::buffered(bytes.clone());
-    let first = send(with_token(parts, &token), body, fault).await?;
+    set_token(&mut parts, &token);
+    let first = send(&parts, body, fault).await?;
     if first.status() != StatusCode::UNAUTHORIZED {
         return Ok(first);
     }
@@ -113,7 +116,8 @@ where
     heal.metrics.token_retries.inc();
     tracing::info!("the platform refused the token (401); resending once with a fresh one");
     let (body, fault) = CallerBody::buffered(bytes);
-    send(with_token(again, &fresh), body, fault).await
+    set_token(&mut parts, &fresh);
+    send(&parts, body, fault).await
 }
 
 impl Heal<'_> {
@@ -131,20 +135,8 @@ impl Heal<'_> {
     }
 }
 
-fn with_token(mut parts: Parts, token: &Token) -> Parts {
+fn set_token(parts: &mut Parts, token: &Token) {
     parts.headers.insert(AUTHORIZATION, token.header().clone());
-    parts
-}
-
-/// The request head again, for the resend (extensions are not needed
-/// upstream and are not cloneable).
-fn copy_head(parts: &Parts) -> Parts {
-    let mut req = Request::new(());
-    *req.method_mut() = parts.method.clone();
-    *req.uri_mut() = parts.uri.clone();
-    *req.version_mut() = parts.version;
-    *req.headers_mut() = parts.headers.clone();
-    req.into_parts().0
 }
 
 /// Reads the body ahead of sending while it may still be replayed.

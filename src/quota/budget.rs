@@ -8,6 +8,7 @@
 //! speaks epoch seconds) and passed in, so the rules are tested without
 //! waiting.
 
+use crate::wire::head::surely_none;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use serde::Serialize;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -31,13 +32,7 @@ pub struct RateLimit {
 impl RateLimit {
     /// The values in `headers`, or `None` when it carries none of them.
     pub fn from_headers(headers: &HeaderMap) -> Option<RateLimit> {
-        // Most answers carry a handful of headers: one look at each name
-        // beats four hashed lookups of names that are not there.
-        if headers.len() <= 16
-            && !headers
-                .keys()
-                .any(|k| k.as_str().starts_with("x-ratelimit-"))
-        {
+        if surely_none(headers, |k| k.as_str().starts_with("x-ratelimit-")) {
             return None;
         }
         let num = |name: &HeaderName| {
@@ -155,6 +150,9 @@ impl Budget {
 /// `Retry-After` as delay-seconds (the form the platform and GitHub use;
 /// an HTTP-date is not worth a date parser here and is ignored).
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    if surely_none(headers, |k| k == http::header::RETRY_AFTER) {
+        return None;
+    }
     headers
         .get(http::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())

@@ -1,9 +1,9 @@
 //! Forwarded requests whose whole body is in hand, over this worker's own
 //! HTTP/1.1 connections to a plain-`http` upstream (see [`crate::wire`]).
 //!
-//! The head and body go out in one write; the answer's head is read by the
-//! request's own task, and its body off the socket by whoever streams it to
-//! the caller. A request that streams its body (an upload larger than the
+//! Written out by [`super::Upstream::prepare`], the head and body go out in
+//! one write; the answer's head is read by the request's own task, and its
+//! body off the socket by whoever streams it to the caller. A request that streams its body (an upload larger than the
 //! 401 recovery keeps, see `proxy/retry.rs`) goes through hyper's client
 //! instead (`worker_pool.rs`), which writes it while reading the answer.
 //!
@@ -14,13 +14,13 @@
 
 use super::Upstream;
 use super::worker_pool::{self, BoxError};
-use crate::body::{CallerBody, UpstreamBody};
+use crate::body::UpstreamBody;
 use crate::wire::body::Decoder;
 use crate::wire::client::{self, Conn, ResponseBody};
 use crate::wire::head;
 use bytes::{Bytes, BytesMut};
 use http::header::CONTENT_LENGTH;
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Response, StatusCode};
 use tokio::io::AsyncWriteExt;
 
 /// The largest response head read; hyper's client allows about as much.
@@ -34,29 +34,36 @@ struct Failed {
     error: BoxError,
 }
 
-/// Sends `req` upstream; streamed bodies go through hyper's client.
-pub async fn send(
-    up: &Upstream,
-    req: Request<CallerBody>,
-) -> Result<Response<UpstreamBody>, BoxError> {
-    let Some(body) = req.body().in_hand() else {
-        // Boxed: hyper's connection setup is a large future, and the
-        // common path should not carry its size.
-        let resp = Box::pin(worker_pool::send(up, req)).await?;
-        return Ok(resp.map(UpstreamBody::Hyper));
-    };
-    let (parts, _) = req.into_parts();
-    // A body, or a caller's explicit `Content-Length: 0`, is announced.
-    let length = (!body.is_empty() || parts.headers.contains_key(CONTENT_LENGTH))
-        .then_some(body.len() as u64);
-    let mut out = BytesMut::with_capacity(512 + body.len());
-    head::put_request(&mut out, &parts, length);
-    out.extend_from_slice(&body);
-    let out = out.freeze();
-    let idempotent = matches!(
-        parts.method,
-        Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS
-    );
+/// A request written out for one of this worker's connections.
+pub struct Written {
+    out: Bytes,
+    method: Method,
+    idempotent: bool,
+}
+
+impl Written {
+    /// `head` with `body`, whose whole is in hand, in one buffer.
+    pub fn new(head: &http::request::Parts, body: Bytes) -> Written {
+        // A body, or a caller's explicit `Content-Length: 0`, is announced.
+        let length = (!body.is_empty() || head.headers.contains_key(CONTENT_LENGTH))
+            .then_some(body.len() as u64);
+        let mut out = BytesMut::with_capacity(512 + body.len());
+        head::put_request(&mut out, head, length);
+        out.extend_from_slice(&body);
+        let idempotent = matches!(
+            head.method,
+            Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS
+        );
+        Written {
+            out: out.freeze(),
+            method: head.method.clone(),
+            idempotent,
+        }
+    }
+}
+
+/// Sends a written request on a kept connection, or a new one.
+pub async fn send(up: &Upstream, req: Written) -> Result<Response<UpstreamBody>, BoxError> {
     let mut kept = client::checkout(&up.alive);
     loop {
         let reused = kept.is_some();
@@ -64,10 +71,10 @@ pub async fn send(
             Some(conn) => conn,
             None => Conn::new(Box::pin(worker_pool::tcp_connect(up)).await?, &up.alive),
         };
-        match exchange(&mut conn, &out, idempotent).await {
+        match exchange(&mut conn, &req.out, req.idempotent).await {
             Ok(resp) => {
                 let shape =
-                    head::response_shape(&parts.method, resp.status, resp.version, &resp.headers)?;
+                    head::response_shape(&req.method, resp.status, resp.version, &resp.headers)?;
                 let reusable =
                     shape.keep_alive && shape.framing != crate::wire::body::Framing::Close;
                 let body = ResponseBody::new(conn, Decoder::new(shape.framing), reusable);

@@ -53,6 +53,27 @@ pub struct Upstream {
     alive: Arc<()>,
 }
 
+/// A forwarded request ready to send (see [`Upstream::prepare`]).
+pub struct Outbound(Prepared);
+
+enum Prepared {
+    /// Head and body written out, for this worker's own connections.
+    Lane(lane::Written),
+    /// For hyper's client: a body that streams, TLS, or off the workers.
+    Hyper(http::Request<CallerBody>),
+}
+
+/// A request head again, for hyper's client (extensions are not needed
+/// upstream and are not cloneable).
+fn copy_head(head: &http::request::Parts) -> http::request::Parts {
+    let mut req = http::Request::new(());
+    *req.method_mut() = head.method.clone();
+    *req.uri_mut() = head.uri.clone();
+    *req.version_mut() = head.version;
+    *req.headers_mut() = head.headers.clone();
+    req.into_parts().0
+}
+
 /// A forwarding pool on one worker thread.
 type ForwardPool = Client<Connector, CallerBody>;
 
@@ -116,18 +137,40 @@ impl Upstream {
         })
     }
 
+    /// Makes a forwarded request ready to send, without taking its head: a
+    /// request the platform refuses with 401 is sent again with another
+    /// token (see `proxy/retry.rs`), and on the common path its head is
+    /// written out here once instead of being copied for that.
+    pub fn prepare(&self, head: &http::request::Parts, body: CallerBody) -> Outbound {
+        if ON_WORKER.get() && self.config.scheme == http::uri::Scheme::HTTP {
+            if let Some(body) = body.in_hand() {
+                return Outbound(Prepared::Lane(lane::Written::new(head, body)));
+            }
+        }
+        Outbound(Prepared::Hyper(http::Request::from_parts(
+            copy_head(head),
+            body,
+        )))
+    }
+
     /// Sends a forwarded request: through this thread's own connections on a
     /// worker, else through the shared pool.
     pub async fn forward(
         &self,
-        req: http::Request<CallerBody>,
+        out: Outbound,
     ) -> Result<http::Response<UpstreamBody>, worker_pool::BoxError> {
+        let req = match out.0 {
+            Prepared::Lane(written) => return lane::send(self, written).await,
+            Prepared::Hyper(req) => req,
+        };
+        // Boxed: hyper's futures are large, and the common path above
+        // should not carry their size.
         let resp = if !ON_WORKER.get() {
-            self.forward.request(req).await?
+            Box::pin(self.forward.request(req)).await?
         } else if self.config.scheme == http::uri::Scheme::HTTP {
-            return lane::send(self, req).await;
+            Box::pin(worker_pool::send(self, req)).await?
         } else {
-            self.worker_client(req).await?
+            Box::pin(self.worker_client(req)).await?
         };
         Ok(resp.map(UpstreamBody::Hyper))
     }

@@ -124,6 +124,18 @@ pub fn rejoined(head: &[u8], rest: &[u8]) -> BytesMut {
     whole
 }
 
+/// Up to this many headers, looking at each name once is cheaper than a
+/// hashed lookup of every name that is usually absent.
+const SCAN_AT_MOST: usize = 16;
+
+/// Whether `headers` surely holds no name `is_one` picks (`false`: maybe
+/// some, look them up). API messages carry a handful of headers and
+/// rarely the ones a proxy removes or checks for, so one pass comparing
+/// names beats hashing each name sought.
+pub fn surely_none(headers: &HeaderMap, is_one: impl Fn(&HeaderName) -> bool) -> bool {
+    headers.len() <= SCAN_AT_MOST && !headers.keys().any(is_one)
+}
+
 /// Whether an answer has no body whatever its headers say (RFC 9112 §6.3):
 /// one to `HEAD`, a 1xx, 204 or 304.
 pub fn bodiless(method: &Method, status: StatusCode) -> bool {
