@@ -169,16 +169,11 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// The request counter for these labels. `Family::get_or_create` hashes
-    /// the labels with SipHash under a lock, a visible share of a small
-    /// request's CPU; a counter is a shared handle, so the few this thread
-    /// used last are kept and found by pointer comparison.
-    fn request_counter(
-        &self,
-        route: Option<&Arc<str>>,
-        status: u16,
-        error: &'static str,
-    ) -> Counter {
+    /// Counts a request. `Family::get_or_create` hashes the labels with
+    /// SipHash under a lock, a visible share of a small request's CPU; a
+    /// counter is a shared handle, so the few this thread used last are
+    /// kept and found by pointer comparison.
+    fn count_request(&self, route: Option<&Arc<str>>, status: u16, error: &'static str) {
         RECENT_COUNTERS.with_borrow_mut(|recent| {
             let hit = recent.iter().position(|r| {
                 r.metrics == self.id
@@ -191,7 +186,8 @@ impl Metrics {
                     }
             });
             if let Some(i) = hit {
-                return recent[i].counter.clone();
+                recent[i].counter.inc();
+                return;
             }
             let labels = RequestLabels {
                 route: route.cloned().map_or_else(no_route_label, RouteLabel),
@@ -199,6 +195,7 @@ impl Metrics {
                 error,
             };
             let counter = self.requests.get_or_create(&labels).clone();
+            counter.inc();
             if recent.len() == RECENT_COUNTERS_KEPT {
                 recent.remove(0);
             }
@@ -207,9 +204,8 @@ impl Metrics {
                 route: route.cloned(),
                 status,
                 error,
-                counter: counter.clone(),
+                counter,
             });
-            counter
         })
     }
 
@@ -264,8 +260,7 @@ impl Drop for Observed<'_> {
         self.metrics.in_flight.dec();
         let (status, error) = self.outcome.unwrap_or((499, ""));
         self.metrics
-            .request_counter(self.route.as_ref(), status, error)
-            .inc();
+            .count_request(self.route.as_ref(), status, error);
         if let Some((method, path, started)) = &self.access {
             tracing::debug!(
                 %method,

@@ -16,6 +16,7 @@ use crate::upstream::{Outbound, error_chain};
 use http::header::HOST;
 use http::uri::Authority;
 use http::{HeaderMap, HeaderValue, Request, Response, Version};
+use std::cell::RefCell;
 
 /// Where the caller reached the proxy, for rewriting links back to it. Only
 /// turned into a URL when a response carries a link to rewrite; until then it
@@ -63,7 +64,7 @@ pub fn inbound_host<B>(req: &Request<B>) -> Result<Option<Authority>, ProxyError
                 (Some(h), None) if h.is_empty() => return Ok(None),
                 (Some(h), None) => h,
             };
-            http::uri::Authority::try_from(host.as_bytes())
+            parse_host(host)
                 .map_err(|_| bad("header is not a host name or address with an optional port"))?
         }
     };
@@ -71,6 +72,28 @@ pub fn inbound_host<B>(req: &Request<B>) -> Result<Option<Authority>, ProxyError
         return Err(bad("has user information (`user@`); send only host[:port]"));
     }
     Ok(Some(authority))
+}
+
+thread_local! {
+    /// The `Host` last parsed on this thread, and its authority: callers
+    /// address the proxy by one name, and parsing it copies it. The value
+    /// is a copy too, so the entry holds no connection's buffer.
+    static LAST_HOST: RefCell<Option<(HeaderValue, Authority)>> = const { RefCell::new(None) };
+}
+
+fn parse_host(host: &HeaderValue) -> Result<Authority, http::uri::InvalidUri> {
+    LAST_HOST.with_borrow_mut(|last| {
+        if let Some((value, authority)) = last.as_ref()
+            && value == host
+        {
+            return Ok(authority.clone());
+        }
+        let authority = Authority::try_from(host.as_bytes())?;
+        if let Ok(value) = HeaderValue::from_bytes(host.as_bytes()) {
+            *last = Some((value, authority.clone()));
+        }
+        Ok(authority)
+    })
 }
 
 /// Sets the route's `api_version` as `X-Api-Version` (the platform's API
@@ -89,71 +112,87 @@ pub fn default_api_version(headers: &mut HeaderMap, version: Option<&HeaderValue
 /// platform refuses it, see [`super::retry`]) and returns the platform's
 /// answer, hop-by-hop headers removed (links are rewritten by the caller, see
 /// [`rewrite_for_caller`], once it knows which answer the caller gets).
-pub async fn send(
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps its arguments twice; see `proxy`"
+)]
+pub fn send(
     req: Request<Inbound>,
     uri: http::Uri,
     snap: &Snapshot,
     token: Token,
     heal: Heal<'_>,
-) -> Result<Response<UpstreamBody>, ProxyError> {
-    let (mut parts, body) = req.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
-    strip_caller_credentials(&mut parts.headers);
-    parts
-        .headers
-        .insert(HOST, snap.upstream.host_header.clone());
-    parts.uri = uri;
-    // The pool negotiates HTTP/2 by ALPN where the platform offers it; an
-    // inbound HTTP/2 request must not force prior-knowledge HTTP/2 upstream.
-    parts.version = Version::HTTP_11;
-    let metrics = heal.metrics;
-    super::retry::exchange(parts, body, token, heal, |parts, body, fault| {
-        exchange_once(snap.upstream.prepare(parts, body), fault, snap, metrics)
-    })
-    .await
+) -> impl Future<Output = Result<Response<UpstreamBody>, ProxyError>> {
+    async move {
+        let (mut parts, body) = req.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        strip_caller_credentials(&mut parts.headers);
+        parts
+            .headers
+            .insert(HOST, snap.upstream.host_header.clone());
+        parts.uri = uri;
+        // The pool negotiates HTTP/2 by ALPN where the platform offers it; an
+        // inbound HTTP/2 request must not force prior-knowledge HTTP/2 upstream.
+        parts.version = Version::HTTP_11;
+        let metrics = heal.metrics;
+        super::retry::exchange(parts, body, token, heal, |parts, body, fault| {
+            exchange_once(snap.upstream.prepare(parts, body), fault, snap, metrics)
+        })
+        .await
+    }
 }
 
 /// One request to the platform, up to its response headers.
-async fn exchange_once(
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps its arguments twice; see `proxy`"
+)]
+fn exchange_once(
     req: Outbound,
     caller_fault: CallerFault,
     snap: &Snapshot,
     metrics: &Metrics,
-) -> Result<Response<UpstreamBody>, ProxyError> {
-    let timeout = snap.config.upstream.response_timeout;
-    let started = tokio::time::Instant::now();
-    // At most `limits.max_upstream_requests` at the platform; the rest wait
-    // here, inside the response timeout. A slot is held until the response
-    // headers, not through the body: a caller that stops reading a download
-    // must not keep one for as long as it likes. (Never closed: the
-    // `Result` always holds a permit.)
-    let exchange = async {
-        let _slot = snap.upstream_slots.acquire().await;
-        snap.upstream.forward(req).await
-    };
-    let resp = match tokio::time::timeout(timeout, exchange).await {
-        Err(_) => return Err(ProxyError::UpstreamTimeout(timeout)),
-        // A body the caller broke also fails the upstream call: not the platform's fault.
-        Ok(Err(e)) if caller_fault.happened() => {
-            return Err(ProxyError::BadRequest(format!(
-                "the request body could not be read: {}",
-                error_chain(&*e)
-            )));
+) -> impl Future<Output = Result<Response<UpstreamBody>, ProxyError>> {
+    async move {
+        let timeout = snap.config.upstream.response_timeout;
+        let started = tokio::time::Instant::now();
+        // At most `limits.max_upstream_requests` at the platform; the rest wait
+        // here, inside the response timeout. A slot is held until the response
+        // headers, not through the body: a caller that stops reading a download
+        // must not keep one for as long as it likes. (Never closed: the
+        // `Result` always holds a permit.)
+        let exchange = async {
+            // A free slot is taken without a future: the usual case.
+            let _slot = match snap.upstream_slots.try_acquire() {
+                Ok(slot) => Ok(slot),
+                Err(_) => snap.upstream_slots.acquire().await,
+            };
+            snap.upstream.forward(req).await
+        };
+        let resp = match tokio::time::timeout(timeout, exchange).await {
+            Err(_) => return Err(ProxyError::UpstreamTimeout(timeout)),
+            // A body the caller broke also fails the upstream call: not the platform's fault.
+            Ok(Err(e)) if caller_fault.happened() => {
+                return Err(ProxyError::BadRequest(format!(
+                    "the request body could not be read: {}",
+                    error_chain(&*e)
+                )));
+            }
+            Ok(Err(e)) => return Err(ProxyError::UpstreamUnreachable(error_chain(&*e))),
+            Ok(Ok(resp)) => resp,
+        };
+        let elapsed = started.elapsed();
+        metrics.upstream_seconds.observe(elapsed.as_secs_f64());
+        let (mut parts, body) = resp.into_parts();
+        // Only the audit trail reads it; an extension costs a map per response.
+        if snap.config.audit {
+            parts
+                .extensions
+                .insert(crate::activity::UpstreamElapsed(elapsed));
         }
-        Ok(Err(e)) => return Err(ProxyError::UpstreamUnreachable(error_chain(&*e))),
-        Ok(Ok(resp)) => resp,
-    };
-    let elapsed = started.elapsed();
-    metrics.upstream_seconds.observe(elapsed.as_secs_f64());
-    let (mut parts, body) = resp.into_parts();
-    // Only the audit trail reads it; an extension costs a map per response.
-    if snap.config.audit {
-        parts
-            .extensions
-            .insert(crate::activity::UpstreamElapsed(elapsed));
+        strip_hop_by_hop(&mut parts.headers);
+        Ok(Response::from_parts(parts, body))
     }
-    strip_hop_by_hop(&mut parts.headers);
-    Ok(Response::from_parts(parts, body))
 }
 
 /// Points the answer's `Link`/`Location` back at the proxy the caller used.

@@ -64,60 +64,66 @@ enum Outgoing {
 /// every header but `Authorization`, which is set here per attempt. `send`
 /// only borrows the head (it writes it out before its future starts), so
 /// the head is not copied for a resend that rarely happens.
-pub async fn exchange<F, Fut>(
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps its arguments twice; see `proxy`"
+)]
+pub fn exchange<F, Fut>(
     mut parts: Parts,
     body: Inbound,
     token: Token,
     heal: Heal<'_>,
     send: F,
-) -> Result<Response<UpstreamBody>, ProxyError>
+) -> impl Future<Output = Result<Response<UpstreamBody>, ProxyError>>
 where
     F: Fn(&Parts, CallerBody, CallerFault) -> Fut,
     Fut: Future<Output = Result<Response<UpstreamBody>, ProxyError>>,
 {
-    let outgoing = match body {
-        // Nothing to read: no future (see `wire` on future sizes).
-        Inbound::Empty => Outgoing::Whole(Bytes::new()),
-        Inbound::Hyper(body) => Box::pin(read_ahead(body, &parts.headers)).await?,
-    };
-    let bytes = match outgoing {
-        Outgoing::Stream(prefix, rest) => {
-            let (body, fault) = CallerBody::prefixed(prefix, rest);
-            set_token(&mut parts, &token);
-            let resp = send(&parts, body, fault).await?;
-            if resp.status() == StatusCode::UNAUTHORIZED {
-                // Not replayed, but the next request gets a fresh token.
-                // Boxed, as every mint here: rare, and large.
-                Box::pin(heal.drop_refused(&token)).await;
+    async move {
+        let outgoing = match body {
+            // Nothing to read: no future (see `wire` on future sizes).
+            Inbound::Empty => Outgoing::Whole(Bytes::new()),
+            Inbound::Hyper(body) => Box::pin(read_ahead(body, &parts.headers)).await?,
+        };
+        let bytes = match outgoing {
+            Outgoing::Stream(prefix, rest) => {
+                let (body, fault) = CallerBody::prefixed(prefix, rest);
+                set_token(&mut parts, &token);
+                let resp = send(&parts, body, fault).await?;
+                if resp.status() == StatusCode::UNAUTHORIZED {
+                    // Not replayed, but the next request gets a fresh token.
+                    // Boxed, as every mint here: rare, and large.
+                    Box::pin(heal.drop_refused(&token)).await;
+                }
+                return Ok(resp);
             }
-            return Ok(resp);
-        }
-        Outgoing::Whole(bytes) => bytes,
-    };
-    let (body, fault) = CallerBody::buffered(bytes.clone());
-    set_token(&mut parts, &token);
-    let first = send(&parts, body, fault).await?;
-    if first.status() != StatusCode::UNAUTHORIZED {
-        return Ok(first);
-    }
-    let fresh = match Box::pin(heal.renew(&token)).await {
-        Ok(fresh) => fresh,
-        Err(e) => {
-            // The platform's own answer says more than our failure to mint.
-            tracing::warn!(
-                error = %e,
-                "the platform refused the token (401) and no fresh one could be had; \
-                 passing the 401 on"
-            );
+            Outgoing::Whole(bytes) => bytes,
+        };
+        let (body, fault) = CallerBody::buffered(bytes.clone());
+        set_token(&mut parts, &token);
+        let first = send(&parts, body, fault).await?;
+        if first.status() != StatusCode::UNAUTHORIZED {
             return Ok(first);
         }
-    };
-    drop(first);
-    heal.metrics.token_retries.inc();
-    tracing::info!("the platform refused the token (401); resending once with a fresh one");
-    let (body, fault) = CallerBody::buffered(bytes);
-    set_token(&mut parts, &fresh);
-    send(&parts, body, fault).await
+        let fresh = match Box::pin(heal.renew(&token)).await {
+            Ok(fresh) => fresh,
+            Err(e) => {
+                // The platform's own answer says more than our failure to mint.
+                tracing::warn!(
+                    error = %e,
+                    "the platform refused the token (401) and no fresh one could be had; \
+                     passing the 401 on"
+                );
+                return Ok(first);
+            }
+        };
+        drop(first);
+        heal.metrics.token_retries.inc();
+        tracing::info!("the platform refused the token (401); resending once with a fresh one");
+        let (body, fault) = CallerBody::buffered(bytes);
+        set_token(&mut parts, &fresh);
+        send(&parts, body, fault).await
+    }
 }
 
 impl Heal<'_> {

@@ -35,7 +35,11 @@ pub(super) struct TokenSource<M> {
     pub mint: M,
 }
 
-pub(super) async fn spend<M, F>(
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps its arguments twice; see `proxy`"
+)]
+pub(super) fn spend<M, F>(
     shared: &Shared,
     snap: &Arc<Snapshot>,
     mut req: Request<Inbound>,
@@ -43,73 +47,75 @@ pub(super) async fn spend<M, F>(
     token: TokenSource<M>,
     origin: CallerOrigin<'_>,
     heal: Heal<'_>,
-) -> Result<Response<Body>, ProxyError>
+) -> impl Future<Output = Result<Response<Body>, ProxyError>>
 where
     M: FnOnce() -> Pin<Box<F>>,
     F: Future<Output = Result<Token, CredentialError>>,
 {
-    let credential = heal.credential;
-    let metrics = &shared.metrics.quota;
-    shared.quota.check_budget(credential, metrics).await?;
+    async move {
+        let credential = heal.credential;
+        let metrics = &shared.metrics.quota;
+        shared.quota.check_budget(credential, metrics).await?;
 
-    let cache = snap.cache.as_deref();
-    let key = cache.and_then(|_| {
-        let pq = uri.path_and_query().map_or("/", |pq| pq.as_str());
-        EntryKey::of(credential, req.method(), pq, req.headers())
-    });
-    let mut lead = None;
-    if let (Some(cache), Some(key)) = (cache, &key) {
-        match cache.join(key) {
-            Joined::Leader(l) => lead = Some(*l),
-            Joined::Follower(follow) => {
-                // Bounded: a leader whose caller reads its body slowly must
-                // not hold every follower as long.
-                let wait = snap.config.upstream.response_timeout;
-                let outcome = Box::pin(tokio::time::timeout(wait, follow.outcome()));
-                if let Ok(Some(entry)) = outcome.await {
-                    metrics.cache_result("shared");
-                    let mut resp = respond_from(&entry, "shared");
-                    forward::rewrite_for_caller(&mut resp, snap, &origin);
-                    return Ok(resp);
+        let cache = snap.cache.as_deref();
+        let key = cache.and_then(|_| {
+            let pq = uri.path_and_query().map_or("/", |pq| pq.as_str());
+            EntryKey::of(credential, req.method(), pq, req.headers())
+        });
+        let mut lead = None;
+        if let (Some(cache), Some(key)) = (cache, &key) {
+            match cache.join(key) {
+                Joined::Leader(l) => lead = Some(*l),
+                Joined::Follower(follow) => {
+                    // Bounded: a leader whose caller reads its body slowly must
+                    // not hold every follower as long.
+                    let wait = snap.config.upstream.response_timeout;
+                    let outcome = Box::pin(tokio::time::timeout(wait, follow.outcome()));
+                    if let Ok(Some(entry)) = outcome.await {
+                        metrics.cache_result("shared");
+                        let mut resp = respond_from(&entry, "shared");
+                        forward::rewrite_for_caller(&mut resp, snap, &origin);
+                        return Ok(resp);
+                    }
+                    // The leader's answer was not for sharing: ask ourselves.
                 }
-                // The leader's answer was not for sharing: ask ourselves.
             }
         }
-    }
 
-    // The token first: a slot taken while a slow mint runs would be spent
-    // waiting, and every request queued behind that mint would then leave
-    // at once when it lands, over the rate the bucket promised.
-    let token = match token.cached {
-        Some(token) => token,
-        None => (token.mint)().await?,
-    };
-    let rate = Rate::of(&snap.config.quota);
-    shared.quota.wait_turn(credential, rate, metrics).await?;
-    let stored = match (cache, &key) {
-        (Some(cache), Some(key)) => cache.get(key),
-        _ => None,
-    };
-    if let Some(entry) = &stored {
-        metrics.cache_result("hit");
-        entry.add_conditionals(req.headers_mut());
-    }
-    // A 401 is healed inside: the resend spends no second slot.
-    let resp = forward::send(req, uri, snap, token, heal).await?;
-    shared
-        .quota
-        .record(credential, resp.status(), resp.headers(), metrics)
-        .await;
-
-    let (parts, body) = resp.into_parts();
-    let mut resp = match (cache, key) {
-        (Some(cache), Some(key)) => {
-            let (resp, served) = cache.answer(key, stored, lead, parts, body);
-            metrics.cache_result(served.label());
-            resp
+        // The token first: a slot taken while a slow mint runs would be spent
+        // waiting, and every request queued behind that mint would then leave
+        // at once when it lands, over the rate the bucket promised.
+        let token = match token.cached {
+            Some(token) => token,
+            None => (token.mint)().await?,
+        };
+        let rate = Rate::of(&snap.config.quota);
+        shared.quota.wait_turn(credential, rate, metrics).await?;
+        let stored = match (cache, &key) {
+            (Some(cache), Some(key)) => cache.get(key),
+            _ => None,
+        };
+        if let Some(entry) = &stored {
+            metrics.cache_result("hit");
+            entry.add_conditionals(req.headers_mut());
         }
-        _ => Response::from_parts(parts, Either::Left(Either::Left(body))),
-    };
-    forward::rewrite_for_caller(&mut resp, snap, &origin);
-    Ok(resp)
+        // A 401 is healed inside: the resend spends no second slot.
+        let resp = forward::send(req, uri, snap, token, heal).await?;
+        shared
+            .quota
+            .record(credential, resp.status(), resp.headers(), metrics)
+            .await;
+
+        let (parts, body) = resp.into_parts();
+        let mut resp = match (cache, key) {
+            (Some(cache), Some(key)) => {
+                let (resp, served) = cache.answer(key, stored, lead, parts, body);
+                metrics.cache_result(served.label());
+                resp
+            }
+            _ => Response::from_parts(parts, Either::Left(Either::Left(body))),
+        };
+        forward::rewrite_for_caller(&mut resp, snap, &origin);
+        Ok(resp)
+    }
 }

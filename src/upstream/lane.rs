@@ -63,27 +63,40 @@ impl Written {
 }
 
 /// Sends a written request on a kept connection, or a new one.
-pub async fn send(up: &Upstream, req: Written) -> Result<Response<UpstreamBody>, BoxError> {
-    let mut kept = client::checkout(&up.alive);
-    loop {
-        let reused = kept.is_some();
-        let mut conn = match kept.take() {
-            Some(conn) => conn,
-            None => Conn::new(Box::pin(worker_pool::tcp_connect(up)).await?, &up.alive),
-        };
-        match exchange(&mut conn, &req.out, req.idempotent).await {
-            Ok(resp) => {
-                let shape =
-                    head::response_shape(&req.method, resp.status, resp.version, &resp.headers)?;
-                let reusable =
-                    shape.keep_alive && shape.framing != crate::wire::body::Framing::Close;
-                let body = ResponseBody::new(conn, Decoder::new(shape.framing), reusable);
-                return Ok(Response::from_parts(resp, UpstreamBody::Lane(body)));
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps its arguments twice; see `proxy`"
+)]
+pub fn send(
+    up: &Upstream,
+    req: Written,
+) -> impl Future<Output = Result<Response<UpstreamBody>, BoxError>> {
+    async move {
+        let mut kept = client::checkout(&up.alive);
+        loop {
+            let reused = kept.is_some();
+            let mut conn = match kept.take() {
+                Some(conn) => conn,
+                None => Conn::new(Box::pin(worker_pool::tcp_connect(up)).await?, &up.alive),
+            };
+            match exchange(&mut conn, &req.out, req.idempotent).await {
+                Ok(resp) => {
+                    let shape = head::response_shape(
+                        &req.method,
+                        resp.status,
+                        resp.version,
+                        &resp.headers,
+                    )?;
+                    let reusable =
+                        shape.keep_alive && shape.framing != crate::wire::body::Framing::Close;
+                    let body = ResponseBody::new(conn, Decoder::new(shape.framing), reusable);
+                    return Ok(Response::from_parts(resp, UpstreamBody::Lane(body)));
+                }
+                Err(failed) if reused && !failed.final_ => {
+                    tracing::debug!(error = %failed.error, "kept upstream connection was closed; sending on a new one");
+                }
+                Err(failed) => return Err(failed.error),
             }
-            Err(failed) if reused && !failed.final_ => {
-                tracing::debug!(error = %failed.error, "kept upstream connection was closed; sending on a new one");
-            }
-            Err(failed) => return Err(failed.error),
         }
     }
 }

@@ -60,7 +60,8 @@ enum Prepared {
     /// Head and body written out, for this worker's own connections.
     Lane(lane::Written),
     /// For hyper's client: a body that streams, TLS, or off the workers.
-    Hyper(http::Request<CallerBody>),
+    /// Boxed: the rare case, and the common one's future carries this.
+    Hyper(Box<http::Request<CallerBody>>),
 }
 
 /// A request head again, for hyper's client (extensions are not needed
@@ -142,37 +143,42 @@ impl Upstream {
     /// token (see `proxy/retry.rs`), and on the common path its head is
     /// written out here once instead of being copied for that.
     pub fn prepare(&self, head: &http::request::Parts, body: CallerBody) -> Outbound {
-        if ON_WORKER.get() && self.config.scheme == http::uri::Scheme::HTTP {
-            if let Some(body) = body.in_hand() {
-                return Outbound(Prepared::Lane(lane::Written::new(head, body)));
-            }
+        if ON_WORKER.get()
+            && self.config.scheme == http::uri::Scheme::HTTP
+            && let Some(body) = body.in_hand()
+        {
+            return Outbound(Prepared::Lane(lane::Written::new(head, body)));
         }
-        Outbound(Prepared::Hyper(http::Request::from_parts(
-            copy_head(head),
-            body,
-        )))
+        let req = http::Request::from_parts(copy_head(head), body);
+        Outbound(Prepared::Hyper(Box::new(req)))
     }
 
     /// Sends a forwarded request: through this thread's own connections on a
     /// worker, else through the shared pool.
-    pub async fn forward(
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps its arguments twice; see `proxy`"
+    )]
+    pub fn forward(
         &self,
         out: Outbound,
-    ) -> Result<http::Response<UpstreamBody>, worker_pool::BoxError> {
-        let req = match out.0 {
-            Prepared::Lane(written) => return lane::send(self, written).await,
-            Prepared::Hyper(req) => req,
-        };
-        // Boxed: hyper's futures are large, and the common path above
-        // should not carry their size.
-        let resp = if !ON_WORKER.get() {
-            Box::pin(self.forward.request(req)).await?
-        } else if self.config.scheme == http::uri::Scheme::HTTP {
-            Box::pin(worker_pool::send(self, req)).await?
-        } else {
-            Box::pin(self.worker_client(req)).await?
-        };
-        Ok(resp.map(UpstreamBody::Hyper))
+    ) -> impl Future<Output = Result<http::Response<UpstreamBody>, worker_pool::BoxError>> {
+        async move {
+            let req = match out.0 {
+                Prepared::Lane(written) => return lane::send(self, written).await,
+                Prepared::Hyper(req) => *req,
+            };
+            // Boxed: hyper's futures are large, and the common path above
+            // should not carry their size.
+            let resp = if !ON_WORKER.get() {
+                Box::pin(self.forward.request(req)).await?
+            } else if self.config.scheme == http::uri::Scheme::HTTP {
+                Box::pin(worker_pool::send(self, req)).await?
+            } else {
+                Box::pin(self.worker_client(req)).await?
+            };
+            Ok(resp.map(UpstreamBody::Hyper))
+        }
     }
 
     /// This worker's own hyper-util client for this upstream.

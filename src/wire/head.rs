@@ -66,8 +66,10 @@ fn version(v: Option<u8>) -> Result<Version, HeadError> {
     }
 }
 
-fn headers(head: &Bytes, spans: &[Span]) -> Result<HeaderMap, HeadError> {
-    let mut map = HeaderMap::with_capacity(spans.len());
+/// The headers of a head; `room` more can be added without the map growing
+/// (a forwarded request gets `Host` and `Authorization`).
+fn headers(head: &Bytes, spans: &[Span], room: usize) -> Result<HeaderMap, HeadError> {
+    let mut map = HeaderMap::with_capacity(spans.len() + room);
     for &(n, nl, v, vl) in spans {
         let name = HeaderName::from_bytes(&head[n..n + nl]).map_err(|_| HeadError::Invalid)?;
         let value = HeaderValue::from_maybe_shared(head.slice(v..v + vl))
@@ -98,7 +100,7 @@ pub fn take_request(
     let head = buf.split_to(len).freeze();
     let built = Uri::from_maybe_shared(head.slice(target.0..target.0 + target.1))
         .map_err(|_| HeadError::Invalid)
-        .and_then(|uri| Ok((uri, headers(&head, spans)?)));
+        .and_then(|uri| Ok((uri, headers(&head, spans, 3)?)));
     let (uri, headers) = match built {
         Ok(built) => built,
         Err(e) => {
@@ -164,7 +166,7 @@ pub fn take_response(buf: &mut BytesMut) -> Result<Option<http::response::Parts>
     let mut parts = http::Response::new(()).into_parts().0;
     parts.status = status;
     parts.version = version;
-    parts.headers = headers(&head, spans)?;
+    parts.headers = headers(&head, spans, 0)?;
     Ok(Some(parts))
 }
 
