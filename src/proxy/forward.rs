@@ -135,10 +135,12 @@ pub fn send(
         // inbound HTTP/2 request must not force prior-knowledge HTTP/2 upstream.
         parts.version = Version::HTTP_11;
         let metrics = heal.metrics;
-        super::retry::exchange(parts, body, token, heal, |parts, body, fault| {
+        let resp = super::retry::exchange(&mut parts, body, token, heal, |parts, body, fault| {
             exchange_once(snap.upstream.prepare(parts, body), fault, snap, metrics)
         })
-        .await
+        .await;
+        crate::wire::head::recycle(parts.headers);
+        resp
     }
 }
 

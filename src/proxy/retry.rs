@@ -69,7 +69,7 @@ enum Outgoing {
     reason = "an async fn keeps its arguments twice; see `proxy`"
 )]
 pub fn exchange<F, Fut>(
-    mut parts: Parts,
+    parts: &mut Parts,
     body: Inbound,
     token: Token,
     heal: Heal<'_>,
@@ -88,8 +88,8 @@ where
         let bytes = match outgoing {
             Outgoing::Stream(prefix, rest) => {
                 let (body, fault) = CallerBody::prefixed(prefix, rest);
-                set_token(&mut parts, &token);
-                let resp = send(&parts, body, fault).await?;
+                set_token(parts, &token);
+                let resp = send(parts, body, fault).await?;
                 if resp.status() == StatusCode::UNAUTHORIZED {
                     // Not replayed, but the next request gets a fresh token.
                     // Boxed, as every mint here: rare, and large.
@@ -100,8 +100,8 @@ where
             Outgoing::Whole(bytes) => bytes,
         };
         let (body, fault) = CallerBody::buffered(bytes.clone());
-        set_token(&mut parts, &token);
-        let first = send(&parts, body, fault).await?;
+        set_token(parts, &token);
+        let first = send(parts, body, fault).await?;
         if first.status() != StatusCode::UNAUTHORIZED {
             return Ok(first);
         }
@@ -121,8 +121,8 @@ where
         heal.metrics.token_retries.inc();
         tracing::info!("the platform refused the token (401); resending once with a fresh one");
         let (body, fault) = CallerBody::buffered(bytes);
-        set_token(&mut parts, &fresh);
-        send(&parts, body, fault).await
+        set_token(parts, &fresh);
+        send(parts, body, fault).await
     }
 }
 

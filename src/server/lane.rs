@@ -273,6 +273,7 @@ where
     };
     out.clear();
     head::put_response(out, &parts, delimit, version, close, &crate::wire::date());
+    head::recycle(parts.headers);
     let complete = match delimit {
         Delimit::None => true,
         _ => write_body(io, out, body, delimit).await,

@@ -36,7 +36,9 @@ struct Failed {
 
 /// A request written out for one of this worker's connections.
 pub struct Written {
-    out: Bytes,
+    /// Kept as written: freezing it would allocate a shared header, and it
+    /// is only ever read.
+    out: BytesMut,
     method: Method,
     idempotent: bool,
 }
@@ -55,7 +57,7 @@ impl Written {
             Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS
         );
         Written {
-            out: out.freeze(),
+            out,
             method: head.method.clone(),
             idempotent,
         }
@@ -104,7 +106,7 @@ pub fn send(
 /// Writes the request and reads the answer's head (past any `100 Continue`).
 async fn exchange(
     conn: &mut Conn,
-    out: &Bytes,
+    out: &[u8],
     idempotent: bool,
 ) -> Result<http::response::Parts, Failed> {
     let retry = |error: BoxError| Failed {

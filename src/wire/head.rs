@@ -69,7 +69,7 @@ fn version(v: Option<u8>) -> Result<Version, HeadError> {
 /// The headers of a head; `room` more can be added without the map growing
 /// (a forwarded request gets `Host` and `Authorization`).
 fn headers(head: &Bytes, spans: &[Span], room: usize) -> Result<HeaderMap, HeadError> {
-    let mut map = HeaderMap::with_capacity(spans.len() + room);
+    let mut map = spare_map(spans.len() + room);
     for &(n, nl, v, vl) in spans {
         let name = HeaderName::from_bytes(&head[n..n + nl]).map_err(|_| HeadError::Invalid)?;
         let value = HeaderValue::from_maybe_shared(head.slice(v..v + vl))
@@ -77,6 +77,42 @@ fn headers(head: &Bytes, spans: &[Span], room: usize) -> Result<HeaderMap, HeadE
         map.append(name, value);
     }
     Ok(map)
+}
+
+thread_local! {
+    /// Header maps of messages this thread is done with, emptied: a head
+    /// parsed into one of them allocates nothing for its map.
+    static SPARE_MAPS: std::cell::RefCell<Vec<HeaderMap>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// How many spare maps a thread keeps, and the largest it keeps: enough for
+/// the messages in flight on a busy worker, little memory when idle.
+const SPARE_MAPS_KEPT: usize = 32;
+const SPARE_MAP_MAX_CAPACITY: usize = 32;
+
+/// An empty map with room for `n` headers, a spare one if there is one.
+fn spare_map(n: usize) -> HeaderMap {
+    match SPARE_MAPS.with_borrow_mut(Vec::pop) {
+        Some(mut map) => {
+            map.reserve(n);
+            map
+        }
+        None => HeaderMap::with_capacity(n),
+    }
+}
+
+/// Gives a message's header map back for the next head this thread parses.
+pub fn recycle(mut map: HeaderMap) {
+    if map.capacity() > SPARE_MAP_MAX_CAPACITY {
+        return;
+    }
+    map.clear();
+    SPARE_MAPS.with_borrow_mut(|spare| {
+        if spare.len() < SPARE_MAPS_KEPT {
+            spare.push(map);
+        }
+    });
 }
 
 /// A request head at the start of `buf`, taken out of it when complete,
