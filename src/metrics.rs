@@ -273,3 +273,44 @@ impl Drop for Observed<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn count(metrics: &Metrics, route: Option<&Arc<str>>, status: u16, error: &'static str) {
+        let mut observed = Observed::start(metrics, &http::Method::GET, "/x");
+        observed.route = route.cloned();
+        observed.outcome = Some((status, error));
+    }
+
+    #[test]
+    fn counters_kept_per_thread_count_under_their_own_labels() {
+        let (one, two) = (Metrics::default(), Metrics::default());
+        let orgs: Arc<str> = "orgs".into();
+        // Another route of the same name (as after a reload) is the same label.
+        let orgs_again: Arc<str> = "orgs".into();
+        for _ in 0..3 {
+            count(&one, Some(&orgs), 200, "");
+        }
+        count(&one, Some(&orgs_again), 200, "");
+        count(&one, None, 404, "no_route");
+        count(&two, Some(&orgs), 200, "");
+        // More label sets than the thread keeps: the oldest make room.
+        for status in 500..520 {
+            count(&one, Some(&orgs), status, "");
+        }
+        count(&one, Some(&orgs), 200, "");
+        let text = one.encode();
+        assert!(
+            text.contains(r#"atomgit_proxy_requests_total{route="orgs",status="200",error=""} 5"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"{route="-",status="404",error="no_route"} 1"#));
+        assert!(text.contains(r#"{route="orgs",status="519",error=""} 1"#));
+        assert!(
+            two.encode()
+                .contains(r#"atomgit_proxy_requests_total{route="orgs",status="200",error=""} 1"#)
+        );
+    }
+}

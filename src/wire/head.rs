@@ -427,6 +427,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_recycled_map_comes_back_empty_and_a_large_one_is_not_kept() {
+        let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\nA: 1\r\nB: 2\r\n\r\n"[..]);
+        let first = take_response(&mut buf).unwrap().unwrap();
+        assert_eq!(first.headers.len(), 2);
+        recycle(first.headers);
+        let mut buf = BytesMut::from(&b"HTTP/1.1 204 No Content\r\nC: 3\r\n\r\n"[..]);
+        let second = take_response(&mut buf).unwrap().unwrap();
+        assert_eq!(second.headers.len(), 1, "nothing of the first message");
+        assert_eq!(second.headers["c"], "3");
+
+        let mut large = HeaderMap::with_capacity(SPARE_MAP_MAX_CAPACITY * 2);
+        large.insert("x", http::HeaderValue::from_static("1"));
+        let kept = SPARE_MAPS.with_borrow(Vec::len);
+        recycle(large);
+        assert_eq!(SPARE_MAPS.with_borrow(Vec::len), kept);
+    }
+
+    #[test]
     fn request_heads_parse_whole_and_leave_the_rest() {
         let mut buf = BytesMut::from(
             &b"GET /orgs/x?q=1 HTTP/1.1\r\nHost: a:1\r\nX-A: 1\r\nx-a: 2\r\n\r\nGET /"[..],
