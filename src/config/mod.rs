@@ -249,8 +249,19 @@ impl fmt::Debug for AppConfig {
 /// upstream and the private key. Token caches, signed JWTs and installation
 /// directories are keyed by it. Its `Debug` shows a short hex prefix, enough
 /// to tell two apart in a log and too little to say anything about the key.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct AppFingerprint([u8; 32]);
+
+/// Hashes the first 8 bytes only: a SHA-256 is uniform, so they spread as
+/// well as all 32, and every request's token and quota lookups hash one.
+/// (Equal fingerprints have equal prefixes, as `Hash` requires.)
+impl std::hash::Hash for AppFingerprint {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let mut prefix = [0u8; 8];
+        prefix.copy_from_slice(&self.0[..8]);
+        state.write_u64(u64::from_le_bytes(prefix));
+    }
+}
 
 impl AppFingerprint {
     /// The fingerprint of app `id` with key `pem`, calling `upstream_base`.
