@@ -26,7 +26,7 @@ use crate::credentials::{CacheKey, Context, Credentials, Token};
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
 use bytes::{Bytes, BytesMut};
-use http::header::{AUTHORIZATION, CONTENT_LENGTH};
+use http::header::AUTHORIZATION;
 use http::request::Parts;
 use http::{HeaderMap, Response, StatusCode};
 use http_body_util::BodyExt;
@@ -151,10 +151,7 @@ async fn read_ahead(mut body: Incoming, headers: &HeaderMap) -> Result<Outgoing,
     if body.is_end_stream() {
         return Ok(Outgoing::Whole(Bytes::new()));
     }
-    let declared = headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
+    let declared = crate::wire::head::declared_length(headers);
     if declared.is_some_and(|n| n > MAX_REPLAY_BYTES as u64) {
         return Ok(Outgoing::Stream(Bytes::new(), body));
     }

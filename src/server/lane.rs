@@ -261,7 +261,7 @@ where
     }
     let delimit = if head::bodiless(method, status) {
         Delimit::None
-    } else if let Some(n) = declared_length(&parts.headers) {
+    } else if let Some(n) = head::declared_length(&parts.headers) {
         Delimit::Length(n)
     } else if let Some(n) = http_body::Body::size_hint(&body).exact() {
         Delimit::Length(n)
@@ -282,16 +282,6 @@ where
         return false;
     }
     complete && !close
-}
-
-fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
-    headers
-        .get(http::header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
 }
 
 /// Streams the body behind the head in `out`; whether it ended as framed.

@@ -3,9 +3,10 @@
 //!
 //! Written out by [`super::Upstream::prepare`], the head and body go out in
 //! one write; the answer's head is read by the request's own task, and its
-//! body off the socket by whoever streams it to the caller. A request that streams its body (an upload larger than the
-//! 401 recovery keeps, see `proxy/retry.rs`) goes through hyper's client
-//! instead (`worker_pool.rs`), which writes it while reading the answer.
+//! body off the socket by whoever streams it to the caller. A request that
+//! streams its body (an upload larger than the 401 recovery keeps, see
+//! `proxy/retry.rs`) goes through hyper's client instead
+//! (`worker_pool.rs`), which writes it while reading the answer.
 //!
 //! A kept connection the upstream closed just as it was taken is replaced
 //! and the request sent again, as hyper-util's pool does, but only when

@@ -174,6 +174,20 @@ pub fn surely_none(headers: &HeaderMap, is_one: impl Fn(&HeaderName) -> bool) ->
     headers.len() <= SCAN_AT_MOST && !headers.keys().any(is_one)
 }
 
+/// The length a message's (first) `Content-Length` declares, if it is a
+/// number. Framing decisions use [`request_shape`] and [`response_shape`],
+/// which also refuse conflicting values; this is for a message already
+/// framed, or a size guess.
+pub fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// Whether an answer has no body whatever its headers say (RFC 9112 §6.3):
 /// one to `HEAD`, a 1xx, 204 or 304.
 pub fn bodiless(method: &Method, status: StatusCode) -> bool {
