@@ -12,7 +12,7 @@ use crate::credentials::Token;
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
 use crate::state::Snapshot;
-use crate::upstream::{Outbound, error_chain};
+use crate::upstream::{ForwardError, Outbound, error_chain};
 use http::header::HOST;
 use http::uri::Authority;
 use http::{HeaderMap, HeaderValue, Request, Response, Version};
@@ -158,30 +158,36 @@ fn exchange_once(
     async move {
         let timeout = snap.config.upstream.response_timeout;
         let started = tokio::time::Instant::now();
+        let deadline = deadline_after(started, timeout);
         // At most `limits.max_upstream_requests` at the platform; the rest wait
         // here, inside the response timeout. A slot is held until the response
         // headers, not through the body: a caller that stops reading a download
         // must not keep one for as long as it likes. (Never closed: the
         // `Result` always holds a permit.)
-        let exchange = async {
+        let _slot = match snap.upstream_slots.try_acquire() {
             // A free slot is taken without a future: the usual case.
-            let _slot = match snap.upstream_slots.try_acquire() {
-                Ok(slot) => Ok(slot),
-                Err(_) => snap.upstream_slots.acquire().await,
-            };
-            snap.upstream.forward(req).await
+            Ok(slot) => Ok(slot),
+            // Boxed: the rare case, and the common one's future carries it.
+            Err(_) => Box::pin(tokio::time::timeout_at(
+                deadline,
+                snap.upstream_slots.acquire(),
+            ))
+            .await
+            .map_err(|_| ProxyError::UpstreamTimeout(timeout))?,
         };
-        let resp = match tokio::time::timeout(timeout, exchange).await {
-            Err(_) => return Err(ProxyError::UpstreamTimeout(timeout)),
+        let resp = match snap.upstream.forward(req, deadline).await {
+            Err(ForwardError::TimedOut) => return Err(ProxyError::UpstreamTimeout(timeout)),
             // A body the caller broke also fails the upstream call: not the platform's fault.
-            Ok(Err(e)) if caller_fault.happened() => {
+            Err(ForwardError::Failed(e)) if caller_fault.happened() => {
                 return Err(ProxyError::BadRequest(format!(
                     "the request body could not be read: {}",
                     error_chain(&*e)
                 )));
             }
-            Ok(Err(e)) => return Err(ProxyError::UpstreamUnreachable(error_chain(&*e))),
-            Ok(Ok(resp)) => resp,
+            Err(ForwardError::Failed(e)) => {
+                return Err(ProxyError::UpstreamUnreachable(error_chain(&*e)));
+            }
+            Ok(resp) => resp,
         };
         let elapsed = started.elapsed();
         metrics.upstream_seconds.observe(elapsed.as_secs_f64());
@@ -195,6 +201,17 @@ fn exchange_once(
         strip_hop_by_hop(&mut parts.headers);
         Ok(Response::from_parts(parts, body))
     }
+}
+
+/// `timeout` after `start`, or as good as never for a timeout too large to
+/// add (the configuration sets no upper bound), as `tokio::time::timeout`
+/// does.
+fn deadline_after(
+    start: tokio::time::Instant,
+    timeout: std::time::Duration,
+) -> tokio::time::Instant {
+    const NEVER: std::time::Duration = std::time::Duration::from_secs(86400 * 365 * 30);
+    start.checked_add(timeout).unwrap_or_else(|| start + NEVER)
 }
 
 /// Points the answer's `Link`/`Location` back at the proxy the caller used.

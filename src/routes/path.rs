@@ -40,15 +40,15 @@ pub enum Refusal {
 /// Whether `path` (without its query) is safe to route on as written.
 pub fn check(path: &str) -> Result<(), Refusal> {
     let raw = path.as_bytes();
-    if plain(raw) {
-        // Nothing to decode and no other separator: the one reading is the
-        // raw one. This is every ordinary request, so no allocation here.
-        if raw.split(|&b| b == b'/').any(is_dot_segment) {
-            return Err(Refusal::DotSegment);
-        }
-        return Ok(());
+    // Nothing to decode and no other separator: the one reading is the raw
+    // one. This is every ordinary request, so no allocation here.
+    match plain(raw) {
+        Some(Plain {
+            dot_segment: true, ..
+        }) => Err(Refusal::DotSegment),
+        Some(_) => Ok(()),
+        None => deepest(raw, scan).map(drop),
     }
-    deepest(raw, scan).map(drop)
 }
 
 /// The path as the most decoding reader sees it: fully decoded, `\` and
@@ -57,7 +57,7 @@ pub fn check(path: &str) -> Result<(), Refusal> {
 /// itself, as for every path without `%`, `\`, `;` or `//`.
 pub fn reading(path: &str) -> Result<Cow<'_, [u8]>, Refusal> {
     let raw = path.as_bytes();
-    if plain(raw) && !raw.windows(2).any(|w| w == b"//") {
+    if plain(raw).is_some_and(|p| !p.empty_segment) {
         let trimmed = raw.strip_suffix(b"/").filter(|t| !t.is_empty());
         return Ok(Cow::Borrowed(trimmed.unwrap_or(raw)));
     }
@@ -76,10 +76,38 @@ pub fn reading(path: &str) -> Result<Cow<'_, [u8]>, Refusal> {
     Ok(Cow::Owned(out))
 }
 
-/// No byte that any reader could decode, split on or cut at.
-fn plain(raw: &[u8]) -> bool {
-    !raw.iter()
-        .any(|&b| matches!(b, b'%' | b'\\' | b';' | 0) || !b.is_ascii())
+/// What one pass over a path with nothing to decode finds.
+struct Plain {
+    /// A `.` or `..` segment.
+    dot_segment: bool,
+    /// An empty segment past the first (`//`).
+    empty_segment: bool,
+}
+
+/// `None` if any reader could decode, split on or cut at a byte of `raw`;
+/// else its segments, looked at in the same pass: every request's path
+/// goes through here, usually twice (the check, then the route's reading).
+fn plain(raw: &[u8]) -> Option<Plain> {
+    let mut found = Plain {
+        dot_segment: false,
+        empty_segment: false,
+    };
+    // The current segment's length, and how many of its bytes are dots.
+    let (mut len, mut dots) = (0usize, 0usize);
+    for (i, &b) in raw.iter().enumerate() {
+        match b {
+            b'%' | b'\\' | b';' | 0 | 0x80.. => return None,
+            b'/' => {
+                found.dot_segment |= len > 0 && len == dots && len <= 2;
+                found.empty_segment |= len == 0 && i > 0;
+                (len, dots) = (0, 0);
+            }
+            b'.' => (len, dots) = (len + 1, dots + 1),
+            _ => len += 1,
+        }
+    }
+    found.dot_segment |= len > 0 && len == dots && len <= 2;
+    Some(found)
 }
 
 /// Runs `each` on the raw path and on every decoded level of it, and
@@ -256,6 +284,53 @@ mod tests {
         assert_eq!(check("/a/%2525252e"), Err(Refusal::TooDeep));
         let message = Refusal::TooDeep.to_string();
         assert!(!message.contains("/a"), "{message}");
+    }
+
+    /// `plain`'s one pass finds what splitting the path finds.
+    #[test]
+    fn the_one_pass_agrees_with_splitting() {
+        let paths = [
+            "",
+            "/",
+            "//",
+            "/a",
+            "/a/",
+            "/a//b",
+            "//a",
+            "/a/b//",
+            ".",
+            "..",
+            "...",
+            "/.",
+            "/..",
+            "/...",
+            "/./a",
+            "/a/../b",
+            "/a/.b",
+            "/a/b.",
+            "/a/.../b",
+            "/.a./",
+            "a/..",
+            "/a%2fb",
+            "/a\\b",
+            "/a;b",
+            "/a\0b",
+            "/caf\u{e9}",
+        ];
+        for path in paths {
+            let raw = path.as_bytes();
+            let decodable = raw
+                .iter()
+                .any(|&b| matches!(b, b'%' | b'\\' | b';' | 0) || !b.is_ascii());
+            let found = plain(raw);
+            assert_eq!(found.is_none(), decodable, "{path:?}");
+            if let Some(found) = found {
+                let dot = raw.split(|&b| b == b'/').any(is_dot_segment);
+                assert_eq!(found.dot_segment, dot, "{path:?}");
+                let empty = raw.windows(2).any(|w| w == b"//");
+                assert_eq!(found.empty_segment, empty, "{path:?}");
+            }
+        }
     }
 
     #[test]

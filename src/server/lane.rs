@@ -259,11 +259,13 @@ where
             .headers
             .insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(n));
     }
+    // The body's own length first: an upstream body's was read from its
+    // `Content-Length` already, and the proxy's own bodies know theirs.
     let delimit = if head::bodiless(method, status) {
         Delimit::None
-    } else if let Some(n) = head::declared_length(&parts.headers) {
-        Delimit::Length(n)
     } else if let Some(n) = http_body::Body::size_hint(&body).exact() {
+        Delimit::Length(n)
+    } else if let Some(n) = head::declared_length(&parts.headers) {
         Delimit::Length(n)
     } else if version == Version::HTTP_11 {
         Delimit::Chunked

@@ -13,8 +13,8 @@
 //! nothing of an answer arrived and the request either never left or is
 //! idempotent: a request the platform may have acted on is not repeated.
 
-use super::Upstream;
 use super::worker_pool::{self, BoxError};
+use super::{ForwardError, Upstream};
 use crate::body::UpstreamBody;
 use crate::wire::body::Decoder;
 use crate::wire::client::{self, Conn, ResponseBody};
@@ -23,6 +23,7 @@ use bytes::{Bytes, BytesMut};
 use http::header::CONTENT_LENGTH;
 use http::{Method, Response, StatusCode};
 use tokio::io::AsyncWriteExt;
+use tokio::time::{Instant, timeout_at};
 
 /// The largest response head read; hyper's client allows about as much.
 const MAX_HEAD: usize = 64 * 1024;
@@ -65,7 +66,8 @@ impl Written {
     }
 }
 
-/// Sends a written request on a kept connection, or a new one.
+/// Sends a written request on a kept connection, or a new one, giving up
+/// at `deadline`.
 #[expect(
     clippy::manual_async_fn,
     reason = "an async fn keeps its arguments twice; see `proxy`"
@@ -73,23 +75,34 @@ impl Written {
 pub fn send(
     up: &Upstream,
     req: Written,
-) -> impl Future<Output = Result<Response<UpstreamBody>, BoxError>> {
+    deadline: Instant,
+) -> impl Future<Output = Result<Response<UpstreamBody>, ForwardError>> {
     async move {
         let mut kept = client::checkout(&up.alive);
         loop {
             let reused = kept.is_some();
             let mut conn = match kept.take() {
                 Some(conn) => conn,
-                None => Conn::new(Box::pin(worker_pool::tcp_connect(up)).await?, &up.alive),
+                None => {
+                    let connect = Box::pin(worker_pool::tcp_connect(up));
+                    let io = timeout_at(deadline, connect)
+                        .await
+                        .map_err(|_| ForwardError::TimedOut)??;
+                    Conn::new(io, &up.alive)
+                }
             };
-            match exchange(&mut conn, &req.out, req.idempotent).await {
+            let mut timer = conn.timer(deadline);
+            let exchanged = tokio::select! {
+                biased;
+                exchanged = exchange(&mut conn, &req.out, req.idempotent) => exchanged,
+                () = timer.as_mut() => return Err(ForwardError::TimedOut),
+            };
+            conn.keep_timer(timer);
+            match exchanged {
                 Ok(resp) => {
-                    let shape = head::response_shape(
-                        &req.method,
-                        resp.status,
-                        resp.version,
-                        &resp.headers,
-                    )?;
+                    let shape =
+                        head::response_shape(&req.method, resp.status, resp.version, &resp.headers)
+                            .map_err(|e| ForwardError::Failed(e.into()))?;
                     let reusable =
                         shape.keep_alive && shape.framing != crate::wire::body::Framing::Close;
                     let body = ResponseBody::new(conn, Decoder::new(shape.framing), reusable);
@@ -98,7 +111,7 @@ pub fn send(
                 Err(failed) if reused && !failed.final_ => {
                     tracing::debug!(error = %failed.error, "kept upstream connection was closed; sending on a new one");
                 }
-                Err(failed) => return Err(failed.error),
+                Err(failed) => return Err(ForwardError::Failed(failed.error)),
             }
         }
     }
@@ -125,7 +138,13 @@ async fn exchange(
         error,
     };
     loop {
-        match head::take_response(&mut conn.buf) {
+        // Usually empty until the first read: nothing to parse yet.
+        let taken = if conn.buf.is_empty() {
+            Ok(None)
+        } else {
+            head::take_response(&mut conn.buf)
+        };
+        match taken {
             Ok(Some(parts)) if parts.status == StatusCode::SWITCHING_PROTOCOLS => {
                 return Err(failed(true, "the upstream switched protocols".into()));
             }

@@ -27,6 +27,8 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::cell::{Cell, RefCell};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
+use tokio::time::Instant;
+use worker_pool::BoxError;
 
 type Connector = HttpsConnector<HttpConnector>;
 
@@ -98,6 +100,21 @@ fn forward_pool(connector: Connector) -> ForwardPool {
         .build(connector)
 }
 
+/// Why a forwarded request got no answer.
+#[derive(Debug)]
+pub enum ForwardError {
+    /// No answer's head before the deadline.
+    TimedOut,
+    /// Connecting, writing or reading failed.
+    Failed(BoxError),
+}
+
+impl From<BoxError> for ForwardError {
+    fn from(e: BoxError) -> Self {
+        ForwardError::Failed(e)
+    }
+}
+
 /// Why an upstream call failed before a response arrived.
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
@@ -153,8 +170,9 @@ impl Upstream {
         Outbound(Prepared::Hyper(Box::new(req)))
     }
 
-    /// Sends a forwarded request: through this thread's own connections on a
-    /// worker, else through the shared pool.
+    /// Sends a forwarded request, up to the answer's head or `deadline`:
+    /// through this thread's own connections on a worker, else through the
+    /// shared pool.
     #[expect(
         clippy::manual_async_fn,
         reason = "an async fn keeps its arguments twice; see `proxy`"
@@ -162,23 +180,37 @@ impl Upstream {
     pub fn forward(
         &self,
         out: Outbound,
-    ) -> impl Future<Output = Result<http::Response<UpstreamBody>, worker_pool::BoxError>> {
+        deadline: Instant,
+    ) -> impl Future<Output = Result<http::Response<UpstreamBody>, ForwardError>> {
         async move {
-            let req = match out.0 {
-                Prepared::Lane(written) => return lane::send(self, written).await,
-                Prepared::Hyper(req) => *req,
-            };
-            // Boxed: hyper's futures are large, and the common path above
-            // should not carry their size.
-            let resp = if !ON_WORKER.get() {
-                Box::pin(self.forward.request(req)).await?
-            } else if self.config.scheme == http::uri::Scheme::HTTP {
-                Box::pin(worker_pool::send(self, req)).await?
-            } else {
-                Box::pin(self.worker_client(req)).await?
-            };
-            Ok(resp.map(UpstreamBody::Hyper))
+            match out.0 {
+                Prepared::Lane(written) => lane::send(self, written, deadline).await,
+                // Boxed: hyper's futures are large, and the common path
+                // above should not carry their size.
+                Prepared::Hyper(req) => Box::pin(self.forward_hyper(*req, deadline)).await,
+            }
         }
+    }
+
+    async fn forward_hyper(
+        &self,
+        req: http::Request<CallerBody>,
+        deadline: Instant,
+    ) -> Result<http::Response<UpstreamBody>, ForwardError> {
+        let sent = async {
+            let sent: Result<_, BoxError> = if !ON_WORKER.get() {
+                Ok(self.forward.request(req).await?)
+            } else if self.config.scheme == http::uri::Scheme::HTTP {
+                worker_pool::send(self, req).await
+            } else {
+                Ok(self.worker_client(req).await?)
+            };
+            sent
+        };
+        let resp = tokio::time::timeout_at(deadline, sent)
+            .await
+            .map_err(|_| ForwardError::TimedOut)??;
+        Ok(resp.map(UpstreamBody::Hyper))
     }
 
     /// This worker's own hyper-util client for this upstream.

@@ -20,7 +20,7 @@ use std::sync::{Arc, Weak};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 use tokio::net::TcpStream;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 /// A connection unused this long is closed, as hyper-util's pool does.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -42,6 +42,9 @@ pub struct Conn {
     owner: Weak<()>,
     /// The answer being read is large: read in large chunks.
     streaming: bool,
+    /// The response timeout's timer, kept from request to request (see
+    /// [`Conn::timer`]).
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl Conn {
@@ -51,7 +54,28 @@ impl Conn {
             buf: BytesMut::with_capacity(READ_SMALL),
             owner: Arc::downgrade(owner),
             streaming: false,
+            timer: None,
         }
+    }
+
+    /// A timer for `deadline`, this connection's own: give it back with
+    /// [`Conn::keep_timer`]. Moving a registered timer later is one atomic
+    /// update, where a timer per request enters and leaves tokio's timer
+    /// wheel every time. An idle connection's timer may still hold the
+    /// waker of the task that used it last, until it fires or is reused:
+    /// at most one response timeout.
+    pub fn timer(&mut self, deadline: Instant) -> Pin<Box<Sleep>> {
+        match self.timer.take() {
+            Some(mut timer) => {
+                timer.as_mut().reset(deadline);
+                timer
+            }
+            None => Box::pin(tokio::time::sleep_until(deadline)),
+        }
+    }
+
+    pub fn keep_timer(&mut self, timer: Pin<Box<Sleep>>) {
+        self.timer = Some(timer);
     }
 
     /// Reads more into the buffer; `Ok(0)` at the end of input.

@@ -342,16 +342,21 @@ pub fn response_shape(
 
 /// `name: value\r\n` for each header but the framing ones, which the
 /// writer sets itself.
-fn put_headers(out: &mut BytesMut, headers: &HeaderMap) {
+/// Writes `headers` but the framing ones; whether one was `Date` (told
+/// here, so the response writer need not look it up as well).
+fn put_headers(out: &mut BytesMut, headers: &HeaderMap) -> bool {
+    let mut date = false;
     for (name, value) in headers {
         if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
             continue;
         }
+        date |= name == http::header::DATE;
         out.put_slice(name.as_str().as_bytes());
         out.put_slice(b": ");
         out.put_slice(value.as_bytes());
         out.put_slice(b"\r\n");
     }
+    date
 }
 
 fn put_length(out: &mut BytesMut, n: u64) {
@@ -417,7 +422,7 @@ pub fn put_response(
             out.put_slice(b"\r\n");
         }
     }
-    put_headers(out, &parts.headers);
+    let has_date = put_headers(out, &parts.headers);
     match delimit {
         Delimit::Length(n) => put_length(out, n),
         Delimit::Chunked => out.put_slice(b"transfer-encoding: chunked\r\n"),
@@ -428,7 +433,7 @@ pub fn put_response(
     } else if http10 {
         out.put_slice(b"connection: keep-alive\r\n");
     }
-    if !parts.headers.contains_key(http::header::DATE) {
+    if !has_date {
         out.put_slice(b"date: ");
         out.put_slice(date);
         out.put_slice(b"\r\n");
