@@ -174,6 +174,46 @@ async fn a_slow_upstream_is_504_upstream_timeout() {
     .await
 }
 
+/// A kept upstream connection carries its response timer from request to
+/// request: one whose timer ran out while it sat idle still times the next
+/// request out, and does not time out one that answers in time.
+#[tokio::test]
+async fn a_kept_connection_times_requests_after_an_idle_spell() {
+    bounded(60, "upstream timeout after idling", async {
+        let env = TestEnv::start_with(EnvOptions {
+            routes: r#"
+                - name: slow
+                  match: { path_prefix: /slow }
+                  installation: { id: 14 }
+            "#,
+            installations: INSTALLATIONS,
+            extra_yaml: "timeouts: { response: 1s }",
+            ..EnvOptions::default()
+        })
+        .await;
+
+        assert_eq!(env.get("/slow/10").await.status, StatusCode::OK);
+        // Longer than the response timeout: the kept connection's timer
+        // fires while it is idle.
+        tokio::time::sleep(Duration::from_millis(1300)).await;
+        let after_idle = env.get("/slow/10").await;
+        assert_eq!(after_idle.status, StatusCode::OK, "{}", after_idle.text());
+        let in_time = env.get("/slow/600").await;
+        assert_eq!(in_time.status, StatusCode::OK, "{}", in_time.text());
+
+        let started = tokio::time::Instant::now();
+        let reply = env.get("/slow/3000").await;
+        let took = started.elapsed();
+        reply.assert_proxy_error(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout");
+        assert!(
+            took >= Duration::from_millis(900) && took < Duration::from_millis(2900),
+            "answered after {took:?}"
+        );
+        env.shutdown().await;
+    })
+    .await
+}
+
 #[tokio::test]
 async fn no_route_is_404() {
     bounded(60, "no route", async {
