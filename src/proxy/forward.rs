@@ -126,17 +126,21 @@ pub fn send(
     async move {
         let (mut parts, body) = req.into_parts();
         strip_hop_by_hop(&mut parts.headers);
+        // `Host` and `Authorization` are the upstream's, set as it is
+        // written out (see `Upstream::prepare`).
         strip_caller_credentials(&mut parts.headers);
-        parts
-            .headers
-            .insert(HOST, snap.upstream.host_header.clone());
         parts.uri = uri;
         // The pool negotiates HTTP/2 by ALPN where the platform offers it; an
         // inbound HTTP/2 request must not force prior-knowledge HTTP/2 upstream.
         parts.version = Version::HTTP_11;
         let metrics = heal.metrics;
-        let resp = super::retry::exchange(&mut parts, body, token, heal, |parts, body, fault| {
-            exchange_once(snap.upstream.prepare(parts, body), fault, snap, metrics)
+        let resp = super::retry::exchange(&parts, body, token, heal, |parts, auth, body, fault| {
+            exchange_once(
+                snap.upstream.prepare(parts, auth, body),
+                fault,
+                snap,
+                metrics,
+            )
         })
         .await;
         crate::wire::head::recycle(parts.headers);

@@ -26,9 +26,8 @@ use crate::credentials::{CacheKey, Context, Credentials, Token};
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
 use bytes::{Bytes, BytesMut};
-use http::header::AUTHORIZATION;
 use http::request::Parts;
-use http::{HeaderMap, Response, StatusCode};
+use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use std::future::Future;
@@ -60,23 +59,23 @@ enum Outgoing {
 }
 
 /// Sends the request with `token` through `send`, and once more with a fresh
-/// token if the platform refused it and the body allows. `parts` carries
-/// every header but `Authorization`, which is set here per attempt. `send`
-/// only borrows the head (it writes it out before its future starts), so
-/// the head is not copied for a resend that rarely happens.
+/// token if the platform refused it and the body allows. `send` gets each
+/// attempt's `Authorization` value beside the head, and only borrows both
+/// (it writes them out before its future starts), so the head is not
+/// copied for a resend that rarely happens.
 #[expect(
     clippy::manual_async_fn,
     reason = "an async fn keeps its arguments twice; see `proxy`"
 )]
 pub fn exchange<F, Fut>(
-    parts: &mut Parts,
+    parts: &Parts,
     body: Inbound,
     token: Token,
     heal: Heal<'_>,
     send: F,
 ) -> impl Future<Output = Result<Response<UpstreamBody>, ProxyError>>
 where
-    F: Fn(&Parts, CallerBody, CallerFault) -> Fut,
+    F: Fn(&Parts, &HeaderValue, CallerBody, CallerFault) -> Fut,
     Fut: Future<Output = Result<Response<UpstreamBody>, ProxyError>>,
 {
     async move {
@@ -88,8 +87,7 @@ where
         let bytes = match outgoing {
             Outgoing::Stream(prefix, rest) => {
                 let (body, fault) = CallerBody::prefixed(prefix, rest);
-                set_token(parts, &token);
-                let resp = send(parts, body, fault).await?;
+                let resp = send(parts, token.header(), body, fault).await?;
                 if resp.status() == StatusCode::UNAUTHORIZED {
                     // Not replayed, but the next request gets a fresh token.
                     // Boxed, as every mint here: rare, and large.
@@ -100,8 +98,7 @@ where
             Outgoing::Whole(bytes) => bytes,
         };
         let (body, fault) = CallerBody::buffered(bytes.clone());
-        set_token(parts, &token);
-        let first = send(parts, body, fault).await?;
+        let first = send(parts, token.header(), body, fault).await?;
         if first.status() != StatusCode::UNAUTHORIZED {
             return Ok(first);
         }
@@ -121,8 +118,7 @@ where
         heal.metrics.token_retries.inc();
         tracing::info!("the platform refused the token (401); resending once with a fresh one");
         let (body, fault) = CallerBody::buffered(bytes);
-        set_token(parts, &fresh);
-        send(parts, body, fault).await
+        send(parts, fresh.header(), body, fault).await
     }
 }
 
@@ -139,10 +135,6 @@ impl Heal<'_> {
             tracing::warn!(error = %e, "the platform refused the token (401) and no fresh one could be had");
         }
     }
-}
-
-fn set_token(parts: &mut Parts, token: &Token) {
-    parts.headers.insert(AUTHORIZATION, token.header().clone());
 }
 
 /// Reads the body ahead of sending while it may still be replayed.

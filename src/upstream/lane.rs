@@ -21,7 +21,7 @@ use crate::wire::client::{self, Conn, ResponseBody};
 use crate::wire::head;
 use bytes::{Bytes, BytesMut};
 use http::header::CONTENT_LENGTH;
-use http::{Method, Response, StatusCode};
+use http::{HeaderValue, Method, Response, StatusCode};
 use tokio::io::AsyncWriteExt;
 use tokio::time::{Instant, timeout_at};
 
@@ -46,13 +46,19 @@ pub struct Written {
 }
 
 impl Written {
-    /// `head` with `body`, whose whole is in hand, in one buffer.
-    pub fn new(head: &http::request::Parts, body: Bytes) -> Written {
+    /// `head` with `host`, `authorization` and `body`, whose whole is in
+    /// hand, in one buffer.
+    pub fn new(
+        head: &http::request::Parts,
+        host: &HeaderValue,
+        authorization: &HeaderValue,
+        body: Bytes,
+    ) -> Written {
         // A body, or a caller's explicit `Content-Length: 0`, is announced.
         let length = (!body.is_empty() || head.headers.contains_key(CONTENT_LENGTH))
             .then_some(body.len() as u64);
         let mut out = BytesMut::with_capacity(512 + body.len());
-        head::put_request(&mut out, head, length);
+        head::put_request(&mut out, head, host, authorization, length);
         out.extend_from_slice(&body);
         let idempotent = matches!(
             head.method,

@@ -155,18 +155,30 @@ impl Upstream {
         })
     }
 
-    /// Makes a forwarded request ready to send, without taking its head: a
-    /// request the platform refuses with 401 is sent again with another
-    /// token (see `proxy/retry.rs`), and on the common path its head is
-    /// written out here once instead of being copied for that.
-    pub fn prepare(&self, head: &http::request::Parts, body: CallerBody) -> Outbound {
+    /// Makes a forwarded request ready to send, with the upstream's `Host`
+    /// and `authorization` in place of the caller's, without taking its
+    /// head: a request the platform refuses with 401 is sent again with
+    /// another token (see `proxy/retry.rs`), and on the common path its
+    /// head is written out here once instead of being copied for that.
+    pub fn prepare(
+        &self,
+        head: &http::request::Parts,
+        authorization: &http::HeaderValue,
+        body: CallerBody,
+    ) -> Outbound {
         if ON_WORKER.get()
             && self.config.scheme == http::uri::Scheme::HTTP
             && let Some(body) = body.in_hand()
         {
-            return Outbound(Prepared::Lane(lane::Written::new(head, body)));
+            let written = lane::Written::new(head, &self.host_header, authorization, body);
+            return Outbound(Prepared::Lane(written));
         }
-        let req = http::Request::from_parts(copy_head(head), body);
+        let mut head = copy_head(head);
+        head.headers
+            .insert(http::header::HOST, self.host_header.clone());
+        head.headers
+            .insert(http::header::AUTHORIZATION, authorization.clone());
+        let req = http::Request::from_parts(head, body);
         Outbound(Prepared::Hyper(Box::new(req)))
     }
 

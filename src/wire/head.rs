@@ -5,7 +5,8 @@
 use super::body::Framing;
 use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{
-    CONNECTION, CONTENT_LENGTH, EXPECT, HeaderName, HeaderValue, TRANSFER_ENCODING,
+    AUTHORIZATION, CONNECTION, CONTENT_LENGTH, EXPECT, HOST, HeaderName, HeaderValue,
+    TRANSFER_ENCODING,
 };
 use http::{HeaderMap, Method, StatusCode, Uri, Version};
 use std::mem::MaybeUninit;
@@ -179,13 +180,21 @@ pub fn surely_none(headers: &HeaderMap, is_one: impl Fn(&HeaderName) -> bool) ->
 /// which also refuse conflicting values; this is for a message already
 /// framed, or a size guess.
 pub fn declared_length(headers: &HeaderMap) -> Option<u64> {
-    headers
-        .get(CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+    length_value(headers.get(CONTENT_LENGTH)?.as_bytes())
+}
+
+/// One `Content-Length` value: digits only (RFC 9110 §8.6: no sign, unlike
+/// `str::parse`), with spaces or tabs around them.
+fn length_value(value: &[u8]) -> Option<u64> {
+    let digits = value.trim_ascii();
+    if digits.is_empty() {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, &d| {
+        d.is_ascii_digit()
+            .then(|| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))
+            .flatten()
+    })
 }
 
 /// Whether an answer has no body whatever its headers say (RFC 9112 §6.3):
@@ -265,13 +274,9 @@ impl Scan {
     }
 
     fn add_length(&mut self, value: &HeaderValue) {
-        let Ok(text) = value.to_str() else {
-            self.bad_length = true;
-            return;
-        };
-        for part in text.split(',') {
-            match part.trim().parse::<u64>() {
-                Ok(n) if self.length.is_none_or(|f| f == n) => self.length = Some(n),
+        for part in value.as_bytes().split(|&b| b == b',') {
+            match length_value(part) {
+                Some(n) if self.length.is_none_or(|f| f == n) => self.length = Some(n),
                 _ => self.bad_length = true,
             }
         }
@@ -342,12 +347,17 @@ pub fn response_shape(
 
 /// `name: value\r\n` for each header but the framing ones, which the
 /// writer sets itself.
-/// Writes `headers` but the framing ones; whether one was `Date` (told
-/// here, so the response writer need not look it up as well).
-fn put_headers(out: &mut BytesMut, headers: &HeaderMap) -> bool {
+/// Writes `headers` but the framing ones and those `skip` picks; whether
+/// one was `Date` (told here, so the response writer need not look it up
+/// as well).
+fn put_headers(
+    out: &mut BytesMut,
+    headers: &HeaderMap,
+    skip: impl Fn(&HeaderName) -> bool,
+) -> bool {
     let mut date = false;
     for (name, value) in headers {
-        if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
+        if name == CONTENT_LENGTH || name == TRANSFER_ENCODING || skip(name) {
             continue;
         }
         date |= name == http::header::DATE;
@@ -366,14 +376,28 @@ fn put_length(out: &mut BytesMut, n: u64) {
 }
 
 /// An HTTP/1.1 request head with `length` body bytes to follow (`None`:
-/// no body and no `Content-Length`).
-pub fn put_request(out: &mut BytesMut, parts: &http::request::Parts, length: Option<u64>) {
+/// no body and no `Content-Length`), and `host` and `authorization` in
+/// place of any the head has: a forwarded request's are the proxy's, set
+/// here rather than in the map, which would cost a hashed insert each.
+pub fn put_request(
+    out: &mut BytesMut,
+    parts: &http::request::Parts,
+    host: &HeaderValue,
+    authorization: &HeaderValue,
+    length: Option<u64>,
+) {
     out.put_slice(parts.method.as_str().as_bytes());
     out.put_u8(b' ');
     let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     out.put_slice(target.as_bytes());
-    out.put_slice(b" HTTP/1.1\r\n");
-    put_headers(out, &parts.headers);
+    out.put_slice(b" HTTP/1.1\r\nhost: ");
+    out.put_slice(host.as_bytes());
+    out.put_slice(b"\r\nauthorization: ");
+    out.put_slice(authorization.as_bytes());
+    out.put_slice(b"\r\n");
+    put_headers(out, &parts.headers, |name| {
+        name == HOST || name == AUTHORIZATION
+    });
     if let Some(n) = length {
         put_length(out, n);
     }
@@ -422,7 +446,7 @@ pub fn put_response(
             out.put_slice(b"\r\n");
         }
     }
-    let has_date = put_headers(out, &parts.headers);
+    let has_date = put_headers(out, &parts.headers, |_| false);
     match delimit {
         Delimit::Length(n) => put_length(out, n),
         Delimit::Chunked => out.put_slice(b"transfer-encoding: chunked\r\n"),
@@ -444,6 +468,44 @@ pub fn put_response(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_length_is_digits_only() {
+        assert_eq!(length_value(b"1024"), Some(1024));
+        assert_eq!(length_value(b" 7\t"), Some(7));
+        assert_eq!(length_value(b"0"), Some(0));
+        assert_eq!(length_value(b"18446744073709551615"), Some(u64::MAX));
+        for bad in [
+            &b""[..],
+            b" ",
+            b"+5",
+            b"-1",
+            b"5 5",
+            b"0x10",
+            b"18446744073709551616",
+            b"\xff",
+        ] {
+            assert_eq!(
+                length_value(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\ncontent-length: 3, 3\r\n\r\n"[..]);
+        let agreeing = take_response(&mut buf).unwrap().unwrap();
+        let shape = response_shape(
+            &Method::GET,
+            agreeing.status,
+            agreeing.version,
+            &agreeing.headers,
+        );
+        assert_eq!(shape.unwrap().framing, Framing::Length(3));
+        let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\ncontent-length: +3\r\n\r\n"[..]);
+        let signed = take_response(&mut buf).unwrap().unwrap();
+        let shape = response_shape(&Method::GET, signed.status, signed.version, &signed.headers);
+        assert!(shape.is_err(), "a signed length is refused");
+    }
 
     #[test]
     fn a_recycled_map_comes_back_empty_and_a_large_one_is_not_kept() {
