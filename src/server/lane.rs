@@ -336,6 +336,11 @@ where
         if delimit == Delimit::Chunked {
             out.extend_from_slice(b"\r\n");
         }
+        // Said to be over: no poll to hear it again (an API answer is
+        // usually one frame).
+        if http_body::Body::is_end_stream(&*body) {
+            break;
+        }
     }
     match delimit {
         Delimit::Chunked => {
