@@ -60,6 +60,19 @@ pub trait QuotaBackend: Send + Sync + 'static {
         retry_after: Option<Duration>,
     ) -> BoxFuture<'a, ()>;
 
+    /// [`QuotaBackend::record`] done without I/O, when this backend can (a
+    /// per-process one): no future, no allocation per answer. `false`:
+    /// nothing was recorded, call `record`.
+    fn record_at_once(
+        &self,
+        _credential: &CacheKey,
+        _status: StatusCode,
+        _seen: Option<RateLimit>,
+        _retry_after: Option<Duration>,
+    ) -> bool {
+        false
+    }
+
     /// `Some` while the credential's requests can only fail upstream, as far
     /// as this process knows without asking anyone (no I/O).
     fn blocked(&self, credential: &CacheKey) -> Option<Blocked>;
@@ -110,6 +123,32 @@ impl LocalBackend {
         };
         reserved.map(Some).map_err(Refusal::Full)
     }
+
+    /// [`QuotaBackend::record`] without the future (the Redis backend
+    /// records here too). The platform reports its budget on every answer:
+    /// a known credential's entry is updated in place, without cloning its
+    /// key for an `entry`.
+    pub fn record_now(
+        &self,
+        credential: &CacheKey,
+        status: StatusCode,
+        seen: Option<RateLimit>,
+        retry_after: Option<Duration>,
+    ) {
+        if seen.is_none() && retry_after.is_none() {
+            return;
+        }
+        let now = SystemTime::now();
+        match self.states.get_mut(credential) {
+            Some(mut state) => state.budget.record(status, seen, retry_after, now),
+            None => self
+                .states
+                .entry(credential.clone())
+                .or_default()
+                .budget
+                .record(status, seen, retry_after, now),
+        }
+    }
 }
 
 impl QuotaBackend for LocalBackend {
@@ -142,15 +181,19 @@ impl QuotaBackend for LocalBackend {
         seen: Option<RateLimit>,
         retry_after: Option<Duration>,
     ) -> BoxFuture<'a, ()> {
-        if seen.is_some() || retry_after.is_some() {
-            let now = SystemTime::now();
-            self.states
-                .entry(credential.clone())
-                .or_default()
-                .budget
-                .record(status, seen, retry_after, now);
-        }
+        self.record_now(credential, status, seen, retry_after);
         Box::pin(std::future::ready(()))
+    }
+
+    fn record_at_once(
+        &self,
+        credential: &CacheKey,
+        status: StatusCode,
+        seen: Option<RateLimit>,
+        retry_after: Option<Duration>,
+    ) -> bool {
+        self.record_now(credential, status, seen, retry_after);
+        true
     }
 
     fn blocked(&self, credential: &CacheKey) -> Option<Blocked> {

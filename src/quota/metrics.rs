@@ -2,12 +2,18 @@
 //! what the proxy refused or delayed, and what the conditional cache saved.
 //! Registered by [`crate::metrics::Metrics`] with the other metrics.
 
+use crate::credentials::CacheKey;
+use crate::quota::budget::RateLimit;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CredentialLabel {
@@ -37,6 +43,25 @@ pub struct QuotaMetrics {
     pub rejected: Family<RejectLabels, Counter>,
     pub wait_seconds: Histogram,
     pub cache: Family<CacheLabels, Counter>,
+    /// Tells this instance's gauges apart in [`RECENT_GAUGES`] (tests
+    /// make several).
+    id: u64,
+}
+
+/// One credential's `ratelimit_*` gauges as this thread last set them;
+/// each made when the platform first reports its value.
+struct RecentGauges {
+    metrics: u64,
+    key: CacheKey,
+    /// `remaining`, `limit`, `reset`.
+    gauges: [Option<Gauge>; 3],
+}
+
+/// As many credentials' gauges as a worker keeps at hand.
+const RECENT_GAUGES_KEPT: usize = 8;
+
+thread_local! {
+    static RECENT_GAUGES: RefCell<Vec<RecentGauges>> = const { RefCell::new(Vec::new()) };
 }
 
 impl QuotaMetrics {
@@ -50,6 +75,7 @@ impl QuotaMetrics {
             // From 5 ms to about 40 s: waits are bounded by `quota.max_wait`.
             wait_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
             cache: Family::default(),
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         };
         registry.register(
             "ratelimit_remaining",
@@ -91,5 +117,45 @@ impl QuotaMetrics {
 
     pub fn cache_result(&self, result: &'static str) {
         self.cache.get_or_create(&CacheLabels { result }).inc();
+    }
+}
+
+impl QuotaMetrics {
+    /// Sets `key`'s `ratelimit_*` gauges to what the platform reported. It
+    /// reports them on every answer, and `get_or_create` formats the label
+    /// and hashes it under a lock; a gauge is a shared handle, so the ones
+    /// this thread set last are kept and found by comparing keys.
+    pub fn set_budget(&self, key: &CacheKey, seen: &RateLimit) {
+        RECENT_GAUGES.with_borrow_mut(|recent| {
+            let at = match recent
+                .iter()
+                .position(|r| r.metrics == self.id && r.key == *key)
+            {
+                Some(at) => at,
+                None => {
+                    if recent.len() == RECENT_GAUGES_KEPT {
+                        recent.remove(0);
+                    }
+                    recent.push(RecentGauges {
+                        metrics: self.id,
+                        key: key.clone(),
+                        gauges: [None, None, None],
+                    });
+                    recent.len() - 1
+                }
+            };
+            let families = [&self.remaining, &self.limit, &self.reset];
+            let values = [seen.remaining, seen.limit, seen.reset];
+            for ((slot, family), value) in recent[at].gauges.iter_mut().zip(families).zip(values) {
+                let Some(value) = value else { continue };
+                let gauge = slot.get_or_insert_with(|| {
+                    let label = CredentialLabel {
+                        credential: super::label(key),
+                    };
+                    family.get_or_create(&label).clone()
+                });
+                gauge.set(i64::try_from(value).unwrap_or(i64::MAX));
+            }
+        });
     }
 }

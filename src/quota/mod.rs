@@ -31,7 +31,7 @@ use backend::{LocalBackend, QuotaBackend, Refusal};
 pub use bucket::Rate;
 pub use budget::RateLimit;
 use http::{HeaderMap, StatusCode};
-use metrics::{CredentialLabel, QuotaMetrics, RejectLabels};
+use metrics::{QuotaMetrics, RejectLabels};
 use serde::Serialize;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -240,25 +240,12 @@ impl Quota {
         if seen.is_none() && retry_after.is_none() {
             return;
         }
-        self.backend().record(key, status, seen, retry_after).await;
-        if let Some(seen) = seen {
-            let label = CredentialLabel {
-                credential: label(key),
-            };
-            let gauge = |family: &prometheus_client::metrics::family::Family<
-                CredentialLabel,
-                prometheus_client::metrics::gauge::Gauge,
-            >,
-                         v: Option<u64>| {
-                if let Some(v) = v {
-                    family
-                        .get_or_create(&label)
-                        .set(i64::try_from(v).unwrap_or(i64::MAX));
-                }
-            };
-            gauge(&metrics.remaining, seen.remaining);
-            gauge(&metrics.limit, seen.limit);
-            gauge(&metrics.reset, seen.reset);
+        let backend = self.backend();
+        if !backend.record_at_once(key, status, seen, retry_after) {
+            backend.record(key, status, seen, retry_after).await;
+        }
+        if let Some(seen) = &seen {
+            metrics.set_budget(key, seen);
         }
     }
 

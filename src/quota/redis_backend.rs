@@ -230,9 +230,7 @@ impl QuotaBackend for RedisBackend {
         retry_after: Option<Duration>,
     ) -> BoxFuture<'a, ()> {
         Box::pin(async move {
-            self.local
-                .record(credential, status, seen, retry_after)
-                .await;
+            self.local.record_now(credential, status, seen, retry_after);
             // As `Budget::record`: only a refusal's Retry-After holds back.
             let retry = retry_after.filter(|_| matches!(status.as_u16(), 403 | 429));
             let blocks = retry.is_some() || seen.is_some_and(|s| s.remaining == Some(0));

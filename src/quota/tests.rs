@@ -112,3 +112,91 @@ async fn a_spent_budget_is_refused_with_its_last_values() {
     assert_eq!(shown[0].credential, "installation:14");
     assert!(shown[0].blocked_for_secs.is_some());
 }
+
+fn encoded(registry: &prometheus_client::registry::Registry) -> String {
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, registry).unwrap();
+    out
+}
+
+fn ratelimit(remaining: &str, limit: Option<&str>) -> http::HeaderMap {
+    let mut headers = http::HeaderMap::new();
+    headers.insert("x-ratelimit-remaining", remaining.parse().unwrap());
+    headers.insert("x-ratelimit-reset", "4000000000".parse().unwrap());
+    if let Some(limit) = limit {
+        headers.insert("x-ratelimit-limit", limit.parse().unwrap());
+    }
+    headers
+}
+
+/// The gauges a thread keeps at hand are its instance's own, follow every
+/// answer, and a value the platform never reported is not exported.
+#[tokio::test]
+async fn budget_gauges_follow_each_answer_per_instance() {
+    let other = CacheKey::Installation {
+        app: AppFingerprint::of(75, "http://x", &Secret::new("k")),
+        id: 15,
+        scope: None,
+    };
+    let (mut first_registry, mut second_registry) = Default::default();
+    let first = QuotaMetrics::register(&mut first_registry);
+    let second = QuotaMetrics::register(&mut second_registry);
+    let quota = Quota::default();
+    let ok = http::StatusCode::OK;
+    quota
+        .record(&key(), ok, &ratelimit("40", None), &first)
+        .await;
+    quota
+        .record(&key(), ok, &ratelimit("39", None), &first)
+        .await;
+    quota
+        .record(&other, ok, &ratelimit("7", Some("50")), &first)
+        .await;
+    quota
+        .record(&key(), ok, &ratelimit("3", Some("60")), &second)
+        .await;
+    // More credentials than a thread keeps: the first is made again.
+    for id in 100..110 {
+        let key = CacheKey::Installation {
+            app: AppFingerprint::of(75, "http://x", &Secret::new("k")),
+            id,
+            scope: None,
+        };
+        quota.record(&key, ok, &ratelimit("1", None), &first).await;
+    }
+    quota
+        .record(&key(), ok, &ratelimit("38", None), &first)
+        .await;
+
+    let first = encoded(&first_registry);
+    assert!(
+        first.contains(r#"ratelimit_remaining{credential="installation:14"} 38"#),
+        "{first}"
+    );
+    assert!(
+        first.contains(r#"ratelimit_remaining{credential="installation:15"} 7"#),
+        "{first}"
+    );
+    assert!(
+        first.contains(r#"ratelimit_limit{credential="installation:15"} 50"#),
+        "{first}"
+    );
+    assert!(
+        first.contains(r#"ratelimit_remaining{credential="installation:109"} 1"#),
+        "{first}"
+    );
+    assert!(
+        !first.contains(r#"ratelimit_limit{credential="installation:14"}"#),
+        "never reported: {first}"
+    );
+    let second = encoded(&second_registry);
+    assert!(
+        second.contains(r#"ratelimit_remaining{credential="installation:14"} 3"#),
+        "{second}"
+    );
+    assert!(
+        second.contains(r#"ratelimit_limit{credential="installation:14"} 60"#),
+        "{second}"
+    );
+    assert!(!second.contains("installation:15"), "{second}");
+}
