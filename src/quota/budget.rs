@@ -30,23 +30,28 @@ pub struct RateLimit {
 }
 
 impl RateLimit {
-    /// The values in `headers`, or `None` when it carries none of them.
+    /// The values in `headers` (the first of each name), or `None` when it
+    /// carries none of them. One pass over the names: the platform sends
+    /// these on every answer, and a lookup hashes a name this long each time.
     pub fn from_headers(headers: &HeaderMap) -> Option<RateLimit> {
-        if surely_none(headers, |k| k.as_str().starts_with("x-ratelimit-")) {
-            return None;
+        let mut seen = RateLimit::default();
+        // Which names were met: a later value of a name never counts.
+        let mut met = [false; 4];
+        for (name, value) in headers {
+            let Some(which) = name.as_str().strip_prefix("x-ratelimit-") else {
+                continue;
+            };
+            let (at, slot) = match which {
+                "limit" => (0, &mut seen.limit),
+                "remaining" => (1, &mut seen.remaining),
+                "used" => (2, &mut seen.used),
+                "reset" => (3, &mut seen.reset),
+                _ => continue,
+            };
+            if !std::mem::replace(&mut met[at], true) {
+                *slot = number(value);
+            }
         }
-        let num = |name: &HeaderName| {
-            headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-        };
-        let seen = RateLimit {
-            limit: num(&LIMIT),
-            remaining: num(&REMAINING),
-            used: num(&USED),
-            reset: num(&RESET),
-        };
         (seen != RateLimit::default()).then_some(seen)
     }
 
@@ -147,6 +152,14 @@ impl Budget {
     }
 }
 
+/// A header value that is a whole number, spaces around it allowed.
+fn number(value: &HeaderValue) -> Option<u64> {
+    std::str::from_utf8(value.as_bytes().trim_ascii())
+        .ok()?
+        .parse()
+        .ok()
+}
+
 /// `Retry-After` as delay-seconds (the form the platform and GitHub use;
 /// an HTTP-date is not worth a date parser here and is ignored).
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
@@ -155,8 +168,7 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     }
     headers
         .get(http::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
+        .and_then(number)
         .map(Duration::from_secs)
 }
 
@@ -200,6 +212,21 @@ mod tests {
         seen.write_headers(&mut out);
         assert_eq!(out.get(RESET).unwrap(), "1700000100");
         assert!(RateLimit::from_headers(&HeaderMap::new()).is_none());
+
+        let mut h = HeaderMap::new();
+        h.append(REMAINING, HeaderValue::from_static(" 7 "));
+        h.append(REMAINING, HeaderValue::from_static("9"));
+        h.append(LIMIT, HeaderValue::from_static("many"));
+        h.append(LIMIT, HeaderValue::from_static("50"));
+        h.insert("x-ratelimit-resource", HeaderValue::from_static("3"));
+        h.insert("content-length", HeaderValue::from_static("4"));
+        let seen = RateLimit::from_headers(&h).unwrap();
+        assert_eq!(seen.remaining, Some(7), "the first value of a name");
+        assert_eq!(seen.limit, None, "a first value that is no number");
+        assert_eq!((seen.used, seen.reset), (None, None));
+        let mut h = HeaderMap::new();
+        h.insert("x-ratelimit-resource", HeaderValue::from_static("3"));
+        assert!(RateLimit::from_headers(&h).is_none());
     }
 
     #[test]
