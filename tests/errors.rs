@@ -143,32 +143,43 @@ async fn a_platform_that_is_not_there_fails_the_mint_first() {
     .await
 }
 
+/// A `/slow/{ms}` route (the fake answers after that long) under a 1 s
+/// response timeout.
+async fn slow_env() -> TestEnv {
+    TestEnv::start_with(EnvOptions {
+        routes: r#"
+            - name: slow
+              match: { path_prefix: /slow }
+              installation: { id: 14 }
+        "#,
+        installations: INSTALLATIONS,
+        extra_yaml: "timeouts: { response: 1s }",
+        ..EnvOptions::default()
+    })
+    .await
+}
+
+/// A 3 s answer is given up on after about the 1 s timeout.
+async fn assert_times_out(env: &TestEnv) {
+    let started = tokio::time::Instant::now();
+    let reply = env.get("/slow/3000").await;
+    let took = started.elapsed();
+    reply.assert_proxy_error(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_millis(2900),
+        "answered after {took:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_slow_upstream_is_504_upstream_timeout() {
     bounded(60, "upstream timeout", async {
-        let env = TestEnv::start_with(EnvOptions {
-            routes: r#"
-                - name: slow
-                  match: { path_prefix: /slow }
-                  installation: { id: 14 }
-            "#,
-            installations: INSTALLATIONS,
-            extra_yaml: "timeouts: { response: 1s }",
-            ..EnvOptions::default()
-        })
-        .await;
+        let env = slow_env().await;
 
         let fast = env.get("/slow/10").await;
         assert_eq!(fast.status, StatusCode::OK, "{}", fast.text());
 
-        let started = tokio::time::Instant::now();
-        let reply = env.get("/slow/3000").await;
-        let took = started.elapsed();
-        reply.assert_proxy_error(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout");
-        assert!(
-            took >= Duration::from_millis(900) && took < Duration::from_millis(2900),
-            "answered after {took:?}"
-        );
+        assert_times_out(&env).await;
         env.shutdown().await;
     })
     .await
@@ -180,17 +191,7 @@ async fn a_slow_upstream_is_504_upstream_timeout() {
 #[tokio::test]
 async fn a_kept_connection_times_requests_after_an_idle_spell() {
     bounded(60, "upstream timeout after idling", async {
-        let env = TestEnv::start_with(EnvOptions {
-            routes: r#"
-                - name: slow
-                  match: { path_prefix: /slow }
-                  installation: { id: 14 }
-            "#,
-            installations: INSTALLATIONS,
-            extra_yaml: "timeouts: { response: 1s }",
-            ..EnvOptions::default()
-        })
-        .await;
+        let env = slow_env().await;
 
         assert_eq!(env.get("/slow/10").await.status, StatusCode::OK);
         // Longer than the response timeout: the kept connection's timer
@@ -201,14 +202,7 @@ async fn a_kept_connection_times_requests_after_an_idle_spell() {
         let in_time = env.get("/slow/600").await;
         assert_eq!(in_time.status, StatusCode::OK, "{}", in_time.text());
 
-        let started = tokio::time::Instant::now();
-        let reply = env.get("/slow/3000").await;
-        let took = started.elapsed();
-        reply.assert_proxy_error(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout");
-        assert!(
-            took >= Duration::from_millis(900) && took < Duration::from_millis(2900),
-            "answered after {took:?}"
-        );
+        assert_times_out(&env).await;
         env.shutdown().await;
     })
     .await

@@ -5,9 +5,13 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 fn key() -> CacheKey {
+    installation(14)
+}
+
+fn installation(id: u64) -> CacheKey {
     CacheKey::Installation {
         app: AppFingerprint::of(75, "http://x", &Secret::new("k")),
-        id: 14,
+        id,
         scope: None,
     }
 }
@@ -133,11 +137,7 @@ fn ratelimit(remaining: &str, limit: Option<&str>) -> http::HeaderMap {
 /// answer, and a value the platform never reported is not exported.
 #[tokio::test]
 async fn budget_gauges_follow_each_answer_per_instance() {
-    let other = CacheKey::Installation {
-        app: AppFingerprint::of(75, "http://x", &Secret::new("k")),
-        id: 15,
-        scope: None,
-    };
+    let other = installation(15);
     let (mut first_registry, mut second_registry) = Default::default();
     let first = QuotaMetrics::register(&mut first_registry);
     let second = QuotaMetrics::register(&mut second_registry);
@@ -157,11 +157,7 @@ async fn budget_gauges_follow_each_answer_per_instance() {
         .await;
     // More credentials than a thread keeps: the first is made again.
     for id in 100..110 {
-        let key = CacheKey::Installation {
-            app: AppFingerprint::of(75, "http://x", &Secret::new("k")),
-            id,
-            scope: None,
-        };
+        let key = installation(id);
         quota.record(&key, ok, &ratelimit("1", None), &first).await;
     }
     quota
@@ -169,34 +165,24 @@ async fn budget_gauges_follow_each_answer_per_instance() {
         .await;
 
     let first = encoded(&first_registry);
-    assert!(
-        first.contains(r#"ratelimit_remaining{credential="installation:14"} 38"#),
-        "{first}"
-    );
-    assert!(
-        first.contains(r#"ratelimit_remaining{credential="installation:15"} 7"#),
-        "{first}"
-    );
-    assert!(
-        first.contains(r#"ratelimit_limit{credential="installation:15"} 50"#),
-        "{first}"
-    );
-    assert!(
-        first.contains(r#"ratelimit_remaining{credential="installation:109"} 1"#),
-        "{first}"
-    );
+    for line in [
+        r#"ratelimit_remaining{credential="installation:14"} 38"#,
+        r#"ratelimit_remaining{credential="installation:15"} 7"#,
+        r#"ratelimit_limit{credential="installation:15"} 50"#,
+        r#"ratelimit_remaining{credential="installation:109"} 1"#,
+    ] {
+        assert!(first.contains(line), "{line} in {first}");
+    }
     assert!(
         !first.contains(r#"ratelimit_limit{credential="installation:14"}"#),
         "never reported: {first}"
     );
     let second = encoded(&second_registry);
-    assert!(
-        second.contains(r#"ratelimit_remaining{credential="installation:14"} 3"#),
-        "{second}"
-    );
-    assert!(
-        second.contains(r#"ratelimit_limit{credential="installation:14"} 60"#),
-        "{second}"
-    );
+    for line in [
+        r#"ratelimit_remaining{credential="installation:14"} 3"#,
+        r#"ratelimit_limit{credential="installation:14"} 60"#,
+    ] {
+        assert!(second.contains(line), "{line} in {second}");
+    }
     assert!(!second.contains("installation:15"), "{second}");
 }
