@@ -59,6 +59,38 @@ thread_local! {
         const { std::cell::RefCell::new(Vec::new()) };
 }
 
+/// A number no other metrics instance of this process has: per-thread
+/// caches of metric handles ([`kept`]) tell instances apart by it (tests
+/// run several proxies, each with its own registry, on one thread).
+pub(crate) fn instance_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// The entry of a thread's recently used metric handles that `is` picks,
+/// else `make`'s, put in place of the oldest once `most` are kept.
+/// `Family::get_or_create` hashes the labels under a lock, a visible share
+/// of a small request's CPU; a handle is shared, so keeping the few a
+/// worker used last spares that on nearly every request.
+pub(crate) fn kept<T>(
+    recent: &mut Vec<T>,
+    most: usize,
+    is: impl Fn(&T) -> bool,
+    make: impl FnOnce() -> T,
+) -> &mut T {
+    let at = match recent.iter().position(is) {
+        Some(at) => at,
+        None => {
+            if recent.len() == most {
+                recent.remove(0);
+            }
+            recent.push(make());
+            recent.len() - 1
+        }
+    };
+    &mut recent[at]
+}
+
 /// Labels of a per-app metric.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AppLabels {
@@ -73,8 +105,7 @@ pub struct OutcomeLabels {
 
 /// Every metric the proxy keeps.
 pub struct Metrics {
-    /// Tells this instance's counters apart in [`RECENT_COUNTERS`] (tests
-    /// run several proxies, each with its own registry, on one thread).
+    /// Tells this instance's counters apart in [`RECENT_COUNTERS`].
     id: u64,
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
@@ -151,9 +182,8 @@ impl Default for Metrics {
             open_connections.clone(),
         );
         let quota = crate::quota::metrics::QuotaMetrics::register(&mut registry);
-        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         Metrics {
-            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            id: instance_id(),
             quota,
             registry,
             requests,
@@ -169,13 +199,11 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Counts a request. `Family::get_or_create` hashes the labels with
-    /// SipHash under a lock, a visible share of a small request's CPU; a
-    /// counter is a shared handle, so the few this thread used last are
-    /// kept and found by pointer comparison.
+    /// Counts a request, with a counter this thread kept (see [`kept`]);
+    /// found by pointer comparison.
     fn count_request(&self, route: Option<&Arc<str>>, status: u16, error: &'static str) {
         RECENT_COUNTERS.with_borrow_mut(|recent| {
-            let hit = recent.iter().position(|r| {
+            let is = |r: &RecentCounter| {
                 r.metrics == self.id
                     && r.status == status
                     && std::ptr::eq(r.error, error)
@@ -184,28 +212,22 @@ impl Metrics {
                         (None, None) => true,
                         _ => false,
                     }
-            });
-            if let Some(i) = hit {
-                recent[i].counter.inc();
-                return;
-            }
-            let labels = RequestLabels {
-                route: route.cloned().map_or_else(no_route_label, RouteLabel),
-                status,
-                error,
             };
-            let counter = self.requests.get_or_create(&labels).clone();
-            counter.inc();
-            if recent.len() == RECENT_COUNTERS_KEPT {
-                recent.remove(0);
-            }
-            recent.push(RecentCounter {
-                metrics: self.id,
-                route: route.cloned(),
-                status,
-                error,
-                counter,
-            });
+            let make = || {
+                let labels = RequestLabels {
+                    route: route.cloned().map_or_else(no_route_label, RouteLabel),
+                    status,
+                    error,
+                };
+                RecentCounter {
+                    metrics: self.id,
+                    route: route.cloned(),
+                    status,
+                    error,
+                    counter: self.requests.get_or_create(&labels).clone(),
+                }
+            };
+            kept(recent, RECENT_COUNTERS_KEPT, is, make).counter.inc();
         })
     }
 

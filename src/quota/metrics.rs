@@ -11,9 +11,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicU64, Ordering};
-
-static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CredentialLabel {
@@ -75,7 +72,7 @@ impl QuotaMetrics {
             // From 5 ms to about 40 s: waits are bounded by `quota.max_wait`.
             wait_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
             cache: Family::default(),
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            id: crate::metrics::instance_id(),
         };
         registry.register(
             "ratelimit_remaining",
@@ -121,32 +118,21 @@ impl QuotaMetrics {
 }
 
 impl QuotaMetrics {
-    /// Sets `key`'s `ratelimit_*` gauges to what the platform reported. It
-    /// reports them on every answer, and `get_or_create` formats the label
-    /// and hashes it under a lock; a gauge is a shared handle, so the ones
-    /// this thread set last are kept and found by comparing keys.
+    /// Sets `key`'s `ratelimit_*` gauges to what the platform reported, on
+    /// every answer; with gauges this thread kept (see
+    /// [`crate::metrics::kept`]), found by comparing keys.
     pub fn set_budget(&self, key: &CacheKey, seen: &RateLimit) {
         RECENT_GAUGES.with_borrow_mut(|recent| {
-            let at = match recent
-                .iter()
-                .position(|r| r.metrics == self.id && r.key == *key)
-            {
-                Some(at) => at,
-                None => {
-                    if recent.len() == RECENT_GAUGES_KEPT {
-                        recent.remove(0);
-                    }
-                    recent.push(RecentGauges {
-                        metrics: self.id,
-                        key: key.clone(),
-                        gauges: [None, None, None],
-                    });
-                    recent.len() - 1
-                }
+            let is = |r: &RecentGauges| r.metrics == self.id && r.key == *key;
+            let make = || RecentGauges {
+                metrics: self.id,
+                key: key.clone(),
+                gauges: [None, None, None],
             };
+            let kept = crate::metrics::kept(recent, RECENT_GAUGES_KEPT, is, make);
             let families = [&self.remaining, &self.limit, &self.reset];
             let values = [seen.remaining, seen.limit, seen.reset];
-            for ((slot, family), value) in recent[at].gauges.iter_mut().zip(families).zip(values) {
+            for ((slot, family), value) in kept.gauges.iter_mut().zip(families).zip(values) {
                 let Some(value) = value else { continue };
                 let gauge = slot.get_or_insert_with(|| {
                     let label = CredentialLabel {

@@ -68,7 +68,8 @@ fn version(v: Option<u8>) -> Result<Version, HeadError> {
 }
 
 /// The headers of a head; `room` more can be added without the map growing
-/// (a forwarded request gets `Host` and `Authorization`).
+/// (a forwarded request may get `X-Api-Version` and the cache's
+/// conditional headers).
 fn headers(head: &Bytes, spans: &[Span], room: usize) -> Result<HeaderMap, HeadError> {
     let mut map = spare_map(spans.len() + room);
     for &(n, nl, v, vl) in spans {
@@ -346,10 +347,8 @@ pub fn response_shape(
 }
 
 /// `name: value\r\n` for each header but the framing ones, which the
-/// writer sets itself.
-/// Writes `headers` but the framing ones and those `skip` picks; whether
-/// one was `Date` (told here, so the response writer need not look it up
-/// as well).
+/// writer sets itself, and those `skip` picks; whether one was `Date` (told
+/// here, so the response writer need not look it up as well).
 fn put_headers(
     out: &mut BytesMut,
     headers: &HeaderMap,
