@@ -121,24 +121,25 @@ impl Proxy {
             let client = client?;
             let overrides = guard::method_overrides(req.headers())?;
             // The path is the caller's: the message names the rule, never the path.
-            crate::routes::path::check(path).map_err(|why| {
-                ProxyError::BadRequest(format!("{why}; send the normalised path"))
-            })?;
-            let route = snap
-                .config
-                .routes
-                .select(req.method(), &overrides, path, host_str, client.as_deref())
-                .map_err(|miss| match miss {
-                    Miss::NoRoute => ProxyError::NoRoute {
-                        method: req.method().clone(),
-                        path: path.to_owned(),
-                    },
-                    Miss::ForbiddenClient { route } => ProxyError::ForbiddenClient { route },
-                    Miss::AmbiguousPath => ProxyError::BadRequest(
-                        "the path, decoded, would take another route; send the normalised path"
-                            .into(),
-                    ),
+            // Scoped: the reading is not kept across the awaits below.
+            let selected = {
+                let decoded = crate::routes::path::checked_reading(path).map_err(|why| {
+                    ProxyError::BadRequest(format!("{why}; send the normalised path"))
                 })?;
+                let (routes, decoded) = (&snap.config.routes, decoded.as_deref());
+                let client = client.as_deref();
+                routes.select_read(req.method(), &overrides, path, decoded, host_str, client)
+            };
+            let route = selected.map_err(|miss| match miss {
+                Miss::NoRoute => ProxyError::NoRoute {
+                    method: req.method().clone(),
+                    path: path.to_owned(),
+                },
+                Miss::ForbiddenClient { route } => ProxyError::ForbiddenClient { route },
+                Miss::AmbiguousPath => ProxyError::BadRequest(
+                    "the path, decoded, would take another route; send the normalised path".into(),
+                ),
+            })?;
             *route_name = Some(route.name.clone());
             let forward_path = route.forward_path(path);
             // The route's app and scope: the credential (and so the token, the

@@ -177,7 +177,8 @@ impl Quota {
         rate: Option<Rate>,
         metrics: &QuotaMetrics,
     ) -> Result<(), Rejected> {
-        let started = tokio::time::Instant::now();
+        // Only a bucket's wait is timed: smoothing off reads no clock.
+        let started = rate.map(|_| tokio::time::Instant::now());
         let backend = self.backend();
         let reserved = match backend.reserve_at_once(key, rate) {
             Some(reserved) => reserved,
@@ -207,7 +208,7 @@ impl Quota {
                 ));
             }
         };
-        let Some(rate) = rate else {
+        let (Some(rate), Some(started)) = (rate, started) else {
             return Ok(());
         };
         if slot.at > started {

@@ -58,8 +58,7 @@ pub fn check(path: &str) -> Result<(), Refusal> {
 pub fn reading(path: &str) -> Result<Cow<'_, [u8]>, Refusal> {
     let raw = path.as_bytes();
     if plain(raw).is_some_and(|p| !p.empty_segment) {
-        let trimmed = raw.strip_suffix(b"/").filter(|t| !t.is_empty());
-        return Ok(Cow::Borrowed(trimmed.unwrap_or(raw)));
+        return Ok(Cow::Borrowed(as_written(raw)));
     }
     let decoded = deepest(raw, |_| Ok(()))?;
     let mut out = Vec::with_capacity(decoded.len() + 1);
@@ -76,6 +75,37 @@ pub fn reading(path: &str) -> Result<Cow<'_, [u8]>, Refusal> {
     Ok(Cow::Owned(out))
 }
 
+/// [`check`], then [`reading`] where it differs from the path as written
+/// (`None`: it reads as written). One pass for a path with nothing to
+/// decode, where the two would each make it; every forwarded request
+/// comes here.
+pub fn checked_reading(path: &str) -> Result<Option<Vec<u8>>, Refusal> {
+    match plain(path.as_bytes()) {
+        Some(Plain {
+            dot_segment: true, ..
+        }) => Err(Refusal::DotSegment),
+        Some(Plain {
+            empty_segment: false,
+            ..
+        }) => Ok(None),
+        _ => {
+            check(path)?;
+            Ok(match reading(path)? {
+                Cow::Borrowed(_) => None,
+                Cow::Owned(reading) => Some(reading),
+            })
+        }
+    }
+}
+
+/// The reading of a plain path without empty segments: itself, without a
+/// trailing slash.
+fn as_written(raw: &[u8]) -> &[u8] {
+    raw.strip_suffix(b"/")
+        .filter(|t| !t.is_empty())
+        .unwrap_or(raw)
+}
+
 /// What one pass over a path with nothing to decode finds.
 struct Plain {
     /// A `.` or `..` segment.
@@ -86,7 +116,7 @@ struct Plain {
 
 /// `None` if any reader could decode, split on or cut at a byte of `raw`;
 /// else its segments, looked at in the same pass: every request's path
-/// goes through here, usually twice (the check, then the route's reading).
+/// goes through here once ([`checked_reading`]).
 fn plain(raw: &[u8]) -> Option<Plain> {
     let mut found = Plain {
         dot_segment: false,
@@ -284,6 +314,40 @@ mod tests {
         assert_eq!(check("/a/%2525252e"), Err(Refusal::TooDeep));
         let message = Refusal::TooDeep.to_string();
         assert!(!message.contains("/a"), "{message}");
+    }
+
+    /// The route's one call gives what the check and the reading give apart.
+    #[test]
+    fn the_checked_reading_is_the_check_then_the_reading() {
+        let paths = [
+            "/",
+            "//",
+            "/a",
+            "/a/",
+            "/a//b",
+            "/orgs/x/repos",
+            "/a/./b",
+            "/a/..",
+            "/%2e%2e/a",
+            "/a%2fb",
+            "/a%252fb",
+            "/a\\b",
+            "/a;p/b",
+            "/a%00",
+            "/%25252525",
+            "/caf\u{e9}",
+            "/a/.b",
+            "/a%2F%2Fb/",
+        ];
+        for path in paths {
+            let apart = check(path).and_then(|()| {
+                reading(path).map(|r| match r {
+                    Cow::Borrowed(_) => None,
+                    Cow::Owned(r) => Some(r),
+                })
+            });
+            assert_eq!(checked_reading(path), apart, "{path:?}");
+        }
     }
 
     /// `plain`'s one pass finds what splitting the path finds.

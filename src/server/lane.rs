@@ -274,7 +274,7 @@ where
         Delimit::Close
     };
     out.clear();
-    head::put_response(out, &parts, delimit, version, close, &crate::wire::date());
+    head::put_response(out, &parts, delimit, version, close, crate::wire::date);
     head::recycle(parts.headers);
     let complete = match delimit {
         Delimit::None => true,

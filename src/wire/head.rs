@@ -417,13 +417,15 @@ pub enum Delimit {
 /// A response head, in the caller's HTTP version (as hyper answers an
 /// HTTP/1.0 caller). `close` adds `connection: close`; for an HTTP/1.0
 /// caller that keeps the connection, `connection: keep-alive` is added.
+/// `date` is asked only for an answer without `Date`: the platform's carry
+/// one, and reading the clock for nothing costs on every request.
 pub fn put_response(
     out: &mut BytesMut,
     parts: &http::response::Parts,
     delimit: Delimit,
     version: Version,
     close: bool,
-    date: &[u8],
+    date: impl FnOnce() -> Bytes,
 ) {
     let http10 = version == Version::HTTP_10;
     out.put_slice(if http10 { b"HTTP/1.0 " } else { b"HTTP/1.1 " });
@@ -458,7 +460,7 @@ pub fn put_response(
     }
     if !has_date {
         out.put_slice(b"date: ");
-        out.put_slice(date);
+        out.put_slice(&date());
         out.put_slice(b"\r\n");
     }
     out.put_slice(b"\r\n");
@@ -608,11 +610,28 @@ mod tests {
             Delimit::Length(3),
             Version::HTTP_11,
             true,
-            b"D",
+            || Bytes::from_static(b"D"),
         );
         assert_eq!(
             &out[..],
             b"HTTP/1.1 200 OK\r\nx-a: b\r\ncontent-length: 3\r\nconnection: close\r\ndate: D\r\n\r\n"
+        );
+        // An answer with its own `Date` keeps it, and the clock is not read.
+        parts
+            .headers
+            .insert(http::header::DATE, HeaderValue::from_static("E"));
+        out.clear();
+        put_response(
+            &mut out,
+            &parts,
+            Delimit::Length(3),
+            Version::HTTP_11,
+            false,
+            || unreachable!("the answer has a Date"),
+        );
+        assert_eq!(
+            &out[..],
+            b"HTTP/1.1 200 OK\r\nx-a: b\r\ndate: E\r\ncontent-length: 3\r\n\r\n"
         );
     }
 }
