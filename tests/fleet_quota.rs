@@ -210,6 +210,40 @@ async fn a_budget_spent_on_one_replica_blocks_the_other_in_its_reserve() {
     .await;
 }
 
+/// `reserve` refuses whatever `blocked` would, without asking Redis: the
+/// proxy then checks the budget once on a request with nothing between
+/// the check and the reservation.
+#[tokio::test]
+async fn reserve_refuses_what_the_replica_already_knows_without_asking() {
+    bounded(20, "the replica's own knowledge", async {
+        let redis = RedisServer::start().await;
+        let (a, b) = (backend(&redis).await, backend(&redis).await);
+        a.record(
+            &key(14),
+            StatusCode::TOO_MANY_REQUESTS,
+            None,
+            Some(Duration::from_secs(30)),
+        )
+        .await;
+        let known = a.blocked(&key(14)).expect("A learned it");
+        // Redis forgets: only what A knows itself can refuse now.
+        let mut c = redis.connection().await.expect("connect");
+        let () = redis::cmd("FLUSHALL").query_async(&mut c).await.unwrap();
+        for r in [None, rate(10, 1, 1000)] {
+            match a.reserve(&key(14), r).await {
+                Err(Refusal::Blocked(blocked)) => {
+                    assert!(blocked.for_ <= known.for_, "{blocked:?}");
+                    assert!(blocked.for_ > Duration::from_secs(25), "{blocked:?}");
+                }
+                other => panic!("expected blocked, got {other:?}"),
+            }
+        }
+        // B never learned it, and Redis no longer holds it.
+        assert!(matches!(b.reserve(&key(14), None).await, Ok(None)));
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn with_redis_down_the_backend_keeps_a_local_bucket_and_counts_errors() {
     bounded(20, "Redis down", async {

@@ -55,9 +55,14 @@ where
     async move {
         let credential = heal.credential;
         let metrics = &shared.metrics.quota;
-        shared.quota.check_budget(credential, metrics).await?;
-
         let cache = snap.cache.as_deref();
+        // A spent budget is refused before a mint or a wait for another
+        // request's answer. With neither ahead, the reservation below makes
+        // the same check (see `QuotaBackend::reserve`), and once is enough.
+        if cache.is_some() || token.cached.is_none() {
+            shared.quota.check_budget(credential, metrics).await?;
+        }
+
         let key = cache.and_then(|_| {
             let pq = uri.path_and_query().map_or("/", |pq| pq.as_str());
             EntryKey::of(credential, req.method(), pq, req.headers())

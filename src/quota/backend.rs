@@ -28,9 +28,10 @@ pub enum Refusal {
 pub trait QuotaBackend: Send + Sync + 'static {
     /// Admits a request: refuses it while the credential is blocked, else
     /// reserves its slot in the bucket (`rate` is `None` when smoothing is
-    /// off: `Ok(None)`). A shared backend does both in one round trip, so
-    /// this is the authoritative check; [`QuotaBackend::blocked`] is the
-    /// cheap early one.
+    /// off: `Ok(None)`). It refuses whatever [`QuotaBackend::blocked`] would
+    /// (so a caller with nothing to do between the two need not ask both),
+    /// and a shared backend also what the fleet knows, in the same round
+    /// trip: this is the authoritative check, `blocked` the cheap early one.
     fn reserve<'a>(
         &'a self,
         credential: &'a CacheKey,

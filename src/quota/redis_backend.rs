@@ -164,6 +164,11 @@ impl QuotaBackend for RedisBackend {
         rate: Option<Rate>,
     ) -> BoxFuture<'a, Result<Option<Slot>, Refusal>> {
         Box::pin(async move {
+            // What this process already knows first, as the trait promises:
+            // no round trip for a credential it has seen refused.
+            if let Some(blocked) = self.blocked(credential) {
+                return Err(Refusal::Blocked(blocked));
+            }
             if !self.usable() {
                 return self.local.reserve_now(credential, rate);
             }
