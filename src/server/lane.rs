@@ -165,6 +165,9 @@ where
     // Past this, hyper gets the bytes and answers 431 itself.
     let max = settings.max_header_bytes.max(8192);
     let mut head_until = None;
+    // Between requests nothing else shares the buffer: the next head is read
+    // into its front, not past the last one's.
+    crate::wire::rewind(buf, READ_STEP);
     loop {
         if !buf.is_empty() {
             match head::take_request(buf) {

@@ -133,6 +133,7 @@ async fn exchange(
         final_: false,
         error,
     };
+    conn.rewind();
     if let Err(e) = conn.io.write_all(out).await {
         return Err(retry(e.into()));
     }

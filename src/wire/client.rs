@@ -78,6 +78,12 @@ impl Conn {
         self.timer = Some(timer);
     }
 
+    /// Before a request: the answer is read into the front of the buffer
+    /// (see [`super::rewind`]).
+    pub fn rewind(&mut self) {
+        super::rewind(&mut self.buf, READ_SMALL);
+    }
+
     /// Reads more into the buffer; `Ok(0)` at the end of input.
     pub fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         let want = if self.streaming {
