@@ -79,7 +79,6 @@ where
     I: AsyncRead + AsyncWrite + Unpin,
 {
     let mut buf = BytesMut::with_capacity(READ_STEP);
-    let mut out = BytesMut::with_capacity(READ_STEP);
     // The first head is timed from accept; later ones from their first byte.
     let mut idle_until = Instant::now() + settings.timeouts.header_read;
     let mut first = true;
@@ -123,13 +122,49 @@ where
             }
         };
         let close = !keep_alive || *stop.borrow();
+        let mut out = spare_out();
         let reuse = write_response(io, &mut out, resp, &method, version, close).await;
+        keep_out(out);
         if !reuse {
             let _ = io.shutdown().await;
             return Outcome::Closed;
         }
         idle_until = Instant::now() + settings.timeouts.idle;
     }
+}
+
+thread_local! {
+    /// Write buffers of this thread's connections that are between answers.
+    /// A connection takes one to write an answer and gives it back after:
+    /// the one taken is the one given back last, warm in cache, where a
+    /// buffer of its own per connection went cold between its answers (and
+    /// an idle connection held it).
+    static SPARE_OUT: std::cell::RefCell<Vec<BytesMut>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Spare write buffers kept per thread (more are only needed while that
+/// many answers are being written at once), and the largest kept.
+const SPARE_OUT_KEPT: usize = 8;
+const SPARE_OUT_MAX: usize = 64 * 1024;
+
+fn spare_out() -> BytesMut {
+    SPARE_OUT
+        .with_borrow_mut(Vec::pop)
+        .unwrap_or_else(|| BytesMut::with_capacity(READ_STEP))
+}
+
+fn keep_out(mut out: BytesMut) {
+    if out.capacity() > SPARE_OUT_MAX {
+        return;
+    }
+    out.clear();
+    crate::wire::rewind(&mut out, READ_STEP);
+    SPARE_OUT.with_borrow_mut(|spare| {
+        if spare.len() < SPARE_OUT_KEPT {
+            spare.push(out);
+        }
+    });
 }
 
 /// Whether this path serves the request: no body, nothing hyper treats
@@ -433,5 +468,30 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Rewind<I> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_write_buffer_given_back_is_the_next_taken_empty_and_a_large_one_is_dropped() {
+        let mut out = spare_out();
+        out.extend_from_slice(b"HTTP/1.1 200 OK\r\n\r\n");
+        out.advance(4);
+        let at = out.as_ptr() as usize - 4;
+        keep_out(out);
+        let mut again = spare_out();
+        assert!(again.is_empty());
+        assert_eq!(
+            again.as_ptr() as usize,
+            at,
+            "the same buffer, from its front"
+        );
+        again.reserve(SPARE_OUT_MAX + 1);
+        keep_out(again);
+        let fresh = spare_out();
+        assert!(fresh.capacity() <= SPARE_OUT_MAX);
     }
 }
