@@ -121,7 +121,7 @@ fn request_path(c: &mut Criterion) {
             )
             .and_then(|()| guard::method_overrides(&inbound))
             .expect("a clean request");
-            path::check(black_box(uri.path())).expect("a clean path");
+            path::checked_reading(black_box(uri.path())).expect("a clean path");
         })
     });
 
@@ -162,11 +162,19 @@ fn request_path(c: &mut Criterion) {
             guard::check(&Method::GET, path, &inbound, host, &snap.config.browser)
                 .expect("a clean request");
             let overrides = guard::method_overrides(&inbound).expect("no override");
-            path::check(path).expect("a clean path");
+            // As the proxy does: the path checked and read in one pass.
+            let decoded = path::checked_reading(path).expect("a clean path");
             let route = snap
                 .config
                 .routes
-                .select(&Method::GET, &overrides, path, host, None)
+                .select_read(
+                    &Method::GET,
+                    &overrides,
+                    path,
+                    decoded.as_deref(),
+                    host,
+                    None,
+                )
                 .expect("a route");
             let forward_path = route.forward_path(path);
             let token = shared
